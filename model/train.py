@@ -148,7 +148,9 @@ def parse_args(argv: list[str] | None = None) -> argparse.Namespace:
     p.add_argument("--bf16", action="store_true", help="bfloat16 autocast for the forward pass (weights stay float32)")
     p.add_argument("--threads", type=int, default=0, help="torch intra-op threads (0: torch's default)")
     p.add_argument("--resume", action="store_true", help="continue from the training state beside --out")
-    return p.parse_args(argv)
+    args = p.parse_args(argv)
+    args.command = "python -m model.train " + shlex.join(sys.argv[1:] if argv is None else argv)
+    return args
 
 
 def train(args: argparse.Namespace) -> dict:
@@ -174,7 +176,6 @@ def train(args: argparse.Namespace) -> dict:
     if args.resume:
         record = load_state(args.out, vae, optimizer, generator)
         log.info("resumed %s at epoch %d", args.out, record["epoch"])
-    command = "python -m model.train " + shlex.join(sys.argv[1:] if args.argv is None else args.argv)
     for epoch in range(record["epoch"] + 1, args.epochs + 1):
         vae.train()
         start = time.perf_counter()
@@ -216,7 +217,7 @@ def train(args: argparse.Namespace) -> dict:
             record["best_val"], record["best_epoch"] = val, epoch
             vae.metadata = {
                 "training": {
-                    "command": command,
+                    "command": args.command,
                     "dataset": data.name,
                     "epochs": args.epochs,
                     "best_epoch": epoch,
@@ -237,7 +238,6 @@ def train(args: argparse.Namespace) -> dict:
 def main(argv: list[str] | None = None) -> None:
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(name)s %(message)s")
     args = parse_args(argv)
-    args.argv = argv
     try:
         record = train(args)
     except DataError as e:

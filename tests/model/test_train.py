@@ -1,0 +1,90 @@
+from pathlib import Path
+
+import pytest
+import torch
+from PIL import Image
+
+import model.train
+from model import load_checkpoint
+from model.data import DataError
+from model.train import learning_rate, parse_args, train
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes of tiny synthetic images: bright squares and bright bars."""
+    g = torch.Generator().manual_seed(0)
+    for name in ("squares", "bars"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(24):
+            image = Image.new("L", (28, 28), 0)
+            offset = int(torch.randint(4, 12, (1,), generator=g))
+            box = (offset, offset, offset + 12, offset + 12) if name == "squares" else (offset, 2, offset + 4, 26)
+            image.paste(255, box)
+            image.save(tmp_path / "data" / name / f"{i}.png")
+    return tmp_path / "data"
+
+
+def run(folder: Path, out: Path, *extra: str) -> dict:
+    argv = ["--data", str(folder), "--out", str(out), "--latent-dim", "4", "--conv-channels", "4", "--hidden", "32",
+            "--batch-size", "8", "--val-size", "8", "--kl-warmup-epochs", "1", "--lr", "3e-3", *extra]  # fmt: skip
+    return train(parse_args(argv))
+
+
+def test_training_lowers_the_loss_and_keeps_the_best(image_folder: Path, tmp_path: Path) -> None:
+    out = tmp_path / "m.safetensors"
+    record = run(image_folder, out, "--epochs", "6")
+    val = [row["val_neg_elbo"] for row in record["history"]]
+    assert len(val) == 6 and val[-1] < val[0] - 25
+    vae = load_checkpoint(out)
+    assert vae.config.latent_dim == 4 and vae.config.num_classes == 0
+    training = vae.metadata["training"]
+    assert training["best_epoch"] == record["best_epoch"]
+    assert training["val_neg_elbo"] == pytest.approx(min(val))
+    assert training["command"].startswith("python -m model.train --data ")
+
+
+def test_resume_continues_bit_exactly(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    run(image_folder, straight, "--epochs", "3")
+    # Interrupt the second run while it validates epoch 3, after epoch 2's state was saved.
+    real = model.train.mean_negative_elbo
+    calls = iter(range(100))
+
+    def interrupting(*args: object, **kwargs: object) -> float:
+        if next(calls) == 2:  # one call per epoch for image folders (validation; no test split)
+            raise KeyboardInterrupt
+        return real(*args, **kwargs)
+
+    monkeypatch.setattr(model.train, "mean_negative_elbo", interrupting)
+    with pytest.raises(KeyboardInterrupt):
+        run(image_folder, resumed, "--epochs", "3")
+    monkeypatch.setattr(model.train, "mean_negative_elbo", real)
+    record = run(image_folder, resumed, "--epochs", "3", "--resume")
+    assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
+    sa, sb = load_checkpoint(straight).state_dict(), load_checkpoint(resumed).state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_conditional_training_on_class_folders(image_folder: Path, tmp_path: Path) -> None:
+    run(image_folder, tmp_path / "c.safetensors", "--epochs", "1", "--conditional")
+    vae = load_checkpoint(tmp_path / "c.safetensors")
+    assert vae.config.num_classes == 2 and vae.label_names == ["bars", "squares"]
+
+
+def test_conditional_training_needs_classes(tmp_path: Path) -> None:
+    (tmp_path / "flat").mkdir()
+    Image.new("L", (28, 28)).save(tmp_path / "flat" / "a.png")
+    with pytest.raises(DataError, match="one subfolder per class"):
+        run(tmp_path / "flat", tmp_path / "c.safetensors", "--epochs", "1", "--conditional")
+
+
+def test_resume_without_state(image_folder: Path, tmp_path: Path) -> None:
+    with pytest.raises(DataError, match="no training state"):
+        run(image_folder, tmp_path / "none.safetensors", "--epochs", "1", "--resume")
+
+
+def test_learning_rate_schedule() -> None:
+    assert learning_rate(0, 100, 1e-3) == pytest.approx(1e-3)
+    assert learning_rate(50, 100, 1e-3) == pytest.approx(0.505e-3)
+    assert learning_rate(100, 100, 1e-3) == pytest.approx(1e-5)

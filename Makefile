@@ -5,7 +5,7 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
 # Debian packages the tests use (nginx as the gateway, chromium for the page).
-SYSTEM_PACKAGES :=
+SYSTEM_PACKAGES := chromium nginx
 
 .PHONY: serve test install system-deps clean
 

@@ -1,0 +1,1 @@
+"""vaeserve's HTTP API: `uvicorn app.main:create_app --factory`."""

@@ -1,0 +1,83 @@
+"""Service settings, read from `VAE_*` environment variables (pydantic-settings)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Annotated, Literal
+
+from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
+
+SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "checkpoints"
+MiB = 1 << 20
+
+
+class Settings(BaseSettings):
+    """Every field is also the env var `VAE_<FIELD>` (case-insensitive); see the README's settings table."""
+
+    model_config = SettingsConfigDict(env_prefix="VAE_", extra="ignore", protected_namespaces=())
+
+    model_dir: Path = Field(SHIPPED_MODEL_DIR, description="Folder whose *.safetensors checkpoints are served")
+    checkpoint: Path | None = Field(None, description="Serve this one checkpoint file instead of model_dir")
+    default_model: str | None = Field(
+        None, description="Model used when a request names none (default: first unconditional model by name)"
+    )
+    device: str = Field("auto", pattern=r"^(auto|cpu|cuda(:\d+)?)$", description="auto, cpu, cuda or cuda:N")
+    cors_origins: Annotated[list[str], NoDecode] = Field(
+        default_factory=list, description="Comma-separated origins allowed by CORS; * for any; empty: no CORS"
+    )
+    max_n: int = Field(64, ge=1, description="Most images per sample or decode request")
+    max_files: int = Field(16, ge=2, description="Most images per encode, reconstruct, score or interpolate request")
+    max_upload_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes (else 413)")
+    body_timeout: float = Field(
+        30.0, gt=0, description="Seconds a request body may stall, no byte arriving, before a 408 (as nginx's)"
+    )
+    max_pixels: int = Field(25_000_000, ge=1, description="Largest image in pixels, checked before decoding (else 413)")
+    max_k: int = Field(1000, ge=1, description="Largest importance-sample count k for score")
+    default_k: int = Field(100, ge=1, description="k for score when the request gives none")
+    max_steps: int = Field(64, ge=2, description="Most points on an interpolation path")
+    max_scale: int = Field(16, ge=1, description="Largest nearest-neighbour enlargement of output images")
+    image_threads: int = Field(2, ge=1, description="Images decoded/encoded at once (bounds memory per process)")
+    # Throughput: dynamic batching and threads (app/batcher.py, docs/benchmarks.md).
+    batching: bool = Field(True, description="Run concurrent requests of one model and operation as one batch")
+    max_batch: int = Field(64, ge=1, description="Most images or latents per forward pass and per batch")
+    max_delay_ms: float = Field(
+        1.0, ge=0, le=1000, description="Under load, ms a batch that is not full may wait for more (idle: none)"
+    )
+    max_queue: int = Field(256, ge=1, description="Requests waiting per model and operation; past it, 503")
+    queue_timeout: float = Field(10.0, gt=0, description="Seconds a request may wait for its batch; past it, 504")
+    torch_threads: int | None = Field(
+        None, ge=1, description="torch intra-op threads; default: usable cores / uvicorn workers (WEB_CONCURRENCY) - 1"
+    )
+    # Deployment: the server (python -m app.serve), the proxy in front, auth and logs; docs/deploy.md.
+    host: str = Field("127.0.0.1", description="Address `python -m app.serve` listens on (the image: 0.0.0.0)")
+    port: int = Field(8000, ge=1, le=65535, description="Port `python -m app.serve` listens on")
+    shutdown_timeout: int = Field(
+        30, ge=1, description="On SIGTERM, seconds to finish in-flight requests before cancelling them"
+    )
+    forwarded_allow_ips: str = Field(
+        "127.0.0.1", description="Proxies trusted for X-Forwarded-For/-Proto: comma-separated IPs or CIDRs, * for any"
+    )
+    root_path: str = Field(
+        "",
+        pattern=r"^(/[A-Za-z0-9._~-]+)*$",
+        description="Path prefix the proxy serves the app under, e.g. /vae (no trailing slash)",
+    )
+    api_keys: Annotated[list[SecretStr], NoDecode] = Field(
+        default_factory=list, description="Comma-separated API keys; when set, /v1/* needs one; empty: no auth"
+    )
+    log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line")
+    log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged")
+
+    @field_validator("cors_origins", "api_keys", mode="before")
+    @classmethod
+    def split_commas(cls, value: object) -> object:
+        if isinstance(value, str):
+            return [item.strip() for item in value.split(",") if item.strip()]
+        return value
+
+    @model_validator(mode="after")
+    def default_k_within_max(self) -> Settings:
+        if self.default_k > self.max_k:
+            raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
+        return self

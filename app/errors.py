@@ -1,0 +1,121 @@
+"""Every error is JSON `{"detail": "<message>"}`: a message for people, no traces or paths."""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Sequence
+from typing import Any
+
+from fastapi import FastAPI, Request
+from fastapi.exceptions import RequestValidationError
+from fastapi.responses import JSONResponse
+from starlette.exceptions import HTTPException
+from starlette.routing import compile_path
+
+from app.batcher import BatchError
+from app.images import ImageError
+from app.proxy import route_path
+from app.registry import UnknownModel
+
+log = logging.getLogger(__name__)
+
+SOURCES = {"body", "query", "path", "header"}
+# A body with thousands of bad values would otherwise get a message thousands of lines long.
+MAX_PROBLEMS = 10
+# What FastAPI answers when its JSON parser fails other than by a syntax error.
+FASTAPI_PARSE_ERROR = "There was an error parsing the body"
+
+
+def field_name(loc: Sequence[str | int]) -> str:
+    """("body", "latents", 0, 3) -> "latents[0][3]"; the whole body -> "body"."""
+    parts = list(loc[1:] if loc and loc[0] in SOURCES else loc)
+    name = ""
+    for part in parts:
+        name += f"[{part}]" if isinstance(part, int) else (f".{part}" if name else str(part))
+    return name or "body"
+
+
+def describe(error: dict[str, Any]) -> str:
+    """One pydantic error as `field: message (got value)`."""
+    field, message, kind = field_name(error["loc"]), error["msg"], error["type"]
+    if kind == "json_invalid":
+        return f"body: not valid JSON ({error.get('ctx', {}).get('error', message)})"
+    if kind == "missing":
+        return f"{field}: required"
+    if kind == "extra_forbidden":
+        return f"{field}: unknown field"
+    if kind == "value_error":
+        message = message.removeprefix("Value error, ")
+    value = error.get("input")
+    if isinstance(value, (int, float, str)) and len(repr(value)) <= 40:
+        message += f" (got {value!r})"
+    return f"{field}: {message}"
+
+
+def error_json(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+
+
+def unparsable(cause: BaseException) -> str | None:
+    """Why the JSON parser gave up on a body it could not read (it raised `cause`), if known."""
+    if isinstance(cause, RecursionError):
+        return "nested too deeply"
+    if isinstance(cause, UnicodeDecodeError):
+        return "not UTF-8"
+    if isinstance(cause, ValueError):  # Python's cap on the digits of an integer
+        return str(cause).split(";")[0]
+    return None
+
+
+def allowed_methods(request: Request) -> str:
+    """Every method the API takes on this path, from its OpenAPI paths: Starlette's Allow names
+    only the first matching route's (PUT /v1/sample would be told GET, not GET, POST)."""
+    path = route_path(request.scope)
+    paths = request.app.openapi().get("paths", {})
+    matching = [item for template, item in paths.items() if compile_path(template)[0].match(path)]
+    return ", ".join(sorted({method.upper() for item in matching for method in item}))
+
+
+async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+    detail = str(exc.detail)
+    if exc.status_code == 400 and detail == FASTAPI_PARSE_ERROR and exc.__cause__ is not None:
+        reason = unparsable(exc.__cause__)
+        if reason is not None:  # the same answer as for any other broken JSON
+            return error_json(422, f"body: not valid JSON ({reason})")
+    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+        detail = f"method {request.method} is not allowed here; allowed: {allowed}"
+        return error_json(405, detail, {**(exc.headers or {}), "Allow": allowed})
+    return error_json(exc.status_code, detail, exc.headers)
+
+
+async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
+    problems = [describe(error) for error in exc.errors()]
+    if len(problems) > MAX_PROBLEMS:
+        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problems"]
+    return error_json(422, "; ".join(problems))
+
+
+async def image_error(request: Request, exc: ImageError) -> JSONResponse:
+    return error_json(exc.status_code, str(exc))
+
+
+async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
+    return error_json(404, str(exc))
+
+
+async def batch_error(request: Request, exc: BatchError) -> JSONResponse:
+    return error_json(exc.status_code, str(exc), exc.headers)
+
+
+async def internal_error(request: Request, exc: Exception) -> JSONResponse:
+    log.exception("unhandled error in %s %s", request.method, request.url.path)
+    return error_json(500, "internal server error; the server log has the details")
+
+
+def install_error_handlers(app: FastAPI) -> None:
+    app.add_exception_handler(HTTPException, http_error)
+    app.add_exception_handler(RequestValidationError, validation_error)
+    app.add_exception_handler(ImageError, image_error)
+    app.add_exception_handler(UnknownModel, unknown_model)
+    app.add_exception_handler(BatchError, batch_error)
+    app.add_exception_handler(Exception, internal_error)

@@ -1,0 +1,142 @@
+"""Forward passes whose rows do not depend on the batch: a row gives the same bits whatever
+rows it is computed with, so a batched request gets the same bytes as one run alone.
+
+That does not come for free. BLAS and oneDNN choose kernels and blockings by matrix shape, so
+on CPU a Linear layer's row can round differently at 1, 2 or 3 rows than at 4 and more, and
+PyTorch's vectorised elementwise loops (GELU, sigmoid, exp) finish a tensor's last few elements
+with scalar code whose results can differ in the last bit. So every pass here runs at most
+`max_rows` rows, zero-padded to a multiple of a `quantum`, and `calibrate` picks the smallest
+quantum whose passes it finds to be row-independent on this machine, device and thread count:
+it computes probe rows alone and inside passes of every size and position and compares the
+bits. Where no quantum passes, every row runs alone (slow, but exact by construction).
+"""
+
+from __future__ import annotations
+
+import logging
+from collections.abc import Callable, Sequence
+
+import torch
+
+from model import VAE
+from model.vae import bernoulli_log_likelihood
+
+log = logging.getLogger(__name__)
+
+PassFn = Callable[..., tuple[torch.Tensor, ...]]
+
+# What calibrate found, by everything that picks kernels (shapes, device, dtype, threads) but
+# not the weights, so every app in a process with the same kind of model calibrates once.
+_calibrated: dict[tuple[object, ...], tuple[int, int]] = {}
+
+
+def padded(t: torch.Tensor, rows: int) -> torch.Tensor:
+    """`t` with zero rows appended up to `rows` rows."""
+    if t.shape[0] == rows:
+        return t
+    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+
+
+class Passes:
+    """The batched model calls of one model: decode, encode and the decoder log-likelihood."""
+
+    def __init__(self, vae: VAE, max_rows: int) -> None:
+        self.vae = vae
+        self.max_rows = max_rows  # rows per forward pass
+        self.quantum = max_rows  # set by calibrate(); a full-size shape until then
+
+    def run(self, fn: PassFn, columns: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
+        """`fn` over every row of `columns` (row-aligned tensors, None passed through), in passes
+        of at most max_rows rows, each padded to a multiple of quantum; outputs concatenated."""
+        rows = next(c for c in columns if c is not None).shape[0]
+        outputs: list[tuple[torch.Tensor, ...]] = []
+        for start in range(0, rows, self.max_rows):
+            stop = min(rows, start + self.max_rows)
+            shape = -(-(stop - start) // self.quantum) * self.quantum
+            chunk = [None if c is None else padded(c[start:stop], shape) for c in columns]
+            outputs.append(tuple(out[: stop - start] for out in fn(*chunk)))
+        return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
+
+    def decode_fn(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        return (self.vae.decode(z, labels),)
+
+    def encode_fn(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        q = self.vae.encode(x, labels)
+        return q.mean, q.variance, q.log_variance
+
+    def log_likelihood_fn(
+        self, x: torch.Tensor, labels: torch.Tensor | None
+    ) -> Callable[[torch.Tensor, torch.Tensor], tuple[torch.Tensor, ...]]:
+        """log p(x_i | z) for rows (z, i): image i of `x` (with its label) under latent z."""
+
+        def fn(z: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
+            logits = self.vae.decode_logits(z, None if labels is None else labels[index])
+            return (bernoulli_log_likelihood(logits, x[index]),)
+
+        return fn
+
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        return self.run(self.decode_fn, [z, labels])[0]
+
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        """(mean, variance, log_variance) of q(z|x), each [B, latent_dim]."""
+        return self.run(self.encode_fn, [x, labels])
+
+    def log_likelihood(
+        self, z: torch.Tensor, index: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None
+    ) -> torch.Tensor:
+        """[rows] log p(x[index[r]] | z[r]), nats."""
+        return self.run(self.log_likelihood_fn(x, labels), [z, index])[0]
+
+    def calibrate(self) -> None:
+        """Pick the smallest padding quantum (a power of two below max_rows, then max_rows) under
+        which a row's results do not depend on the batch; else run every row alone."""
+        vae = self.vae
+        key = (*vae.config.to_dict().items(), str(vae.device), vae.dtype, torch.get_num_threads(), self.max_rows)
+        if key not in _calibrated:
+            _calibrated[key] = self._search()
+        self.quantum, self.max_rows = _calibrated[key]
+
+    def _search(self) -> tuple[int, int]:
+        """(quantum, max_rows) for calibrate."""
+        candidates = [q for q in (1, 2, 4, 8, 16, 32) if q < self.max_rows] + [self.max_rows]
+        probes = self._probes()
+        for quantum in candidates:
+            self.quantum = quantum
+            if all(self._row_independent(fn, columns) for fn, columns in probes):
+                log.info("batch-invariant passes: at most %d rows, padded to a multiple of %d", self.max_rows, quantum)
+                return quantum, self.max_rows
+        log.warning("no batch-invariant pass shape found on this machine: every row runs alone (slow but exact)")
+        return 1, 1
+
+    def _probes(self) -> list[tuple[PassFn, list[torch.Tensor | None]]]:
+        """Each pass with max_rows distinct random input rows, made the same way every time."""
+        config, device, rows = self.vae.config, self.vae.device, self.max_rows
+        generator = torch.Generator().manual_seed(0)
+        x = torch.rand(rows, config.channels, config.height, config.width, generator=generator).to(device)
+        z = torch.randn(rows, config.latent_dim, generator=generator).to(device)
+        labels = None
+        if config.num_classes:
+            labels = torch.randint(config.num_classes, (rows,), generator=generator).to(device)
+        index = torch.arange(rows, device=device)
+        return [
+            (self.decode_fn, [z, labels]),
+            (self.encode_fn, [x, labels]),
+            (self.log_likelihood_fn(x, labels), [z, index]),
+        ]
+
+    def _row_independent(self, fn: PassFn, columns: list[torch.Tensor | None]) -> bool:
+        """Every row computed alone equals, bit for bit, the same row at every position of a
+        pass of every padded size this quantum makes."""
+
+        def rows(selection: slice) -> list[torch.Tensor | None]:
+            return [None if c is None else c[selection] for c in columns]
+
+        count = self.max_rows
+        alone = [self.run(fn, rows(slice(i, i + 1))) for i in range(count)]
+        for size in sorted({*range(self.quantum, count + 1, self.quantum), count}):
+            together = self.run(fn, rows(slice(0, size)))
+            for i in range(size):
+                if not all(torch.equal(t[i : i + 1], a) for t, a in zip(together, alone[i], strict=True)):
+                    return False
+        return True

@@ -1,0 +1,265 @@
+"""Load benchmark of the real service, batching on and off; results in docs/benchmarks.md.
+
+`python bench/load.py` starts the service (`python -m app.serve`, uvicorn) on 127.0.0.1 pinned
+to one CPU and drives it with wrk pinned to another, at concurrency 1, 16 and 64, for: sample
+n=1, sample n=64, decode of one latent, encode of one uploaded PNG and score of one image; once
+with VAE_BATCHING=true and once false. It prints a Markdown table (requests/s, p50 and p99
+latency, errors), the two ceilings of the server's CPU, R_http (an empty async FastAPI endpoint,
+bench/empty.py, served the same way) and R_model (items/s of decode and encode passes at the max
+batch size, in-process, one thread), the limit L = 1 / (1/R_http + 1/R_model), and the targets.
+
+Needs wrk (Debian: `apt-get install wrk`). Loopback only; each run lasts --duration seconds
+after a --warmup, about 4 minutes in all with the defaults.
+"""
+
+from __future__ import annotations
+
+import argparse
+import json
+import logging
+import os
+import platform
+import shutil
+import socket
+import statistics
+import subprocess
+import sys
+import tempfile
+import time
+from collections.abc import Callable, Iterator
+from contextlib import contextmanager
+from dataclasses import dataclass
+from pathlib import Path
+
+import httpx
+import torch
+
+from app.config import Settings
+from app.passes import Passes
+from model import load_checkpoint
+
+log = logging.getLogger("bench")
+ROOT = Path(__file__).resolve().parent.parent
+LUA = Path(__file__).with_name("wrk.lua")
+EXAMPLE = ROOT / "app" / "static" / "examples" / "sneaker.png"
+# The scenarios the throughput targets are about, by the model pass they use.
+TARGETED = {"decode": "decode 1 latent", "encode": "encode 1 PNG"}
+
+
+@dataclass
+class Scenario:
+    name: str
+    method: str
+    path: str
+    body: bytes = b""
+    content_type: str = ""
+
+
+@dataclass
+class Result:
+    rps: float
+    p50_ms: float
+    p99_ms: float
+    errors: int
+
+
+def scenarios(latent_dim: int) -> list[Scenario]:
+    latent = torch.randn(latent_dim, generator=torch.Generator().manual_seed(0)).tolist()
+    upload = httpx.Request("POST", "http://x/", files={"files": ("sneaker.png", EXAMPLE.read_bytes(), "image/png")})
+    multipart = upload.read(), upload.headers["Content-Type"]
+    return [
+        Scenario("sample n=1", "GET", "/v1/sample?n=1&seed=1"),
+        Scenario("sample n=64", "GET", "/v1/sample?n=64&seed=1"),
+        Scenario("decode 1 latent", "POST", "/v1/decode", json.dumps({"latents": [latent]}).encode(), "application/json"),
+        Scenario("encode 1 PNG", "POST", "/v1/encode", *multipart),
+        Scenario("score 1 image", "POST", "/v1/score", *multipart),
+    ]
+
+
+def free_port() -> int:
+    with socket.socket() as s:
+        s.bind(("127.0.0.1", 0))
+        return s.getsockname()[1]
+
+
+@contextmanager
+def server(command: list[str], env: dict[str, str], url: str, cpu: int) -> Iterator[None]:
+    """`command` pinned to `cpu`, until it answers `url` with 200; stopped on exit."""
+    process = subprocess.Popen(["taskset", "-c", str(cpu), *command], cwd=ROOT, env=env)
+    try:
+        deadline = time.monotonic() + 180
+        while True:
+            if process.poll() is not None:
+                raise SystemExit(f"server exited with {process.returncode}: {' '.join(command)}")
+            try:
+                if httpx.get(url, timeout=5).status_code == 200:
+                    break
+            except httpx.TransportError:
+                pass
+            if time.monotonic() > deadline:
+                raise SystemExit(f"server not ready after 180 s: {' '.join(command)}")
+            time.sleep(0.2)
+        yield
+    finally:
+        process.terminate()
+        process.wait(timeout=60)
+
+
+def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int) -> Result:
+    with tempfile.NamedTemporaryFile(suffix=".body") as body:
+        body.write(scenario.body)
+        body.flush()
+        env = {
+            **os.environ,
+            "BENCH_METHOD": scenario.method,
+            "BENCH_BODY": body.name if scenario.body else "",
+            "BENCH_CONTENT_TYPE": scenario.content_type,
+        }
+        command = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
+        done = subprocess.run(
+            [*command, "-s", str(LUA), base + scenario.path], env=env, capture_output=True, text=True, check=True
+        )
+    stats = json.loads(done.stderr.strip().splitlines()[-1])
+    return Result(
+        rps=stats["requests"] / (stats["duration_us"] / 1e6),
+        p50_ms=stats["p50_us"] / 1000,
+        p99_ms=stats["p99_us"] / 1000,
+        errors=stats["status_errors"] + stats["socket_errors"],
+    )
+
+
+def measure(base: str, scenario: Scenario, connections: int, args: argparse.Namespace) -> Result:
+    wrk(base, scenario, connections, args.warmup, args.client_cpu)  # first-call costs, connection set-up
+    result = wrk(base, scenario, connections, args.duration, args.client_cpu)
+    log.info("%s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors", scenario.name, connections,
+             result.rps, result.p50_ms, result.p99_ms, result.errors)  # fmt: skip
+    return result
+
+
+def serve_env(**variables: str) -> dict[str, str]:
+    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_") and k != "WEB_CONCURRENCY"}
+    # Warnings only: no access line per request, as the empty endpoint writes none.
+    return {**env, "VAE_HOST": "127.0.0.1", "VAE_LOG_LEVEL": "warning", **variables}
+
+
+def r_http(args: argparse.Namespace) -> float:
+    port = free_port()
+    command = [sys.executable, "-m", "uvicorn", "bench.empty:create_app", "--factory", "--host", "127.0.0.1"]
+    command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    base = f"http://127.0.0.1:{port}"
+    with server(command, serve_env(), base + "/", args.server_cpu):
+        return measure(base, Scenario("empty endpoint", "GET", "/"), 64, args).rps
+
+
+def per_pass_s(fn: Callable[[], object], budget_s: float = 2.0) -> float:
+    for _ in range(5):
+        fn()
+    times = []
+    deadline = time.perf_counter() + budget_s
+    while time.perf_counter() < deadline or len(times) < 10:
+        start = time.perf_counter()
+        fn()
+        times.append(time.perf_counter() - start)
+    return statistics.median(times)
+
+
+@torch.inference_mode()
+def r_model(checkpoint: Path, rows: int, cpu: int) -> dict[str, float]:
+    """Items/s of decode and encode passes of `rows` rows (the service's own passes), on `cpu`."""
+    affinity = os.sched_getaffinity(0)
+    os.sched_setaffinity(0, {cpu})
+    threads = torch.get_num_threads()
+    torch.set_num_threads(1)
+    try:
+        passes = Passes(load_checkpoint(checkpoint), rows)
+        passes.calibrate()
+        config, generator = passes.vae.config, torch.Generator().manual_seed(0)
+        z = torch.randn(rows, config.latent_dim, generator=generator)
+        x = torch.rand(rows, config.channels, config.height, config.width, generator=generator)
+        return {
+            "decode": rows / per_pass_s(lambda: passes.decode(z, None)),
+            "encode": rows / per_pass_s(lambda: passes.encode(x, None)),
+        }
+    finally:
+        torch.set_num_threads(threads)
+        os.sched_setaffinity(0, affinity)
+
+
+def machine() -> str:
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    return (
+        f"{model}, {os.cpu_count()} CPUs; Linux {platform.release()}; Python {platform.python_version()}, "
+        f"torch {torch.__version__}, wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
+    )
+
+
+def report(
+    scenarios_: list[Scenario],
+    results: dict[tuple[str, bool, int], Result],
+    concurrencies: list[int],
+    http: float,
+    model: dict[str, float],
+) -> str:
+    lines = [
+        "| operation | conc. | on: req/s | p50 ms | p99 ms | errors | off: req/s | p50 ms | p99 ms | errors | on/off |",
+        "|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|",
+    ]
+    for scenario in scenarios_:
+        for c in concurrencies:
+            on, off = results[scenario.name, True, c], results[scenario.name, False, c]
+            cells = [f"{r.rps:.0f} | {r.p50_ms:.2f} | {r.p99_ms:.2f} | {r.errors}" for r in (on, off)]
+            lines.append(f"| {scenario.name} | {c} | {cells[0]} | {cells[1]} | {on.rps / off.rps:.2f}x |")
+    lines += ["", f"R_http (empty async endpoint, 64 connections) = {http:.0f} req/s"]
+    top = max(concurrencies)
+    for op, name in TARGETED.items():
+        limit = 1 / (1 / http + 1 / model[op])
+        on, off = results[name, True, top], results[name, False, top]
+        lines.append(
+            f"{op}: R_model = {model[op]:.0f} items/s, L = {limit:.0f} req/s; at c={top}: {on.rps / limit:.0%} of L "
+            f"(target >= 70%), {on.rps / off.rps:.2f}x batching off (target >= 2x), "
+            f"p99 {on.p99_ms:.2f} ms vs {off.p99_ms:.2f} ms off (target: no worse)"
+        )
+    low = min(concurrencies)
+    ratios = ", ".join(
+        f"{s.name} {results[s.name, True, low].p50_ms / results[s.name, False, low].p50_ms - 1:+.0%}" for s in scenarios_
+    )
+    lines.append(f"c={low}: p50 batching on vs off (target within 10%): {ratios}")
+    lines.append(f"errors in all runs: {sum(r.errors for r in results.values())} (target 0)")
+    return "\n".join(lines)
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=5, help="seconds per measured run")
+    p.add_argument("--warmup", type=int, default=1, help="seconds of load before each run, not counted")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--client-cpu", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    if shutil.which("wrk") is None:
+        raise SystemExit("wrk not found; install it (Debian: apt-get install wrk)")
+    settings = Settings()
+    checkpoint = ROOT / "model" / "checkpoints" / "fashion-vae.safetensors"
+    load = scenarios(load_checkpoint(checkpoint).config.latent_dim)
+    log.info("ceilings on CPU %d", args.server_cpu)
+    http = r_http(args)
+    model = r_model(checkpoint, settings.max_batch, args.server_cpu)
+    results: dict[tuple[str, bool, int], Result] = {}
+    for batching in (True, False):
+        port = free_port()
+        base = f"http://127.0.0.1:{port}"
+        env = serve_env(VAE_PORT=str(port), VAE_BATCHING=str(batching).lower())
+        with server([sys.executable, "-m", "app.serve"], env, base + "/readyz", args.server_cpu):
+            for scenario in load:
+                for c in args.concurrency:
+                    results[scenario.name, batching, c] = measure(base, scenario, c, args)
+    print(f"Machine: {machine()}\n")
+    print(f"Command: python bench/load.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")
+    print(report(load, results, args.concurrency, http, model))
+
+
+if __name__ == "__main__":
+    main()

@@ -7,7 +7,7 @@ PORT ?= 8000
 # Debian packages the tests use (nginx as the gateway, chromium for the page).
 SYSTEM_PACKAGES := chromium nginx
 
-.PHONY: serve test install system-deps clean
+.PHONY: serve test bench install system-deps clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -28,6 +28,11 @@ system-deps:
 
 test: install system-deps
 	$(BIN)/python -m pytest
+
+# The load benchmark of docs/benchmarks.md (needs 2 free cores; about 4 minutes).
+bench: install
+	bash scripts/system-deps.sh wrk
+	$(BIN)/python bench/load.py
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -19,7 +19,7 @@ import asyncio
 import logging
 import time
 from collections import deque
-from collections.abc import Callable
+from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass, field
 from typing import Generic, TypeVar
@@ -29,6 +29,8 @@ log = logging.getLogger(__name__)
 In = TypeVar("In")  # a request's input
 Out = TypeVar("Out")  # its result
 T = TypeVar("T")
+OnBatch = Callable[[int, float], None]  # (items in the batch, seconds its oldest request waited)
+OnQueue = Callable[[int], None]  # change in the number of items waiting
 
 
 class BatchError(Exception):
@@ -106,6 +108,12 @@ class Pending(Generic[In, Out]):
     timer: asyncio.TimerHandle | None = None
 
 
+def fail(pendings: Iterable[Pending[In, Out]], error: BatchError) -> None:
+    for pending in pendings:
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+
 class Batcher(Generic[In, Out]):
     """Queues `In`s and runs them in batches through `run` (in the worker thread), which returns
     one `Out` per input, in order.
@@ -120,8 +128,8 @@ class Batcher(Generic[In, Out]):
         run: Callable[[list[In]], list[Out]],
         worker: Worker,
         limits: Limits,
-        on_batch: Callable[[int, float], None] | None = None,
-        on_queue: Callable[[int], None] | None = None,
+        on_batch: OnBatch | None = None,
+        on_queue: OnQueue | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -165,9 +173,7 @@ class Batcher(Generic[In, Out]):
         self._closed = True
         if self._task is not None:
             self._task.cancel()
-        for pending in self._queue:
-            if not pending.future.done():
-                pending.future.set_exception(ShuttingDown())
+        fail(self._queue, ShuttingDown())
         self._queue.clear()
 
     def _expire(self, pending: Pending[In, Out]) -> None:
@@ -240,11 +246,12 @@ class Batcher(Generic[In, Out]):
                     results = await self._worker.run(self._run, [p.item for p in batch])
                     if len(results) != len(batch):
                         raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
+                except asyncio.CancelledError:  # closed while the batch ran
+                    fail(batch, ShuttingDown())
+                    raise
                 except Exception as error:  # the batch fails, the batcher does not
                     log.exception("%s: a batch of %d requests failed", self.name, len(batch))
-                    for pending in batch:
-                        if not pending.future.done():
-                            pending.future.set_exception(BatchFailed(self.name, error))
+                    fail(batch, BatchFailed(self.name, error))
                     continue
                 for pending, result in zip(batch, results, strict=True):
                     if not pending.future.done():  # its client may have gone

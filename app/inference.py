@@ -15,11 +15,12 @@ import os
 from collections.abc import Callable
 from dataclasses import dataclass, replace
 from functools import partial
+from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
 import torch
 
-from app.batcher import Batcher, Limits, Worker
+from app.batcher import Batcher, Limits, OnBatch, OnQueue, Worker
 from app.config import Settings
 from app.passes import Passes
 from model import VAE
@@ -83,14 +84,24 @@ def seeded(vae: VAE, seed: int) -> torch.Generator:
     return torch.Generator(device=vae.device).manual_seed(seed)
 
 
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity (taskset, cpusets), capped by a cgroup v2
+    CPU quota (`docker run --cpus`, Kubernetes limits), which affinity does not show."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    return cores if quota == "max" else max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
 def torch_threads(settings: Settings) -> int:
     """VAE_TORCH_THREADS, else each uvicorn worker's share of the usable cores (WEB_CONCURRENCY
-    workers; CPU affinity and cpusets respected) less one, which its event loop keeps busy under
-    load; at least 1."""
+    workers) less one, which its event loop keeps busy under load; at least 1."""
     if settings.torch_threads is not None:
         return settings.torch_threads
     workers = max(1, int(os.environ.get("WEB_CONCURRENCY") or 1))
-    return max(1, len(os.sched_getaffinity(0)) // workers - 1)
+    return max(1, usable_cores() // workers - 1)
 
 
 def stacked(parts: list[torch.Tensor | None], device: torch.device) -> torch.Tensor | None:
@@ -228,7 +239,7 @@ class Inference:
             for op, run in runs.items()
         }
 
-    def _observers(self, name: str, op: str) -> tuple[Callable[[int, float], None] | None, Callable[[int], None] | None]:
+    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None]:
         if self.metrics is None:
             return None, None
         depth = self.metrics.queue_depth.labels(name)

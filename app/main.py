@@ -25,6 +25,7 @@ from app.middleware import BodyLimitMiddleware, OneLineStartupFailure
 from app.proxy import RootPath
 from app.registry import load_registry
 from app.routes import analyse, generate, health, models
+from app.schemas import with_limits
 from app.security import install_api_keys
 
 log = logging.getLogger("app")
@@ -79,6 +80,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     install_error_handlers(app)
     for module in (health, models, generate, analyse, observability):
         app.include_router(module.router)
+    app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)

@@ -12,7 +12,6 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.registry import StartupError
 
-
 # Both refusals close the connection: otherwise the server would go on reading (and
 # discarding) the rest of a body it has already refused.
 CLOSE = {"Connection": "close"}

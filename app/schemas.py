@@ -3,9 +3,13 @@
 from __future__ import annotations
 
 import copy
-from typing import Annotated, Any, Literal
+from collections.abc import Callable
+from typing import TYPE_CHECKING, Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
+
+if TYPE_CHECKING:
+    from app.config import Settings
 
 # A standard-normal prior puts essentially all its mass within +-10; the bound only keeps
 # float32 maths finite.
@@ -288,6 +292,10 @@ def images_request_body(model: type[BaseModel]) -> dict[str, Any]:
     form_schema.pop("examples", None)
     properties = form_schema["properties"]
     properties.pop("images")
+    properties.pop("latents", None)  # interpolate's two latents come as JSON; a form carries files
+    for field in properties.values():  # a form field is text: it can be left out, never null
+        if "anyOf" in field:
+            field["anyOf"] = [option for option in field["anyOf"] if option.get("type") != "null"]
     form_schema["properties"] = {
         "files": {
             "type": "array",
@@ -302,3 +310,41 @@ def images_request_body(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}},
         }
     }
+
+
+# Request fields whose upper bound is a setting: the JSON Schema keyword that states it, and the setting.
+SETTING_LIMITS = {
+    "n": ("maximum", "max_n"),
+    "latents": ("maxItems", "max_n"),
+    "scale": ("maximum", "max_scale"),
+    "k": ("maximum", "max_k"),
+    "steps": ("maximum", "max_steps"),
+    "images": ("maxItems", "max_files"),
+    "files": ("maxItems", "max_files"),
+}
+
+
+def with_limits(openapi: Callable[[], dict[str, Any]], settings: Settings) -> Callable[[], dict[str, Any]]:
+    """The OpenAPI schema with the limits the settings put on request fields (n <= VAE_MAX_N,
+    ...) as their maximum, so clients and schema-driven tools know them: the models declare
+    only what does not depend on settings."""
+
+    def schema() -> dict[str, Any]:
+        document = openapi()
+        components = document.get("components", {}).get("schemas", {})
+        requests: list[dict[str, Any]] = []
+        for operations in document.get("paths", {}).values():
+            for operation in operations.values():
+                for content in operation.get("requestBody", {}).get("content", {}).values():
+                    ref = content["schema"].get("$ref", "")
+                    requests.append(components[ref.rsplit("/", 1)[1]] if ref else content["schema"])
+                query = [p for p in operation.get("parameters", []) if p["in"] == "query"]
+                requests.append({"properties": {p["name"]: p["schema"] for p in query}})
+        for request in requests:
+            for name, field in request.get("properties", {}).items():
+                if name in SETTING_LIMITS:
+                    keyword, setting = SETTING_LIMITS[name]
+                    field[keyword] = getattr(settings, setting)
+        return document
+
+    return schema

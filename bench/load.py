@@ -44,6 +44,7 @@ LUA = Path(__file__).with_name("wrk.lua")
 EXAMPLE = ROOT / "app" / "static" / "examples" / "sneaker.png"
 # The scenarios the throughput targets are about, by the model pass they use.
 TARGETED = {"decode": "decode 1 latent", "encode": "encode 1 PNG"}
+JSON = "application/json"
 
 
 @dataclass
@@ -70,7 +71,7 @@ def scenarios(latent_dim: int) -> list[Scenario]:
     return [
         Scenario("sample n=1", "GET", "/v1/sample?n=1&seed=1"),
         Scenario("sample n=64", "GET", "/v1/sample?n=64&seed=1"),
-        Scenario("decode 1 latent", "POST", "/v1/decode", json.dumps({"latents": [latent]}).encode(), "application/json"),
+        Scenario("decode 1 latent", "POST", "/v1/decode", json.dumps({"latents": [latent]}).encode(), JSON),
         Scenario("encode 1 PNG", "POST", "/v1/encode", *multipart),
         Scenario("score 1 image", "POST", "/v1/score", *multipart),
     ]
@@ -84,25 +85,35 @@ def free_port() -> int:
 
 @contextmanager
 def server(command: list[str], env: dict[str, str], url: str, cpu: int) -> Iterator[None]:
-    """`command` pinned to `cpu`, until it answers `url` with 200; stopped on exit."""
-    process = subprocess.Popen(["taskset", "-c", str(cpu), *command], cwd=ROOT, env=env)
-    try:
-        deadline = time.monotonic() + 180
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"server exited with {process.returncode}: {' '.join(command)}")
-            try:
-                if httpx.get(url, timeout=5).status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit(f"server not ready after 180 s: {' '.join(command)}")
-            time.sleep(0.2)
-        yield
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
+    """`command` pinned to `cpu`, until it answers `url` with 200; stopped on exit. Its output
+    goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
+    run make it log errors that say nothing about the run)."""
+    with tempfile.TemporaryFile() as output:
+        process = subprocess.Popen(
+            ["taskset", "-c", str(cpu), *command], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+        )
+
+        def fail(why: str) -> SystemExit:
+            output.seek(0)
+            return SystemExit(f"{' '.join(command)}: {why}\n{output.read().decode(errors='replace')[-3000:]}")
+
+        try:
+            deadline = time.monotonic() + 180
+            while True:
+                if process.poll() is not None:
+                    raise fail(f"exited with {process.returncode}")
+                try:
+                    if httpx.get(url, timeout=5).status_code == 200:
+                        break
+                except httpx.TransportError:
+                    pass
+                if time.monotonic() > deadline:
+                    raise fail("not ready after 180 s")
+                time.sleep(0.2)
+            yield
+        finally:
+            process.terminate()
+            process.wait(timeout=60)
 
 
 def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int) -> Result:
@@ -188,9 +199,10 @@ def r_model(checkpoint: Path, rows: int, cpu: int) -> dict[str, float]:
 def machine() -> str:
     lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
+    wrk_version = subprocess.run(["wrk", "-v"], capture_output=True, text=True).stdout.split()[1]
     return (
         f"{model}, {os.cpu_count()} CPUs; Linux {platform.release()}; Python {platform.python_version()}, "
-        f"torch {torch.__version__}, wrk {subprocess.run(['wrk', '-v'], capture_output=True, text=True).stdout.split()[1]}"
+        f"torch {torch.__version__}, wrk {wrk_version}"
     )
 
 
@@ -222,7 +234,8 @@ def report(
         )
     low = min(concurrencies)
     ratios = ", ".join(
-        f"{s.name} {results[s.name, True, low].p50_ms / results[s.name, False, low].p50_ms - 1:+.0%}" for s in scenarios_
+        f"{name} {results[name, True, low].p50_ms / results[name, False, low].p50_ms - 1:+.0%}"
+        for name in (s.name for s in scenarios_)
     )
     lines.append(f"c={low}: p50 batching on vs off (target within 10%): {ratios}")
     lines.append(f"errors in all runs: {sum(r.errors for r in results.values())} (target 0)")

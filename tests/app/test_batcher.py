@@ -4,11 +4,13 @@ neighbours (byte-identical to running alone), and back-pressure through the HTTP
 from __future__ import annotations
 
 import asyncio
+import os
 import threading
 import time
 from collections.abc import Awaitable, Callable, Iterator
 from concurrent.futures import Future, ThreadPoolExecutor
 from dataclasses import replace
+from pathlib import Path
 from typing import Any
 
 import httpx
@@ -18,9 +20,9 @@ from fastapi.testclient import TestClient
 from starlette.datastructures import State
 
 import app.inference
-from app.batcher import Batcher, BatchFailed, Limits, QueueFull, QueueTimeout, Worker
+from app.batcher import Batcher, BatchFailed, Limits, QueueFull, QueueTimeout, ShuttingDown, Worker
 from app.config import Settings
-from app.inference import ImagesJob, Inference
+from app.inference import ImagesJob, Inference, torch_threads, usable_cores
 from app.main import create_app
 from app.observability import Metrics
 from app.passes import Passes
@@ -71,9 +73,7 @@ def test_requests_that_arrive_together_run_as_one_batch_in_order() -> None:
     assert work.batches == [[0, 1, 2, 3, 4]]
 
 
-@pytest.mark.parametrize(
-    ("batching", "expected"), [(True, [[0], [1, 2, 3], [4]]), (False, [[0], [1], [2], [3], [4]])]
-)
+@pytest.mark.parametrize(("batching", "expected"), [(True, [[0], [1, 2, 3], [4]]), (False, [[0], [1], [2], [3], [4]])])
 def test_batches_respect_max_size_and_batching_off_runs_each_alone(batching: bool, expected: list[list[int]]) -> None:
     work = Recorder()
 
@@ -172,6 +172,42 @@ def test_a_cancelled_request_leaves_the_queue() -> None:
 
     run(main)
     assert work.batches == [[0], [2]]
+
+
+def test_closing_answers_running_and_queued_requests_with_503() -> None:
+    work = Recorder(delay=0.2)
+
+    async def main(worker: Worker) -> None:
+        batcher = Batcher("fake", work, worker, replace(LIMITS, max_size=1))
+        running = asyncio.create_task(batcher.submit(0))
+        await asyncio.sleep(0.01)
+        queued = asyncio.create_task(batcher.submit(1))
+        await asyncio.sleep(0)
+        batcher.close()
+        for request in (running, queued, batcher.submit(2)):
+            with pytest.raises(ShuttingDown) as closed:
+                await request
+            assert closed.value.status_code == 503 and closed.value.headers == {"Retry-After": "1"}
+
+    run(main)
+    assert work.batches == [[0]]
+
+
+def test_torch_threads_leave_each_worker_a_core_for_its_event_loop(
+    settings: Settings, monkeypatch: pytest.MonkeyPatch, tmp_path: Path
+) -> None:
+    monkeypatch.setattr(os, "sched_getaffinity", lambda pid: set(range(8)))
+    monkeypatch.delenv("WEB_CONCURRENCY", raising=False)
+    monkeypatch.setattr(app.inference, "usable_cores", lambda: usable_cores(tmp_path / "absent"))
+    defaults = settings.model_copy(update={"torch_threads": None})
+    assert torch_threads(defaults) == 7
+    monkeypatch.setenv("WEB_CONCURRENCY", "4")
+    assert torch_threads(defaults) == 1
+    assert torch_threads(settings) == 1  # VAE_TORCH_THREADS wins
+    quota = tmp_path / "cpu.max"
+    for text, cores in (("max 100000", 8), ("300000 100000", 3), ("150000 100000", 2), ("50000 100000", 1)):
+        quota.write_text(text + "\n")
+        assert usable_cores(quota) == cores
 
 
 # The real operations: same bytes alone, batched with any neighbours, or with batching off.

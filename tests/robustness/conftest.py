@@ -2,7 +2,7 @@
 
 In-process: tests/app's tiny checkpoints (tiny-vae, tiny-cvae) and its TestClient on them.
 Real servers: tests/deploy's `Replica` (`python -m app.serve`, the image's command, on a free
-loopback port), started once per module that needs one and always stopped.
+loopback port), started when a test first needs one and stopped at the end of the session.
 """
 
 from __future__ import annotations
@@ -18,13 +18,16 @@ from tests.deploy.support import Replica
 
 
 @pytest.fixture(scope="session")
-def replicas(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Callable[..., Replica]]:  # noqa: F811
+def replicas(
+    model_dir: Path,  # noqa: F811 (the fixture imported above)
+    tmp_path_factory: pytest.TempPathFactory,
+) -> Iterator[Callable[..., Replica]]:
     """Starts ready replicas on the tiny models, `settings` by field name (body_timeout="2" is
     VAE_BODY_TIMEOUT=2); every one is stopped at the end of the session."""
     started: list[Replica] = []
 
-    def start(**settings: str) -> Replica:
-        env = {f"VAE_{field.upper()}": value for field, value in settings.items()}
+    def start(**values: str) -> Replica:
+        env = {f"VAE_{field.upper()}": value for field, value in values.items()}
         replica = Replica(model_dir, tmp_path_factory.mktemp("replica") / "server.log", env)
         started.append(replica)
         replica.wait_ready()
@@ -39,4 +42,3 @@ def replicas(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Itera
 def server(replicas: Callable[..., Replica]) -> Replica:
     """One real server for the upload and protocol tests: small limits, a 2 s body timeout."""
     return replicas(max_upload_bytes="100000", body_timeout="2", max_files="4")
-

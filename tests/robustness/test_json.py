@@ -37,8 +37,10 @@ TINY_PNG = tiny_png()
 
 CASES = [
     # Wrong types.
-    ("/v1/sample", {"n": "many"}, 422, "n: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
-    ("/v1/sample", {"n": 1.5}, 422, "n: Input should be a valid integer, got a number with a fractional part (got 1.5)"),
+    ("/v1/sample", {"n": "many"}, 422,
+     "n: Input should be a valid integer, unable to parse string as an integer (got 'many')"),
+    ("/v1/sample", {"n": 1.5}, 422,
+     "n: Input should be a valid integer, got a number with a fractional part (got 1.5)"),
     ("/v1/sample", {"temperature": [1]}, 422, "temperature: Input should be a valid number"),
     ("/v1/decode", {"latents": "abc"}, 422, "latents: Input should be a valid list (got 'abc')"),
     ("/v1/decode", {"latents": LATENT}, 422, "latents[0]: Input should be a valid list (got 0.0)"),
@@ -55,15 +57,20 @@ CASES = [
     ("/v1/score", {"images": ["x"], "k": 5, "samples": 5}, 422, "samples: unknown field"),
     ("/v1/interpolate", {"latents": PAIR, "image": "x"}, 422, "image: unknown field"),
     # NaN, Infinity and huge numbers in latents, where the JSON parser lets them through.
-    ("/v1/interpolate", '{"latents": [[0, 0, 0, NaN], [0, 0, 0, 0]]}', 422, "latents[0][3]: Input should be a finite number"),
-    ("/v1/interpolate", '{"latents": [[0, 0, 0, 0], [0, 0, -Infinity, 0]]}', 422, "latents[1][2]: Input should be a finite number"),
+    ("/v1/interpolate", '{"latents": [[0, 0, 0, NaN], [0, 0, 0, 0]]}', 422,
+     "latents[0][3]: Input should be a finite number"),
+    ("/v1/interpolate", '{"latents": [[0, 0, 0, 0], [0, 0, -Infinity, 0]]}', 422,
+     "latents[1][2]: Input should be a finite number"),
     ("/v1/decode", '{"latents": [[0, 0, 0, 1e400]]}', 422, "latents[0][3]: Input should be a finite number (got inf)"),
-    ("/v1/decode", {"latents": [[0, 0, 0, -1e9]]}, 422, "latents[0][3]: Input should be greater than or equal to -1000"),
+    ("/v1/decode", {"latents": [[0, 0, 0, -1e9]]}, 422,
+     "latents[0][3]: Input should be greater than or equal to -1000"),
     ("/v1/decode", {"latents": [[0, 0, 0, HUGE]]}, 422, "latents[0][3]: Input should be less than or equal to 1000"),
     ("/v1/sample", '{"temperature": NaN}', 422, "temperature: Input should be a finite number"),
     # The wrong latent length.
-    ("/v1/interpolate", {"latents": [LATENT, [0, 0, 0]]}, 422, "latents[1]: has 3 values; model 'tiny-vae' has latent_dim 4"),
-    ("/v1/decode", {"latents": [LATENT, LATENT + [0]]}, 422, "latents[1]: has 5 values; model 'tiny-vae' has latent_dim 4"),
+    ("/v1/interpolate", {"latents": [LATENT, [0, 0, 0]]}, 422,
+     "latents[1]: has 3 values; model 'tiny-vae' has latent_dim 4"),
+    ("/v1/decode", {"latents": [LATENT, LATENT + [0]]}, 422,
+     "latents[1]: has 5 values; model 'tiny-vae' has latent_dim 4"),
     # Empty lists.
     ("/v1/decode", {"latents": [[]]}, 422, "latents[0]: has 0 values; model 'tiny-vae' has latent_dim 4"),
     ("/v1/interpolate", {"latents": []}, 422, "latents: give exactly 2 (start and end), got 0"),
@@ -76,25 +83,33 @@ CASES = [
     ("/v1/sample", {"scale": HUGE}, 422, f"scale: at most 16 allowed, got {HUGE}"),
     ("/v1/score", {"images": ["x"], "k": -5}, 422, "k: Input should be greater than or equal to 1 (got -5)"),
     ("/v1/score", {"images": [TINY_PNG], "k": HUGE}, 422, f"k: at most 50 allowed, got {HUGE}"),
-    ("/v1/interpolate", {"latents": PAIR, "steps": 0}, 422, "steps: Input should be greater than or equal to 2 (got 0)"),
-    ("/v1/interpolate", {"latents": PAIR, "steps": -3}, 422, "steps: Input should be greater than or equal to 2 (got -3)"),
+    ("/v1/interpolate", {"latents": PAIR, "steps": 0}, 422,
+     "steps: Input should be greater than or equal to 2 (got 0)"),
+    ("/v1/interpolate", {"latents": PAIR, "steps": -3}, 422,
+     "steps: Input should be greater than or equal to 2 (got -3)"),
     ("/v1/interpolate", {"latents": PAIR, "steps": HUGE}, 422, f"steps: at most 64 allowed, got {HUGE}"),
     # Unknown model or label, also absurdly long ones (echoed back shortened).
-    ("/v1/interpolate", {"latents": PAIR, "model": "tiny"}, 404, "unknown model 'tiny'; available: tiny-cvae, tiny-vae"),
+    ("/v1/interpolate", {"latents": PAIR, "model": "tiny"}, 404,
+     "unknown model 'tiny'; available: tiny-cvae, tiny-vae"),
     ("/v1/decode", {"latents": [LATENT], "model": "m" * 100_000}, 404, "unknown model 'mmmmmmmmmmmm...mmmmmmmmmmmmm'"),
-    ("/v1/sample", {"model": "tiny-cvae", "label": "Hat" * 10_000}, 422, "label: unknown label 'HatHatHatHat...tHatHatHatHat'"),
-    ("/v1/sample", {"model": "tiny-cvae", "label": "9" * 5000}, 422, "label: unknown label '999999999999...9999999999999'"),
+    ("/v1/sample", {"model": "tiny-cvae", "label": "Hat" * 10_000}, 422,
+     "label: unknown label 'HatHatHatHat...tHatHatHatHat'"),
+    ("/v1/sample", {"model": "tiny-cvae", "label": "9" * 5000}, 422,
+     "label: unknown label '999999999999...9999999999999'"),
     ("/v1/sample", {"model": "tiny-cvae", "label": "²"}, 422, "label: unknown label '²' for model 'tiny-cvae'"),
     ("/v1/sample", {"model": "tiny-cvae", "label": -1}, 422, "label: unknown label -1 for model 'tiny-cvae'"),
-    ("/v1/sample", {"model": "tiny-cvae", "label": 1.0}, 422, "label: a label is a class name (string) or index (integer) (got 1.0)"),
+    ("/v1/sample", {"model": "tiny-cvae", "label": 1.0}, 422,
+     "label: a label is a class name (string) or index (integer) (got 1.0)"),
     # Seeds outside 0 .. 2^63 - 1 (a torch.Generator seed).
     ("/v1/sample", {"seed": 2**63}, 422, "seed: Input should be less than or equal to 9223372036854775807"),
     ("/v1/sample", {"seed": 2**64 + 1}, 422, "seed: Input should be less than or equal to 9223372036854775807"),
     ("/v1/sample", {"seed": -(2**63) - 1}, 422, "seed: Input should be greater than or equal to 0"),
-    ("/v1/score", {"images": ["x"], "seed": 10**100}, 422, "seed: Input should be less than or equal to 9223372036854775807"),
+    ("/v1/score", {"images": ["x"], "seed": 10**100}, 422,
+     "seed: Input should be less than or equal to 9223372036854775807"),
     # Deeply nested: both JSON parsers (FastAPI's for decode, pydantic's for score) give up cleanly.
     ("/v1/decode", '{"latents": ' + "[" * 50_000 + "]" * 50_000 + "}", 422, "body: not valid JSON (nested too deeply)"),
-    ("/v1/score", '{"images": ' + "[" * 50_000 + "]" * 50_000 + "}", 422, "body: not valid JSON (recursion limit exceeded"),
+    ("/v1/score", '{"images": ' + "[" * 50_000 + "]" * 50_000 + "}", 422,
+     "body: not valid JSON (recursion limit exceeded"),
     ("/v1/decode", {"latents": [[[[[0]]]]]}, 422, "latents[0][0]: Input should be a valid number"),
     # Very long bodies under the 200 kB limit: a number of 5000 digits, 10000 latents.
     ("/v1/decode", '{"latents": [[' + "9" * 5000 + "]]}", 422, "body: not valid JSON (Exceeds the limit (4300 digits)"),
@@ -124,6 +139,10 @@ def test_thousands_of_bad_values_get_a_short_message(client: TestClient) -> None
 
 def test_bad_multipart_fields_are_named(client: TestClient, shirt: bytes) -> None:
     files = [("files", ("a.png", shirt, "image/png"))]
-    assert_error(client.post("/v1/score", files=files, data={"k": "0"}), 422, "k: Input should be greater than or equal to 1")
+    assert_error(
+        client.post("/v1/score", files=files, data={"k": "0"}), 422, "k: Input should be greater than or equal to 1"
+    )
     assert_error(client.post("/v1/score", files=files, data={"foo": "1"}), 422, "foo: unknown field")
-    assert_error(client.post("/v1/score", files=files, data={"seed": str(2**64)}), 422, "seed: Input should be less than")
+    assert_error(
+        client.post("/v1/score", files=files, data={"seed": str(2**64)}), 422, "seed: Input should be less than"
+    )

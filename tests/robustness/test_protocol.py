@@ -20,6 +20,7 @@ from fastapi.testclient import TestClient
 
 from tests.deploy.support import Replica
 from tests.robustness.checks import assert_error
+from tests.robustness.sockets import connect, until_closed
 
 LATENTS = {"latents": [[0.0, 0.5, -0.5, 1.0]]}
 
@@ -55,7 +56,9 @@ def test_a_wrong_method_is_405_naming_the_right_ones(client: TestClient, method:
         ("/v1/interpolate", {"data": {"steps": "4"}}, "got Content-Type application/x-www-form-urlencoded"),
     ],
 )  # fmt: skip
-def test_a_wrong_content_type_is_415_saying_what_to_send(client: TestClient, path: str, kwargs: dict, detail: str) -> None:
+def test_a_wrong_content_type_is_415_saying_what_to_send(
+    client: TestClient, path: str, kwargs: dict, detail: str
+) -> None:
     assert_error(client.post(path, **kwargs), 415, detail)
 
 
@@ -64,23 +67,6 @@ def test_json_with_a_structured_suffix_is_json(client: TestClient) -> None:
         "/v1/decode", content=b'{"latents": [[0, 0, 0, 0]]}', headers={"Content-Type": "application/vnd.api+json"}
     )
     assert response.status_code == 200 and response.headers["content-type"] == "image/png"
-
-
-def connect(server: Replica) -> socket.socket:
-    return socket.create_connection(("127.0.0.1", server.port), timeout=10)
-
-
-def answer(sock: socket.socket, timeout: float) -> tuple[bytes, float]:
-    """What the server sends until it closes the connection, and when it closed (seconds)."""
-    started = time.monotonic()
-    sock.settimeout(timeout)
-    received = b""
-    try:
-        while chunk := sock.recv(65536):
-            received += chunk
-    except ConnectionResetError:
-        pass
-    return received, time.monotonic() - started
 
 
 @contextmanager
@@ -147,7 +133,7 @@ def test_headers_over_h11s_limit_end_the_connection_with_400(server: Replica) ->
                 sock.sendall(f"X-Pad-{i}: {'a' * 100}\r\n".encode())
         except OSError:
             pass  # the server may close before all are sent
-        received, _ = answer(sock, 10)
+        received, _ = until_closed(sock, 10)
     assert received.startswith(b"HTTP/1.1 400 ")
     assert received.endswith(b"Invalid HTTP request received.")
 
@@ -156,7 +142,7 @@ def test_stalled_bodies_get_408_after_the_body_timeout_and_are_closed(server: Re
     head = b"POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: 1000\r\n\r\n"
     with trickling(server, 20, head + b'{"latents": [', b"") as sockets:
         slowest = slowest_of_ordinary_requests(server, 1.0)
-        answers = [answer(sock, 10) for sock in sockets]
+        answers = [until_closed(sock, 10) for sock in sockets]
     assert slowest < 1.0, f"an ordinary request took {slowest:.2f} s next to 20 stalled bodies"
     for received, closed_after in answers:
         assert received.startswith(b"HTTP/1.1 408 "), received[:200]
@@ -171,6 +157,15 @@ def test_a_slow_body_that_never_stalls_is_served(server: Replica) -> None:
     head = f"POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n"
     head += "Connection: close\r\n\r\n"
     with trickling(server, 1, head.encode() + body[:-5], body[-5:], every=0.6) as [sock]:
-        received, took = answer(sock, 30)
+        received, took = until_closed(sock, 30)
     assert received.startswith(b"HTTP/1.1 200 "), received[:200]
     assert took > 2.5
+
+
+def test_an_idle_kept_alive_connection_is_closed(server: Replica) -> None:
+    # After an answer, uvicorn keeps the connection for the next request 5 s (--timeout-keep-alive).
+    with connect(server) as sock:
+        sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n\r\n")
+        received, closed_after = until_closed(sock, 15)
+    assert received.startswith(b"HTTP/1.1 200 ") and received.endswith(b'{"status":"ok"}')
+    assert 4.5 < closed_after < 7

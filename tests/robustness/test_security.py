@@ -31,7 +31,13 @@ from tests.deploy.support import ROOT, Replica
 from tests.robustness.checks import assert_error, assert_no_leak
 
 # Every way to unpickle: what loading a checkpoint must never call.
-UNPICKLERS = [(pickle, "load"), (pickle, "loads"), (pickle, "Unpickler"), (torch, "load"), (torch.serialization, "load")]
+UNPICKLERS = [
+    (pickle, "load"),
+    (pickle, "loads"),
+    (pickle, "Unpickler"),
+    (torch, "load"),
+    (torch.serialization, "load"),
+]
 
 
 def test_no_code_loads_pickles() -> None:
@@ -83,9 +89,8 @@ def png_bytes(array: np.ndarray, format: str = "PNG") -> bytes:
 
 
 def test_the_content_decides_not_the_name_or_type(client: TestClient) -> None:
-    y, x = np.mgrid[:28, :28]
-    png = png_bytes((x * 9).astype(np.uint8))
-    jpeg = png_bytes((x * 9).astype(np.uint8), "JPEG")
+    gradient = (np.mgrid[:28, :28][1] * 9).astype(np.uint8)
+    png, jpeg = png_bytes(gradient), png_bytes(gradient, "JPEG")
 
     def mean(name: str, content: bytes, content_type: str) -> list[float]:
         response = client.post("/v1/encode", files=[("files", (name, content, content_type))])
@@ -104,7 +109,7 @@ def test_the_content_decides_not_the_name_or_type(client: TestClient) -> None:
         ("page.png", b"<!doctype html><html><script>alert(1)</script></html>"),
         ("vector.png", b'<svg xmlns="http://www.w3.org/2000/svg" width="9" height="9"/>'),
         ("paper.jpg", b"%PDF-1.7\n1 0 obj\n<<>>\nendobj\n"),
-        ("photo.jpg", png_bytes((x * 9).astype(np.uint8), "TIFF")),  # a real image, not a served format
+        ("photo.jpg", png_bytes(gradient, "TIFF")),  # a real image, not a served format
         ("archive.png", b"PK\x03\x04" + bytes(100)),
     ]:
         response = client.post("/v1/encode", files=[("files", (name, content, "image/png"))])

@@ -12,6 +12,7 @@ import socket
 import struct
 import time
 import zlib
+from collections.abc import Callable
 
 import numpy as np
 import pytest
@@ -20,6 +21,7 @@ from PIL import Image, ImageOps
 
 from tests.deploy.support import Replica
 from tests.robustness.checks import assert_error
+from tests.robustness.sockets import connect, until_closed
 
 LIMIT = "over the 25000000-pixel limit"  # the default VAE_MAX_PIXELS, which tests/app's client keeps
 OVER = f"image is {LIMIT}"
@@ -113,7 +115,9 @@ def test_an_empty_base64_image_is_422(client: TestClient) -> None:
         ]
     ],
 )
-def test_decompression_bombs_are_413_from_the_header(client: TestClient, name: str, content: bytes, detail: str) -> None:
+def test_decompression_bombs_are_413_from_the_header(
+    client: TestClient, name: str, content: bytes, detail: str
+) -> None:
     # A few hundred bytes declaring gigapixels: refused from the header, no pixel decoded.
     started = time.monotonic()
     assert_error(post(client, name, content), 413, f"files[0] ({name}): {detail}")
@@ -123,7 +127,9 @@ def test_decompression_bombs_are_413_from_the_header(client: TestClient, name: s
 def test_a_huge_but_valid_image_is_fitted(client: TestClient) -> None:
     # 16 megapixels, under the 25-megapixel limit: decoded and fitted to 28x28 like any other.
     huge = encoded(Image.new("L", (4000, 4000)))
-    np.testing.assert_allclose(means(client, "huge.png", huge), means(client, "small.png", encoded(Image.new("L", (28, 28)))))
+    np.testing.assert_allclose(
+        means(client, "huge.png", huge), means(client, "small.png", encoded(Image.new("L", (28, 28))))
+    )
 
 
 @pytest.mark.parametrize("format", ["GIF", "PNG", "WEBP"])
@@ -155,9 +161,9 @@ def test_16_bit_grey_is_scaled_to_8_bits(client: TestClient) -> None:
     ],
 )
 def test_palette_alpha_and_cmyk_images_read_as_their_grey_levels(
-    client: TestClient, mode: str, make: object, tolerance: float
+    client: TestClient, mode: str, make: Callable[[Image.Image], bytes], tolerance: float
 ) -> None:
-    converted = means(client, f"{mode}.img", make(grey()))  # type: ignore[operator]
+    converted = means(client, f"{mode}.img", make(grey()))
     np.testing.assert_allclose(converted, means(client, "grey.png", encoded(grey())), atol=tolerance + 1e-6)
 
 
@@ -167,7 +173,9 @@ def test_exif_orientation_is_applied(client: TestClient) -> None:
     rotated = encoded(grey(), "JPEG", exif=exif, quality=95)
     as_displayed = ImageOps.exif_transpose(Image.open(io.BytesIO(rotated)))
     assert as_displayed.size == (28, 28) and not np.array_equal(np.asarray(as_displayed), np.asarray(grey()))
-    np.testing.assert_allclose(means(client, "rotated.jpg", rotated), means(client, "upright.png", encoded(as_displayed)))
+    np.testing.assert_allclose(
+        means(client, "rotated.jpg", rotated), means(client, "upright.png", encoded(as_displayed))
+    )
     as_stored = Image.open(io.BytesIO(rotated)).convert("L")  # the pixels without the EXIF rotation
     assert not np.allclose(means(client, "rotated.jpg", rotated), means(client, "stored.png", encoded(as_stored)))
 
@@ -176,15 +184,6 @@ def test_an_image_sent_under_the_json_field_name_is_422(client: TestClient, shir
     # Multipart wants `files`; a file part named `images` (the JSON field) is named in the message.
     response = client.post("/v1/encode", files=[("images", ("a.png", shirt, "image/png"))])
     assert_error(response, 422, "images: Input should be a valid list")
-
-
-def read_answer(sock: socket.socket) -> bytes:
-    """Everything the server sends until it closes the connection (or 10 s pass)."""
-    sock.settimeout(10)
-    answer = b""
-    while chunk := sock.recv(65536):
-        answer += chunk
-    return answer
 
 
 def keeps_reading(sock: socket.socket, seconds: float = 3.0) -> bool:
@@ -201,10 +200,10 @@ def keeps_reading(sock: socket.socket, seconds: float = 3.0) -> bool:
 
 
 def test_a_declared_oversized_body_is_413_unread_and_the_connection_closed(server: Replica) -> None:
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
+    with connect(server) as sock:
         head = b"POST /v1/encode HTTP/1.1\r\nHost: x\r\nContent-Type: image/png\r\nContent-Length: 10000000000\r\n\r\n"
         sock.sendall(head + b"x" * 1000)  # 1 kB of the 10 GB announced
-        answer = read_answer(sock)
+        answer, _ = until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 413 ")
         assert b"connection: close" in answer.lower()
         assert answer.endswith(b'{"detail":"request body is larger than the 100000-byte limit"}')
@@ -212,12 +211,13 @@ def test_a_declared_oversized_body_is_413_unread_and_the_connection_closed(serve
 
 
 def test_a_streamed_oversized_body_is_413_once_over_the_limit(server: Replica) -> None:
-    with socket.create_connection(("127.0.0.1", server.port)) as sock:
-        sock.sendall(b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nTransfer-Encoding: chunked\r\n\r\n")
+    with connect(server) as sock:
+        head = b"POST /v1/score HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        sock.sendall(head + b"Transfer-Encoding: chunked\r\n\r\n")
         chunk = b"A" * 30_000
         for _ in range(4):  # 120 kB, over the 100 kB limit, and no end in sight
             sock.sendall(f"{len(chunk):x}\r\n".encode() + chunk + b"\r\n")
-        answer = read_answer(sock)
+        answer, _ = until_closed(sock)
         assert answer.startswith(b"HTTP/1.1 413 ")
         assert answer.endswith(b'{"detail":"request body is larger than the 100000-byte limit"}')
         assert not keeps_reading(sock)

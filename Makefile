@@ -4,8 +4,8 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
-# Debian packages the tests use (nginx as the gateway, chromium for the page).
-SYSTEM_PACKAGES := chromium nginx
+# Debian packages the tests use (nginx as the gateway, chromium for the page, curl for the README examples).
+SYSTEM_PACKAGES := chromium nginx curl
 
 .PHONY: serve test bench install system-deps clean
 

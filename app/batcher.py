@@ -17,11 +17,10 @@ from __future__ import annotations
 
 import asyncio
 import logging
-import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 log = logging.getLogger(__name__)
@@ -103,9 +102,8 @@ class Pending(Generic[In, Out]):
     size: int  # in the batcher's units, for max_size
     items: int  # images or latents, for the metrics
     future: asyncio.Future[Out]
-    queued_at: float = field(default_factory=time.perf_counter)
+    queued_at: float  # the event loop's clock
     taken: bool = False
-    timer: asyncio.TimerHandle | None = None
 
 
 def fail(pendings: Iterable[Pending[In, Out]], error: BatchError) -> None:
@@ -141,6 +139,7 @@ class Batcher(Generic[In, Out]):
         self._waiting = 0  # requests queued and not yet answered
         self._waiting_size = 0
         self._changed = asyncio.Event()  # set on every arrival
+        self._expiry: asyncio.TimerHandle | None = None  # times out the head of the queue
         self._task: asyncio.Task[None] | None = None
         self._closed = False
 
@@ -155,10 +154,12 @@ class Batcher(Generic[In, Out]):
         if self._waiting >= self.limits.max_queue:
             raise QueueFull(self.name, self.limits.max_queue, retry_after=1)
         loop = asyncio.get_running_loop()
-        pending: Pending[In, Out] = Pending(item, items if size is None else size, items, loop.create_future())
-        pending.timer = loop.call_later(self.limits.timeout, self._expire, pending)
+        size = items if size is None else size
+        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time())
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
+        if self._expiry is None:
+            self._expiry = loop.call_at(pending.queued_at + self.limits.timeout, self._expire)
         self._waiting += 1
         self._waiting_size += pending.size
         if self._on_queue:
@@ -169,15 +170,28 @@ class Batcher(Generic[In, Out]):
         return await pending.future
 
     def close(self) -> None:
-        """Stop serving; requests still queued get ShuttingDown."""
+        """Stop serving; requests queued or in the running batch get ShuttingDown."""
         self._closed = True
         if self._task is not None:
             self._task.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
         fail(self._queue, ShuttingDown())
         self._queue.clear()
 
-    def _expire(self, pending: Pending[In, Out]) -> None:
-        if not pending.taken and not pending.future.done():
+    def _expire(self) -> None:
+        """Time out the requests at the head of the queue that are past their deadline, then
+        wait for the next one's. One timer per batcher, not one per request: the queue is in
+        deadline order, and a loop timer per request costs more than the rest of the queueing."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.limits.timeout
+        for pending in self._queue:
+            if pending.taken or pending.future.done():
+                continue
+            if pending.queued_at > deadline:
+                self._expiry = loop.call_at(pending.queued_at + self.limits.timeout, self._expire)
+                return
             pending.future.set_exception(QueueTimeout(self.name, self.limits.timeout))
 
     def _left(self, pending: Pending[In, Out]) -> None:
@@ -188,8 +202,6 @@ class Batcher(Generic[In, Out]):
         self._uncount(pending)
 
     def _uncount(self, pending: Pending[In, Out]) -> None:
-        if pending.timer is not None:
-            pending.timer.cancel()
         self._waiting -= 1
         self._waiting_size -= pending.size
         if self._on_queue:
@@ -217,7 +229,7 @@ class Batcher(Generic[In, Out]):
         """Under load, give a batch that is not full until its oldest request is max_delay old."""
         while self._waiting and self._waiting_size < self.limits.max_size:
             oldest = next(p for p in self._queue if not p.taken)
-            left = oldest.queued_at + self.limits.max_delay - time.perf_counter()
+            left = oldest.queued_at + self.limits.max_delay - asyncio.get_running_loop().time()
             if left <= 0:
                 return
             self._changed.clear()
@@ -239,7 +251,7 @@ class Batcher(Generic[In, Out]):
                 batch = self._take()
                 if not batch:
                     continue
-                started = time.perf_counter()
+                started = asyncio.get_running_loop().time()
                 if self._on_batch:
                     self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at)
                 try:

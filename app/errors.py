@@ -10,6 +10,7 @@ from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
+from starlette.requests import ClientDisconnect
 from starlette.routing import compile_path
 
 from app.batcher import BatchError
@@ -107,6 +108,13 @@ async def batch_error(request: Request, exc: BatchError) -> JSONResponse:
     return error_json(exc.status_code, str(exc), exc.headers)
 
 
+async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
+    """The client left before sending its whole body: nobody reads the answer, and it is no
+    server fault, so it is logged as a 400 rather than a 500 with a traceback."""
+    log.info("client disconnected during %s %s before its body was complete", request.method, request.url.path)
+    return error_json(400, "the client disconnected before sending the whole body")
+
+
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
     return error_json(500, "internal server error; the server log has the details")
@@ -118,4 +126,5 @@ def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(ImageError, image_error)
     app.add_exception_handler(UnknownModel, unknown_model)
     app.add_exception_handler(BatchError, batch_error)
+    app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(Exception, internal_error)

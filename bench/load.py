@@ -21,18 +21,18 @@ import os
 import platform
 import shutil
 import socket
-import statistics
 import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Iterator
 from contextlib import contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
 import httpx
 import torch
+from model_speed import median_seconds  # bench/ is the script's folder, so on sys.path
 
 from app.config import Settings
 from app.passes import Passes
@@ -162,18 +162,6 @@ def r_http(args: argparse.Namespace) -> float:
         return measure(base, Scenario("empty endpoint", "GET", "/"), 64, args).rps
 
 
-def per_pass_s(fn: Callable[[], object], budget_s: float = 2.0) -> float:
-    for _ in range(5):
-        fn()
-    times = []
-    deadline = time.perf_counter() + budget_s
-    while time.perf_counter() < deadline or len(times) < 10:
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
-
-
 @torch.inference_mode()
 def r_model(checkpoint: Path, rows: int, cpu: int) -> dict[str, float]:
     """Items/s of decode and encode passes of `rows` rows (the service's own passes), on `cpu`."""
@@ -188,8 +176,8 @@ def r_model(checkpoint: Path, rows: int, cpu: int) -> dict[str, float]:
         z = torch.randn(rows, config.latent_dim, generator=generator)
         x = torch.rand(rows, config.channels, config.height, config.width, generator=generator)
         return {
-            "decode": rows / per_pass_s(lambda: passes.decode(z, None)),
-            "encode": rows / per_pass_s(lambda: passes.encode(x, None)),
+            "decode": rows / median_seconds(lambda: passes.decode(z, None), 2.0),
+            "encode": rows / median_seconds(lambda: passes.encode(x, None), 2.0),
         }
     finally:
         torch.set_num_threads(threads)

@@ -17,7 +17,8 @@ import torch
 from model import load_checkpoint
 
 
-def per_item_us(fn: Callable[[], object], batch: int, budget_s: float = 1.0) -> float:
+def median_seconds(fn: Callable[[], object], budget_s: float = 1.0) -> float:
+    """Median time of one call, over at least 10 timed calls and `budget_s` seconds."""
     for _ in range(5):  # warm-up: first calls pick kernels and allocate
         fn()
     times = []
@@ -26,7 +27,7 @@ def per_item_us(fn: Callable[[], object], batch: int, budget_s: float = 1.0) -> 
         start = time.perf_counter()
         fn()
         times.append(time.perf_counter() - start)
-    return statistics.median(times) / batch * 1e6
+    return statistics.median(times)
 
 
 @torch.inference_mode()
@@ -39,13 +40,13 @@ def main(argv: list[str] | None = None) -> None:
     vae = load_checkpoint(args.checkpoint)
     c = vae.config
     out = sys.stdout
-    out.write(f"| batch | encode (µs/image) | decode (µs/image) |\n|---|---|---|\n")
+    out.write("| batch | encode (µs/image) | decode (µs/image) |\n|---|---|---|\n")
     for batch in (1, 64):
         x = torch.rand(batch, c.channels, c.height, c.width)
         z = torch.randn(batch, c.latent_dim)
         y = torch.zeros(batch, dtype=torch.long) if c.num_classes else None
-        enc = per_item_us(lambda: vae.encode(x, y), batch)
-        dec = per_item_us(lambda: vae.decode(z, y), batch)
+        enc = median_seconds(lambda: vae.encode(x, y)) / batch * 1e6
+        dec = median_seconds(lambda: vae.decode(z, y)) / batch * 1e6
         out.write(f"| {batch} | {enc:.0f} | {dec:.0f} |\n")
     out.write(f"\n{args.threads} thread(s), torch {torch.__version__}\n")
 

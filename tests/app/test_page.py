@@ -16,7 +16,6 @@ import io
 import json
 import os
 import re
-import socket
 import subprocess
 import sys
 import threading
@@ -30,6 +29,8 @@ from pathlib import Path
 
 import pytest
 from PIL import Image, ImageDraw
+
+from tests.deploy.support import free_port
 
 try:
     from playwright.sync_api import Browser, Page, Playwright, sync_playwright
@@ -77,12 +78,6 @@ LOADED = """() => {
 
 
 # ---------------------------------------------------------------- the server
-
-
-def free_port() -> int:
-    with socket.socket() as s:
-        s.bind(("127.0.0.1", 0))
-        return s.getsockname()[1]
 
 
 def wait_ready(url: str, process: subprocess.Popen, log: Path, timeout: float = 120.0) -> None:

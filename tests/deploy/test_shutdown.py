@@ -12,7 +12,6 @@ import json
 import os
 import shutil
 import signal
-import socket
 import subprocess
 import time
 from collections.abc import Callable
@@ -21,7 +20,7 @@ from pathlib import Path
 import httpx
 import pytest
 
-from tests.deploy.support import Replica, eventually
+from tests.deploy.support import Replica, eventually, refuses_connections
 from tests.scrape import metric
 
 PNG = b"\x89PNG\r\n\x1a\n"
@@ -42,14 +41,6 @@ def start_request(replica: Replica, body: bytes, request_id: str) -> http.client
     connection.endheaders(body[:10])
     assert eventually(lambda: in_flight(replica) == 2), "the request never reached the app"
     return connection
-
-
-def refuses_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def test_sigterm_finishes_the_request_in_flight_then_exits(replica_factory: Callable[..., Replica]) -> None:

@@ -27,7 +27,7 @@ from safetensors.torch import save_file
 
 from model import VAE, VAEConfig, save_checkpoint
 from model.checkpoint import FORMAT_VERSION, tensors_sha256
-from tests.deploy.support import ROOT, Replica, free_port
+from tests.deploy.support import ROOT, Replica, free_port, refuses_connections
 from tests.robustness.sockets import connect, until_closed
 
 
@@ -114,7 +114,7 @@ async def keep_busy(url: str, image: str, outcomes: dict[str, int | str], stop: 
             request_id = uuid.uuid4().hex
             try:
                 response = await http.post(
-                    "/v1/score", json={"images": [image], "k": 20}, headers={"X-Request-ID": request_id}
+                    "/v1/score", json={"images": [image], "k": 1000}, headers={"X-Request-ID": request_id}
                 )
                 outcomes[request_id] = response.status_code
             except httpx.TransportError as e:
@@ -122,14 +122,6 @@ async def keep_busy(url: str, image: str, outcomes: dict[str, int | str], stop: 
                 if stop.is_set():
                     return
                 await asyncio.sleep(0.05)
-
-
-def refuses_connections(port: int) -> bool:
-    try:
-        socket.create_connection(("127.0.0.1", port), timeout=2).close()
-    except ConnectionRefusedError:
-        return True
-    return False
 
 
 def hold_request(replica: Replica, body: bytes) -> socket.socket:

@@ -24,7 +24,7 @@ from app.batcher import Batcher, Limits, OnBatch, OnQueue, Worker
 from app.config import Settings
 from app.passes import Passes
 from model import VAE
-from model.vae import DiagonalGaussian, standard_normal_log_prob
+from model.vae import DiagonalGaussian, log_importance_weights
 
 if TYPE_CHECKING:
     from app.observability import Metrics
@@ -183,7 +183,7 @@ def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
     terms = []
     for q, z, ll, (k, _) in zip(posteriors, latents, log_likelihood, per_image, strict=True):
         reconstruction, kl = -ll[:1], q.kl()
-        log_w = ll[1:] + standard_normal_log_prob(z[1:]) - q.log_prob(z[1:])
+        log_w = log_importance_weights(ll[1:], z[1:], q)
         nll = -(torch.logsumexp(log_w, dim=0, keepdim=True) - math.log(k))
         terms.append(torch.cat([reconstruction, kl, -(reconstruction + kl), nll]).cpu())
     scores = []

@@ -22,7 +22,7 @@ from pathlib import Path
 
 import torch
 from safetensors import safe_open
-from safetensors.torch import load_file, save_file
+from safetensors.torch import save_file
 from tqdm import tqdm
 
 from model.checkpoint import save_checkpoint
@@ -113,7 +113,9 @@ def load_state(out: Path, vae: VAE, optimizer: torch.optim.Optimizer, generator:
     path = state_path(out)
     if not path.is_file():
         raise DataError(f"--resume: no training state at {path}")
-    tensors = load_file(str(path))
+    with safe_open(str(path), framework="pt") as f:
+        record = json.loads(f.metadata()["record"])
+        tensors = {name: f.get_tensor(name) for name in f.keys()}
     vae.load_state_dict({k.removeprefix("model."): v for k, v in tensors.items() if k.startswith("model.")})
     state = optimizer.state_dict()
     for key, value in tensors.items():
@@ -122,8 +124,7 @@ def load_state(out: Path, vae: VAE, optimizer: torch.optim.Optimizer, generator:
             state["state"].setdefault(int(index), {})[name] = value
     optimizer.load_state_dict(state)
     generator.set_state(tensors["generator"])
-    with safe_open(str(path), framework="pt") as f:
-        return json.loads(f.metadata()["record"])
+    return record
 
 
 def parse_args(argv: list[str] | None = None) -> argparse.Namespace:

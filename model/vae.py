@@ -86,6 +86,11 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(-3).sum(-1)
 
 
+def log_importance_weights(log_likelihood: torch.Tensor, z: torch.Tensor, posterior: DiagonalGaussian) -> torch.Tensor:
+    """log p(x|z) + log p(z) - log q(z|x) per sample: the IWAE's log-weights (Burda et al., eq. 8)."""
+    return log_likelihood + standard_normal_log_prob(z) - posterior.log_prob(z)
+
+
 class Encoder(nn.Module):
     def __init__(self, config: VAEConfig) -> None:
         super().__init__()
@@ -227,6 +232,6 @@ class VAE(nn.Module):
             z = posterior.mean + posterior.std * eps  # [s, rows, latent]
             flat_onehot = None if onehot is None else onehot.repeat(s, 1)
             logits = self.decoder(z.reshape(s * rows, -1), flat_onehot).view(s, rows, *x.shape[1:])
-            log_w = bernoulli_log_likelihood(logits, x) + standard_normal_log_prob(z) - posterior.log_prob(z)
+            log_w = log_importance_weights(bernoulli_log_likelihood(logits, x), z, posterior)
             total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
         return total - math.log(k)

@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(BIN)/uvicorn app.main:create_app --factory --host $(HOST) --port $(PORT)
+	$(BIN)/uvicorn app.main:create_app --factory --http app.protocol:BoundedHttpToolsProtocol --host $(HOST) --port $(PORT)
 
 system-deps:
 	bash scripts/system-deps.sh $(SYSTEM_PACKAGES)

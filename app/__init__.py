@@ -1,1 +1,1 @@
-"""vaeserve's HTTP API: `uvicorn app.main:create_app --factory`."""
+"""vaeserve's HTTP API: `python -m app.serve` (app/serve.py)."""

@@ -6,11 +6,11 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Generic, Literal, TypeVar
 
-import torch
+import numpy as np
 from fastapi import Depends, HTTPException, Query, Request
 from fastapi.exceptions import RequestValidationError
 from pydantic import BaseModel, ValidationError
-from starlette.datastructures import State, UploadFile
+from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
 from app.config import Settings
@@ -26,36 +26,28 @@ M = TypeVar("M", bound=BaseModel)
 MAX_FORM_FIELDS = 100
 
 
-# The getters are async only so FastAPI calls them on the event loop: a sync dependency costs a
-# worker-thread round trip per request, several times a cheap request's own work.
-async def get_settings(request: Request) -> Settings:
-    return request.app.state.settings
+@dataclass(frozen=True)
+class Service:
+    """What the endpoints use, made once by the lifespan: one dependency, not one per part, as
+    FastAPI resolves every dependency of every request anew (~10 us each)."""
+
+    settings: Settings
+    registry: Registry
+    inference: Inference
+    codec: ImageCodec
 
 
-def ready_state(request: Request) -> State:
-    """The app state once start-up has loaded and warmed the models; before that, 503."""
+# Async only so FastAPI calls it on the event loop: a sync dependency costs a worker-thread
+# round trip per request, several times a cheap request's own work.
+async def get_service(request: Request) -> Service:
+    """The service once start-up has loaded and warmed the models; before that, 503."""
     state = request.app.state
     if not getattr(state, "ready", False):
         raise HTTPException(503, "models are not loaded yet; retry shortly", headers={"Retry-After": "5"})
-    return state
+    return state.service
 
 
-async def get_registry(request: Request) -> Registry:
-    return ready_state(request).registry
-
-
-async def get_inference(request: Request) -> Inference:
-    return ready_state(request).inference
-
-
-async def get_codec(request: Request) -> ImageCodec:
-    return ready_state(request).codec
-
-
-SettingsDep = Annotated[Settings, Depends(get_settings)]
-RegistryDep = Annotated[Registry, Depends(get_registry)]
-InferenceDep = Annotated[Inference, Depends(get_inference)]
-CodecDep = Annotated[ImageCodec, Depends(get_codec)]
+ServiceDep = Annotated[Service, Depends(get_service)]
 
 
 def unprocessable(message: str) -> HTTPException:
@@ -109,7 +101,7 @@ def label_index(model: LoadedModel, label: Label, field: str) -> int:
         raise unprocessable(f"{field}: {e}") from None
 
 
-def label_tensor(model: LoadedModel, labels: list[Label] | None, count: int, what: str) -> torch.Tensor | None:
+def label_array(model: LoadedModel, labels: list[Label] | None, count: int, what: str) -> np.ndarray | None:
     """Class indices [count] for a conditional model (one label per `what`); None otherwise."""
     if not model.conditional:
         if labels:
@@ -122,16 +114,16 @@ def label_tensor(model: LoadedModel, labels: list[Label] | None, count: int, wha
         )
     if len(labels) != count:
         raise unprocessable(f"labels: {len(labels)} labels for {count} {what}s; give one per {what}")
-    return torch.tensor([label_index(model, label, f"labels[{i}]") for i, label in enumerate(labels)])
+    return np.array([label_index(model, label, f"labels[{i}]") for i, label in enumerate(labels)], dtype=np.int64)
 
 
-def latent_tensor(model: LoadedModel, latents: list[list[float]], field: str = "latents") -> torch.Tensor:
+def latent_array(model: LoadedModel, latents: list[list[float]], field: str = "latents") -> np.ndarray:
     """[B, latent_dim] float32, each row checked against the model's latent size."""
     size = model.config.latent_dim
     for i, latent in enumerate(latents):
         if len(latent) != size:
             raise unprocessable(f"{field}[{i}]: has {len(latent)} values; model '{model.name}' has latent_dim {size}")
-    return torch.tensor(latents, dtype=torch.float32)
+    return np.array(latents, dtype=np.float32)
 
 
 def validate(cls: type[M], data: dict[str, object] | bytes) -> M:
@@ -176,22 +168,20 @@ async def read_body(request: Request, cls: type[R], settings: Settings) -> tuple
 class ImagesInput(Generic[R]):
     body: R
     model: LoadedModel
-    images: torch.Tensor  # [B, C, H, W] in [0, 1], converted by model.data.image_to_tensor
-    labels: torch.Tensor | None  # [B] class indices for conditional models
+    images: np.ndarray  # float32 [B, C, H, W] in [0, 1], converted by model.data.image_to_array
+    labels: np.ndarray | None  # [B] class indices for conditional models
 
 
 def images_input(cls: type[R]) -> Callable[..., Awaitable[ImagesInput[R]]]:
     """A dependency that reads a `cls` request with one or more images, ready for the model."""
 
-    async def dependency(
-        request: Request, settings: SettingsDep, registry: RegistryDep, codec: CodecDep
-    ) -> ImagesInput[R]:
-        body, uploads = await read_body(request, cls, settings)
+    async def dependency(request: Request, service: ServiceDep) -> ImagesInput[R]:
+        body, uploads = await read_body(request, cls, service.settings)
         if not uploads:
             raise unprocessable("images: no images; send them as multipart field `files` or JSON `images` (base64)")
-        model = registry.get(body.model)
-        labels = label_tensor(model, body.labels, len(uploads), "image")
-        return ImagesInput(body, model, await codec.to_tensor(uploads, model.config), labels)
+        model = service.registry.get(body.model)
+        labels = label_array(model, body.labels, len(uploads), "image")
+        return ImagesInput(body, model, await service.codec.to_array(uploads, model.config), labels)
 
     return dependency
 

@@ -1,6 +1,6 @@
 """Images in and out: upload checks and decoding, PNG grids, nearest-neighbour scaling, base64.
 
-Uploads become model input only through `model.data.image_to_tensor`, the one documented
+Uploads become model input only through `model.data.image_to_array`, the one documented
 conversion. Decoding is bounded: the format is sniffed from the bytes, and the pixel count is
 read from the header and checked before any pixel is decoded (decompression bombs).
 """
@@ -19,7 +19,7 @@ import torch
 from PIL import Image
 
 from model import VAEConfig
-from model.data import image_to_tensor
+from model.data import image_to_array
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
@@ -72,22 +72,27 @@ def open_image(upload: Upload, max_pixels: int) -> Image.Image:
     return image
 
 
-def uploads_to_tensor(uploads: list[Upload], config: VAEConfig, max_pixels: int) -> torch.Tensor:
-    """Model input [B, C, H, W] in [0, 1], each upload converted by `image_to_tensor`."""
-    tensors = []
+def uploads_to_array(uploads: list[Upload], config: VAEConfig, max_pixels: int) -> np.ndarray:
+    """Model input, float32 [B, C, H, W] in [0, 1], each upload converted by `image_to_array`."""
+    arrays = []
     for upload in uploads:
         with open_image(upload, max_pixels) as image:
             try:
-                tensors.append(image_to_tensor(image, config))
+                arrays.append(image_to_array(image, config))
             except (OSError, ValueError) as e:
                 raise ImageError(f"{upload.where}: cannot convert this {image.mode} image: {e}") from None
-    return torch.stack(tensors)
+    return np.stack(arrays)
 
 
-def to_uint8(images: torch.Tensor, scale: int) -> np.ndarray:
-    """[B, C, H, W] in [0, 1] -> [B, H*scale, W*scale, C] uint8, enlarged by pixel repetition."""
-    array = (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).numpy()
-    return array.repeat(scale, axis=1).repeat(scale, axis=2)
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels: done once per batch, in
+    the inference thread (app/inference.py), so the event loop never runs torch."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def enlarged(pixels: np.ndarray, scale: int) -> np.ndarray:
+    """[B, H, W, C] -> [B, H*scale, W*scale, C], by pixel repetition."""
+    return pixels if scale == 1 else pixels.repeat(scale, axis=1).repeat(scale, axis=2)
 
 
 def png_bytes(array: np.ndarray) -> bytes:
@@ -97,9 +102,10 @@ def png_bytes(array: np.ndarray) -> bytes:
     return buffer.getvalue()
 
 
-def grid_png(images: torch.Tensor, nrow: int, scale: int) -> bytes:
-    """All images in one PNG, `nrow` per row, left to right then top to bottom; unused cells black."""
-    tiles = to_uint8(images, scale)
+def grid_png(pixels: np.ndarray, nrow: int, scale: int) -> bytes:
+    """All images ([B, H, W, C] uint8) in one PNG, `nrow` per row, left to right then top to
+    bottom; unused cells black."""
+    tiles = enlarged(pixels, scale)
     count, height, width, channels = tiles.shape
     nrow = min(nrow, count)
     rows = math.ceil(count / nrow)
@@ -110,8 +116,8 @@ def grid_png(images: torch.Tensor, nrow: int, scale: int) -> bytes:
     return png_bytes(canvas)
 
 
-def pngs_base64(images: torch.Tensor, scale: int) -> list[str]:
-    return [base64.b64encode(png_bytes(tile)).decode("ascii") for tile in to_uint8(images, scale)]
+def pngs_base64(pixels: np.ndarray, scale: int) -> list[str]:
+    return [base64.b64encode(png_bytes(tile)).decode("ascii") for tile in enlarged(pixels, scale)]
 
 
 # Images of at most this many pixels in all are decoded or encoded on the event loop: for them
@@ -119,8 +125,9 @@ def pngs_base64(images: torch.Tensor, scale: int) -> list[str]:
 INLINE_PIXELS = 128 * 128
 
 
-def output_pixels(images: torch.Tensor, scale: int) -> int:
-    return images[:, 0].numel() * scale * scale
+def output_pixels(pixels: np.ndarray, scale: int) -> int:
+    count, height, width, _ = pixels.shape
+    return count * height * width * scale * scale
 
 
 def declared_pixels(upload: Upload) -> float:
@@ -140,19 +147,17 @@ class ImageCodec:
         self.max_pixels = max_pixels
         self._limiter = anyio.CapacityLimiter(threads)
 
-    async def to_tensor(self, uploads: list[Upload], config: VAEConfig) -> torch.Tensor:
+    async def to_array(self, uploads: list[Upload], config: VAEConfig) -> np.ndarray:
         if sum(declared_pixels(upload) for upload in uploads) <= INLINE_PIXELS:
-            return uploads_to_tensor(uploads, config, self.max_pixels)
-        return await anyio.to_thread.run_sync(
-            uploads_to_tensor, uploads, config, self.max_pixels, limiter=self._limiter
-        )
+            return uploads_to_array(uploads, config, self.max_pixels)
+        return await anyio.to_thread.run_sync(uploads_to_array, uploads, config, self.max_pixels, limiter=self._limiter)
 
-    async def grid_png(self, images: torch.Tensor, nrow: int, scale: int) -> bytes:
-        if output_pixels(images, scale) <= INLINE_PIXELS:
-            return grid_png(images, nrow, scale)
-        return await anyio.to_thread.run_sync(grid_png, images, nrow, scale, limiter=self._limiter)
+    async def grid_png(self, pixels: np.ndarray, nrow: int, scale: int) -> bytes:
+        if output_pixels(pixels, scale) <= INLINE_PIXELS:
+            return grid_png(pixels, nrow, scale)
+        return await anyio.to_thread.run_sync(grid_png, pixels, nrow, scale, limiter=self._limiter)
 
-    async def pngs_base64(self, images: torch.Tensor, scale: int) -> list[str]:
-        if output_pixels(images, scale) <= INLINE_PIXELS:
-            return pngs_base64(images, scale)
-        return await anyio.to_thread.run_sync(pngs_base64, images, scale, limiter=self._limiter)
+    async def pngs_base64(self, pixels: np.ndarray, scale: int) -> list[str]:
+        if output_pixels(pixels, scale) <= INLINE_PIXELS:
+            return pngs_base64(pixels, scale)
+        return await anyio.to_thread.run_sync(pngs_base64, pixels, scale, limiter=self._limiter)

@@ -1,11 +1,14 @@
 """Every model call of the service, batched across requests and run off the event loop.
 
-Routes hand tensors over on the CPU and get CPU tensors back. Each (model, operation) has a
-`Batcher` (app/batcher.py): concurrent requests queue there and run together, in the one
-inference thread that all batchers share, as batch-invariant passes (app/passes.py). All
-randomness comes from a `torch.Generator` seeded by the request and drawn for that request's
-rows alone, so a request's result never depends on what it was batched with: same seed, same
-bytes, with batching on or off.
+Routes hand over NumPy arrays and get NumPy arrays back, images as uint8 pixels
+(`app.images.to_pixels`): torch runs only in the inference thread, where a batch pays each
+torch call's overhead (~5 us under load, with a hand-over of the GIL) once, not once per
+request on the event loop. Each (model, operation) has a `Batcher` (app/batcher.py):
+concurrent requests queue there and run together, in the one inference thread that all
+batchers share, as batch-invariant passes (app/passes.py). All randomness comes from a
+`torch.Generator` seeded by the request and drawn for that request's rows alone, so a
+request's result never depends on what it was batched with: same seed, same bytes, with
+batching on or off.
 """
 
 from __future__ import annotations
@@ -18,10 +21,12 @@ from functools import partial
 from pathlib import Path
 from typing import TYPE_CHECKING, Any
 
+import numpy as np
 import torch
 
 from app.batcher import Batcher, Limits, OnBatch, OnQueue, Worker
 from app.config import Settings
+from app.images import to_pixels
 from app.passes import Passes
 from model import VAE
 from model.vae import DiagonalGaussian, log_importance_weights
@@ -36,25 +41,25 @@ SCORE_PASSES = 64
 
 @dataclass
 class Samples:
-    images: torch.Tensor  # [n, C, H, W] pixel means in [0, 1]
-    latents: torch.Tensor  # [n, latent_dim]
-    labels: torch.Tensor | None  # [n] class indices (conditional models)
+    pixels: np.ndarray  # [n, H, W, C] uint8
+    latents: np.ndarray  # [n, latent_dim] float32
+    labels: np.ndarray | None  # [n] class indices (conditional models)
 
 
 @dataclass
 class Posterior:
-    mean: torch.Tensor  # [B, latent_dim]
-    variance: torch.Tensor
-    log_variance: torch.Tensor
+    mean: np.ndarray  # [B, latent_dim] float32
+    variance: np.ndarray
+    log_variance: np.ndarray
 
 
 @dataclass
 class Scores:
-    reconstruction: torch.Tensor  # [B] -E_q[log p(x|z)], nats
-    kl: torch.Tensor  # [B]
-    elbo: torch.Tensor  # [B]
-    nll: torch.Tensor  # [B] -(IWAE bound)
-    bits_per_dim: torch.Tensor  # [B]
+    reconstruction: np.ndarray  # [B] -E_q[log p(x|z)], nats
+    kl: np.ndarray  # [B]
+    elbo: np.ndarray  # [B]
+    nll: np.ndarray  # [B] -(IWAE bound)
+    bits_per_dim: np.ndarray  # [B]
 
 
 @dataclass
@@ -67,14 +72,14 @@ class SampleJob:
 
 @dataclass
 class ImagesJob:  # decode (x: latents), encode and reconstruct (x: images)
-    x: torch.Tensor
-    labels: torch.Tensor | None
+    x: np.ndarray  # float32
+    labels: np.ndarray | None  # int64 class indices
 
 
 @dataclass
 class ScoreJob:
-    x: torch.Tensor
-    labels: torch.Tensor | None
+    x: np.ndarray
+    labels: np.ndarray | None
     k: int
     seed: int
 
@@ -104,15 +109,24 @@ def torch_threads(settings: Settings) -> int:
     return max(1, usable_cores() // workers - 1)
 
 
-def stacked(parts: list[torch.Tensor | None], device: torch.device) -> torch.Tensor | None:
-    """The batch's rows of one input, on the model's device; None for unconditional models."""
-    if parts[0] is None:
-        return None
-    return torch.cat(parts).to(device)  # type: ignore[arg-type]  # all None or all tensors
+def tensor(parts: list[np.ndarray], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The batch's rows of one input: the jobs' arrays, concatenated, on the model's device."""
+    return torch.from_numpy(np.concatenate(parts)).to(device=device, dtype=dtype)
 
 
-def split(t: torch.Tensor, jobs: list[Any]) -> tuple[torch.Tensor, ...]:
-    return t.cpu().split([len(job.x) for job in jobs])
+def batch_labels(jobs: list[ImagesJob] | list[ScoreJob], device: torch.device) -> torch.Tensor | None:
+    """The batch's class indices; None for unconditional models, whose jobs carry none."""
+    parts = [job.labels for job in jobs]
+    return None if parts[0] is None else tensor(parts, device)  # type: ignore[arg-type]  # all arrays
+
+
+def sizes(jobs: list[ImagesJob] | list[ScoreJob]) -> list[int]:
+    return [len(job.x) for job in jobs]
+
+
+def split(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """A batch's output rows, `sizes[i]` of them for job i."""
+    return np.split(array, np.cumsum(sizes)[:-1])
 
 
 @torch.inference_mode()
@@ -132,33 +146,34 @@ def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Samples]:
         latents.append(job.temperature * z)
     z = torch.cat(latents)
     y = torch.cat(labels) if labels else None
-    images = passes.decode(z, y).cpu().split([job.n for job in jobs])
-    zs = z.cpu().split([job.n for job in jobs])
-    ys = y.cpu().split([job.n for job in jobs]) if y is not None else [None] * len(jobs)
-    return [Samples(*parts) for parts in zip(images, zs, ys, strict=True)]
+    n = [job.n for job in jobs]
+    images = split(to_pixels(passes.decode(z, y)), n)
+    ys = split(y.cpu().numpy(), n) if y is not None else [None] * len(jobs)
+    return [Samples(*parts) for parts in zip(images, split(z.cpu().numpy(), n), ys, strict=True)]
 
 
 @torch.inference_mode()
-def run_decode(passes: Passes, jobs: list[ImagesJob]) -> list[torch.Tensor]:
+def run_decode(passes: Passes, jobs: list[ImagesJob]) -> list[np.ndarray]:
     vae = passes.vae
-    z = torch.cat([job.x for job in jobs]).to(vae.device, vae.dtype)
-    return list(split(passes.decode(z, stacked([job.labels for job in jobs], vae.device)), jobs))
+    z = tensor([job.x for job in jobs], vae.device, vae.dtype)
+    return split(to_pixels(passes.decode(z, batch_labels(jobs, vae.device))), sizes(jobs))
 
 
 @torch.inference_mode()
 def run_encode(passes: Passes, jobs: list[ImagesJob]) -> list[Posterior]:
-    x = torch.cat([job.x for job in jobs]).to(passes.vae.device)
-    moments = passes.encode(x, stacked([job.labels for job in jobs], passes.vae.device))
-    return [Posterior(*parts) for parts in zip(*(split(t, jobs) for t in moments), strict=True)]
+    device = passes.vae.device
+    moments = passes.encode(tensor([job.x for job in jobs], device), batch_labels(jobs, device))
+    return [Posterior(*parts) for parts in zip(*(split(t.cpu().numpy(), sizes(jobs)) for t in moments), strict=True)]
 
 
 @torch.inference_mode()
-def run_reconstruct(passes: Passes, jobs: list[ImagesJob]) -> list[tuple[torch.Tensor, torch.Tensor]]:
-    """Decode of the posterior mean: (images, means) per job."""
-    x = torch.cat([job.x for job in jobs]).to(passes.vae.device)
-    labels = stacked([job.labels for job in jobs], passes.vae.device)
-    mean = passes.encode(x, labels)[0]
-    return list(zip(split(passes.decode(mean, labels), jobs), split(mean, jobs), strict=True))
+def run_reconstruct(passes: Passes, jobs: list[ImagesJob]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decode of the posterior mean: (pixels, means) per job."""
+    device = passes.vae.device
+    labels = batch_labels(jobs, device)
+    mean = passes.encode(tensor([job.x for job in jobs], device), labels)[0]
+    images = split(to_pixels(passes.decode(mean, labels)), sizes(jobs))
+    return list(zip(images, split(mean.cpu().numpy(), sizes(jobs)), strict=True))
 
 
 @torch.inference_mode()
@@ -167,8 +182,8 @@ def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
     each drawing from a fresh `seeded(vae, seed)`, so an image's score depends on nothing else
     sent or batched with it. Every image's 1 + k decoder rows go through shared passes."""
     vae = passes.vae
-    x = torch.cat([job.x for job in jobs]).to(vae.device)
-    labels = stacked([job.labels for job in jobs], vae.device)
+    x = tensor([job.x for job in jobs], vae.device)
+    labels = batch_labels(jobs, vae.device)
     mean, _, log_variance = passes.encode(x, labels)
     per_image = [(job.k, job.seed) for job in jobs for _ in range(len(job.x))]
     posteriors = [DiagonalGaussian(mean[i : i + 1], log_variance[i : i + 1]) for i in range(len(per_image))]
@@ -187,7 +202,7 @@ def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
         nll = -(torch.logsumexp(log_w, dim=0, keepdim=True) - math.log(k))
         terms.append(torch.cat([reconstruction, kl, -(reconstruction + kl), nll]).cpu())
     scores = []
-    for part in torch.stack(terms).split([len(job.x) for job in jobs]):
+    for part in split(torch.stack(terms).numpy(), sizes(jobs)):
         reconstruction, kl, elbo, nll = part.T
         scores.append(Scores(reconstruction, kl, elbo, nll, nll / (vae.config.pixels * math.log(2))))
     return scores
@@ -252,19 +267,17 @@ class Inference:
         """n images from the prior; the draws are vae.sample's with `seeded(vae, seed)`."""
         return await self._batcher(vae, "sample").submit(SampleJob(n, seed, temperature, label), n)
 
-    async def encode(self, vae: VAE, x: torch.Tensor, labels: torch.Tensor | None) -> Posterior:
+    async def encode(self, vae: VAE, x: np.ndarray, labels: np.ndarray | None) -> Posterior:
         return await self._batcher(vae, "encode").submit(ImagesJob(x, labels), len(x))
 
-    async def decode(self, vae: VAE, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+    async def decode(self, vae: VAE, z: np.ndarray, labels: np.ndarray | None) -> np.ndarray:
         return await self._batcher(vae, "decode").submit(ImagesJob(z, labels), len(z))
 
-    async def reconstruct(
-        self, vae: VAE, x: torch.Tensor, labels: torch.Tensor | None
-    ) -> tuple[torch.Tensor, torch.Tensor]:
-        """Decode of the posterior mean: (images, means)."""
+    async def reconstruct(self, vae: VAE, x: np.ndarray, labels: np.ndarray | None) -> tuple[np.ndarray, np.ndarray]:
+        """Decode of the posterior mean: (pixels, means)."""
         return await self._batcher(vae, "reconstruct").submit(ImagesJob(x, labels), len(x))
 
-    async def score(self, vae: VAE, x: torch.Tensor, labels: torch.Tensor | None, k: int, seed: int) -> Scores:
+    async def score(self, vae: VAE, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int) -> Scores:
         """Per image: ELBO terms and the IWAE bound with k samples, each from a fresh generator
         seeded with `seed`, so an image's score does not depend on the other images."""
         return await self._batcher(vae, "score").submit(ScoreJob(x, labels, k, seed), len(x), len(x) * (1 + k))

@@ -1,6 +1,6 @@
 """The application: `create_app` builds it; its lifespan loads and warms the models.
 
-Serve with `uvicorn app.main:create_app --factory`. Nothing happens at import time.
+Serve with `python -m app.serve` (app/serve.py). Nothing happens at import time.
 """
 
 from __future__ import annotations
@@ -19,6 +19,7 @@ from pydantic import ValidationError
 
 from app import observability
 from app.config import Settings
+from app.deps import Service
 from app.errors import install_error_handlers
 from app.images import ImageCodec
 from app.inference import Inference
@@ -51,9 +52,10 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         registry = await asyncio.to_thread(load_registry, settings)
         for model in registry:
             await inference.warm_up(model)
-        app.state.registry = registry
-        app.state.inference = inference
-        app.state.codec = ImageCodec(settings.max_pixels, settings.image_threads)
+        app.state.registry = registry  # for the metrics (app.observability)
+        app.state.service = Service(
+            settings, registry, inference, ImageCodec(settings.max_pixels, settings.image_threads)
+        )
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).

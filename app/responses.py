@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import math
 
-import torch
+import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
@@ -44,9 +44,9 @@ async def image_response(
     codec: ImageCodec,
     output: ImageOutput,
     model: LoadedModel,
-    images: torch.Tensor,
-    latents: torch.Tensor,
-    labels: torch.Tensor | None = None,
+    pixels: np.ndarray,
+    latents: np.ndarray,
+    labels: np.ndarray | None = None,
     seed: int | None = None,
     nrow: int | None = None,
 ) -> Response:
@@ -57,11 +57,11 @@ async def image_response(
     if wants_json(request, output):
         body = ImagesResponse(
             model=model.name,
-            images=await codec.pngs_base64(images, output.scale),
+            images=await codec.pngs_base64(pixels, output.scale),
             latents=latents.tolist(),
             labels=None if labels is None else [model.vae.label_names[i] for i in labels.tolist()],
             seed=seed,
         )
         return JSONResponse(body.model_dump(), headers=headers)
-    columns = output.nrow or nrow or math.ceil(math.sqrt(images.shape[0]))
-    return Response(await codec.grid_png(images, columns, output.scale), media_type="image/png", headers=headers)
+    columns = output.nrow or nrow or math.ceil(math.sqrt(len(pixels)))
+    return Response(await codec.grid_png(pixels, columns, output.scale), media_type="image/png", headers=headers)

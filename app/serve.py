@@ -9,6 +9,7 @@ from __future__ import annotations
 import uvicorn
 
 from app.main import load_settings
+from app.protocol import BoundedHttpToolsProtocol
 
 
 def main() -> None:
@@ -18,6 +19,7 @@ def main() -> None:
         factory=True,
         host=settings.host,
         port=settings.port,
+        http=BoundedHttpToolsProtocol,
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.shutdown_timeout,

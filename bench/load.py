@@ -156,7 +156,8 @@ def serve_env(**variables: str) -> dict[str, str]:
 def r_http(args: argparse.Namespace) -> float:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.empty:create_app", "--factory", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--no-access-log", "--log-level", "warning"]
+    command += ["--port", str(port), "--http", "app.protocol:BoundedHttpToolsProtocol"]
+    command += ["--no-access-log", "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
     with server(command, serve_env(), base + "/", args.server_cpu):
         return measure(base, Scenario("empty endpoint", "GET", "/"), 64, args).rps

@@ -1,6 +1,6 @@
 """Data: Fashion-MNIST's gzipped IDX files, users' image folders, and image conversion.
 
-Every image, in training and in the service, goes through `image_to_tensor`, so the model
+Every image, in training and in the service, goes through `image_to_array`, so the model
 always sees inputs prepared the same way.
 """
 
@@ -82,8 +82,8 @@ def binarize(images: torch.Tensor, seed: int) -> torch.Tensor:
     return torch.bernoulli(images, generator=torch.Generator().manual_seed(seed))
 
 
-def image_to_tensor(image: Image.Image, config: VAEConfig) -> torch.Tensor:
-    """Convert any PIL image to the model's input: float [C, H, W] in [0, 1].
+def image_to_array(image: Image.Image, config: VAEConfig) -> np.ndarray:
+    """Convert any PIL image to the model's input: float32 [C, H, W] in [0, 1].
 
     The first frame is taken, EXIF orientation applied, transparency composited onto black
     (Fashion-MNIST's background), colour converted to grey (C = 1) or RGB (C = 3), the image
@@ -100,14 +100,19 @@ def image_to_tensor(image: Image.Image, config: VAEConfig) -> torch.Tensor:
     image = Image.alpha_composite(background, image).convert("L" if config.channels == 1 else "RGB")
     image = ImageOps.pad(image, (config.width, config.height), method=Image.Resampling.LANCZOS, color=0)
     array = np.asarray(image, dtype=np.float32) / 255.0
-    tensor = torch.from_numpy(array.reshape(config.height, config.width, -1)).permute(2, 0, 1)
-    if tensor.shape[0] != config.channels:
+    array = array.reshape(config.height, config.width, -1).transpose(2, 0, 1)
+    if array.shape[0] != config.channels:
         raise DataError(f"cannot convert an image to {config.channels} channels")
-    return tensor.contiguous()
+    return np.ascontiguousarray(array)
+
+
+def image_to_tensor(image: Image.Image, config: VAEConfig) -> torch.Tensor:
+    """`image_to_array` as a tensor."""
+    return torch.from_numpy(image_to_array(image, config))
 
 
 def load_image_folder(root: str | Path, config: VAEConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images under `root`, optionally one subfolder per class, converted with `image_to_tensor`.
+    """Images under `root`, optionally one subfolder per class, converted with `image_to_array`.
 
     Returns images [N, C, H, W], labels [N] (all 0 without subfolders) and class names
     (empty without subfolders).

@@ -11,7 +11,7 @@ from pathlib import Path
 
 import torch
 
-from app.images import grid_png
+from app.images import grid_png, to_pixels
 from model import load_checkpoint
 
 COLUMNS = 8
@@ -30,7 +30,7 @@ def main(argv: list[str] | None = None) -> None:
     classes = vae.config.num_classes
     labels = torch.arange(classes).repeat_interleave(COLUMNS) if classes else None
     images = vae.sample(COLUMNS * classes if classes else 64, labels, generator=generator)
-    args.out.write_bytes(grid_png(images, COLUMNS, args.scale))
+    args.out.write_bytes(grid_png(to_pixels(images), COLUMNS, args.scale))
 
 
 if __name__ == "__main__":

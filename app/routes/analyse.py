@@ -2,19 +2,10 @@
 
 from __future__ import annotations
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from app.deps import (
-    CodecDep,
-    EncodeInput,
-    FormatQueryOnly,
-    InferenceDep,
-    ReconstructInput,
-    ScoreInput,
-    SettingsDep,
-    at_most,
-)
+from app.deps import EncodeInput, FormatQueryOnly, ReconstructInput, ScoreInput, ServiceDep, at_most
 from app.responses import image_response
 from app.schemas import (
     ERROR_RESPONSES,
@@ -39,8 +30,8 @@ router = APIRouter(prefix="/v1", tags=["analyse"])
     responses=ERROR_RESPONSES,
     openapi_extra=images_request_body(EncodeRequest),
 )
-async def encode(data: EncodeInput, inference: InferenceDep) -> EncodeResponse:
-    q = await inference.encode(data.model.vae, data.images, data.labels)
+async def encode(data: EncodeInput, service: ServiceDep) -> EncodeResponse:
+    q = await service.inference.encode(data.model.vae, data.images, data.labels)
     return EncodeResponse(
         model=data.model.name,
         latents=[
@@ -58,12 +49,10 @@ async def encode(data: EncodeInput, inference: InferenceDep) -> EncodeResponse:
     responses=IMAGE_RESPONSES,
     openapi_extra=images_request_body(ReconstructRequest),
 )
-async def reconstruct(
-    request: Request, data: ReconstructInput, settings: SettingsDep, inference: InferenceDep, codec: CodecDep
-) -> Response:
-    at_most("scale", data.body.scale, settings.max_scale)
-    images, means = await inference.reconstruct(data.model.vae, data.images, data.labels)
-    return await image_response(request, codec, data.body, data.model, images, means, data.labels)
+async def reconstruct(request: Request, data: ReconstructInput, service: ServiceDep) -> Response:
+    at_most("scale", data.body.scale, service.settings.max_scale)
+    pixels, means = await service.inference.reconstruct(data.model.vae, data.images, data.labels)
+    return await image_response(request, service.codec, data.body, data.model, pixels, means, data.labels)
 
 
 @router.post(
@@ -77,12 +66,12 @@ async def reconstruct(
     responses=ERROR_RESPONSES,
     openapi_extra=images_request_body(ScoreRequest),
 )
-async def score(data: ScoreInput, response: Response, settings: SettingsDep, inference: InferenceDep) -> ScoreResponse:
-    k = settings.default_k if data.body.k is None else data.body.k
-    at_most("k", k, settings.max_k)
-    scores = await inference.score(data.model.vae, data.images, data.labels, k, data.body.seed)
+async def score(data: ScoreInput, response: Response, service: ServiceDep) -> ScoreResponse:
+    k = service.settings.default_k if data.body.k is None else data.body.k
+    at_most("k", k, service.settings.max_k)
+    scores = await service.inference.score(data.model.vae, data.images, data.labels, k, data.body.seed)
     response.headers["X-Seed"] = str(data.body.seed)
-    rows = torch.stack([scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim], dim=1)
+    rows = np.stack([scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim], axis=1)
     return ScoreResponse(
         model=data.model.name,
         scores=[

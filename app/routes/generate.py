@@ -5,20 +5,18 @@ from __future__ import annotations
 import secrets
 from typing import Annotated
 
-import torch
+import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 
 from app.deps import (
-    CodecDep,
     FormatQueryOnly,
-    InferenceDep,
     JsonOnly,
-    RegistryDep,
-    SettingsDep,
+    Service,
+    ServiceDep,
     at_most,
+    label_array,
     label_index,
-    label_tensor,
-    latent_tensor,
+    latent_array,
     read_body,
     unprocessable,
 )
@@ -29,15 +27,9 @@ from app.schemas import IMAGE_RESPONSES, MAX_SEED, DecodeRequest, InterpolateReq
 router = APIRouter(prefix="/v1", tags=["generate"], responses=IMAGE_RESPONSES)
 
 
-async def sample(
-    request: Request,
-    params: SampleRequest,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    inference: InferenceDep,
-    codec: CodecDep,
-) -> Response:
-    model = registry.get(params.model)
+async def sample(request: Request, params: SampleRequest, service: Service) -> Response:
+    settings, inference = service.settings, service.inference
+    model = service.registry.get(params.model)
     at_most("n", params.n, settings.max_n)
     at_most("scale", params.scale, settings.max_scale)
     label = None
@@ -49,7 +41,7 @@ async def sample(
     seed = secrets.randbelow(MAX_SEED + 1) if params.seed is None else params.seed
     samples = await inference.sample(model.vae, params.n, seed, params.temperature, label)
     return await image_response(
-        request, codec, params, model, samples.images, samples.latents, samples.labels, seed=seed
+        request, service.codec, params, model, samples.pixels, samples.latents, samples.labels, seed=seed
     )
 
 
@@ -57,12 +49,9 @@ async def sample(
 async def sample_get(
     request: Request,
     params: Annotated[SampleRequest, Query()],
-    settings: SettingsDep,
-    registry: RegistryDep,
-    inference: InferenceDep,
-    codec: CodecDep,
+    service: ServiceDep,
 ) -> Response:
-    return await sample(request, params, settings, registry, inference, codec)
+    return await sample(request, params, service)
 
 
 @router.post(
@@ -74,12 +63,9 @@ async def sample_get(
 async def sample_post(
     request: Request,
     params: SampleRequest,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    inference: InferenceDep,
-    codec: CodecDep,
+    service: ServiceDep,
 ) -> Response:
-    return await sample(request, params, settings, registry, inference, codec)
+    return await sample(request, params, service)
 
 
 @router.post(
@@ -91,18 +77,16 @@ async def sample_post(
 async def decode(
     request: Request,
     body: DecodeRequest,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    inference: InferenceDep,
-    codec: CodecDep,
+    service: ServiceDep,
 ) -> Response:
-    model = registry.get(body.model)
+    settings = service.settings
+    model = service.registry.get(body.model)
     at_most("latents", len(body.latents), settings.max_n)
     at_most("scale", body.scale, settings.max_scale)
-    z = latent_tensor(model, body.latents)
-    labels = label_tensor(model, body.labels, len(body.latents), "latent")
-    images = await inference.decode(model.vae, z, labels)
-    return await image_response(request, codec, body, model, images, z, labels)
+    z = latent_array(model, body.latents)
+    labels = label_array(model, body.labels, len(body.latents), "latent")
+    pixels = await service.inference.decode(model.vae, z, labels)
+    return await image_response(request, service.codec, body, model, pixels, z, labels)
 
 
 @router.post(
@@ -114,13 +98,11 @@ async def decode(
 )
 async def interpolate(
     request: Request,
-    settings: SettingsDep,
-    registry: RegistryDep,
-    inference: InferenceDep,
-    codec: CodecDep,
+    service: ServiceDep,
 ) -> Response:
+    settings, inference, codec = service.settings, service.inference, service.codec
     body, uploads = await read_body(request, InterpolateRequest, settings)
-    model = registry.get(body.model)
+    model = service.registry.get(body.model)
     at_most("steps", body.steps, settings.max_steps)
     at_most("scale", body.scale, settings.max_scale)
     if bool(uploads) == (body.latents is not None):
@@ -131,16 +113,16 @@ async def interpolate(
     given = body.labels
     if model.conditional and given is not None and len(given) == 1:
         given = given * 2  # one class for the whole path
-    ends = label_tensor(model, given, 2, "endpoint")
+    ends = label_array(model, given, 2, "endpoint")
     if uploads:
-        x = await codec.to_tensor(uploads, model.config)
+        x = await codec.to_array(uploads, model.config)
         start, end = (await inference.encode(model.vae, x, ends)).mean
     else:
-        start, end = latent_tensor(model, body.latents or [])
+        start, end = latent_array(model, body.latents or [])
     path = latent_path(start, end, body.steps, body.method)
     labels = None
     if ends is not None:
         # The class switches at the path's midpoint, where the latent is as far from both ends.
-        labels = torch.where(torch.linspace(0, 1, body.steps) < 0.5, ends[0], ends[1])
-    images = await inference.decode(model.vae, path, labels)
-    return await image_response(request, codec, body, model, images, path, labels, nrow=body.steps)
+        labels = np.where(np.linspace(0, 1, body.steps) < 0.5, ends[0], ends[1])
+    pixels = await inference.decode(model.vae, path, labels)
+    return await image_response(request, codec, body, model, pixels, path, labels, nrow=body.steps)

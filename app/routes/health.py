@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import RegistryDep
+from app.deps import ServiceDep
 from app.schemas import ERROR_RESPONSES, Health, Ready
 
 router = APIRouter(tags=["health"])
@@ -16,5 +16,6 @@ async def healthz() -> Health:
 
 
 @router.get("/readyz", summary="Readiness: 200 once models are loaded and warm, else 503", responses=ERROR_RESPONSES)
-async def readyz(registry: RegistryDep) -> Ready:
+async def readyz(service: ServiceDep) -> Ready:
+    registry = service.registry
     return Ready(models=list(registry.models), default_model=registry.default)

@@ -176,7 +176,7 @@ function readAsDataURL(blob) {
   });
 }
 
-/** The browser's rendition of what the service does to an upload (model.data.image_to_tensor):
+/** The browser's rendition of what the service does to an upload (model.data.image_to_array):
  *  transparency onto black, fit inside width x height keeping the aspect ratio, centre on
  *  black, grey by ITU-R 601 luma. A preview: the service resamples with Lanczos, the browser
  *  with its own filter, so single pixels may differ slightly. */

@@ -14,6 +14,7 @@ from pathlib import Path
 from typing import Any
 
 import httpx
+import numpy as np
 import pytest
 import torch
 from fastapi.testclient import TestClient
@@ -22,6 +23,7 @@ from starlette.datastructures import State
 import app.inference
 from app.batcher import Batcher, BatchFailed, Limits, QueueFull, QueueTimeout, ShuttingDown, Worker
 from app.config import Settings
+from app.images import to_pixels
 from app.inference import ImagesJob, Inference, torch_threads, usable_cores
 from app.main import create_app
 from app.observability import Metrics
@@ -237,12 +239,14 @@ def serve(settings: Settings, vae: VAE, cvae: VAE) -> Callable[..., Any]:
 
 
 def flat(result: object) -> list[torch.Tensor]:
-    """Every tensor of an operation's result, in a fixed order."""
+    """Every tensor (or pixel array) of an operation's result, in a fixed order."""
+    if isinstance(result, np.ndarray):
+        return [torch.from_numpy(result)]
     if isinstance(result, torch.Tensor):
         return [result]
     if isinstance(result, tuple | list):
         return [t for part in result for t in flat(part)]
-    return [t for t in vars(result).values() if t is not None]
+    return [t for part in vars(result).values() if part is not None for t in flat(part)]
 
 
 def identical(a: object, b: object) -> bool:
@@ -252,9 +256,9 @@ def identical(a: object, b: object) -> bool:
 def requests(vae: VAE, cvae: VAE) -> list[Callable[[Inference], Awaitable[object]]]:
     """A mix of every operation on both models, with different sizes, seeds and labels."""
     g = torch.Generator().manual_seed(7)
-    x = torch.rand(6, 1, 28, 28, generator=g)
-    z = torch.randn(9, 4, generator=g)
-    y = torch.tensor([2, 0, 1])
+    x = torch.rand(6, 1, 28, 28, generator=g).numpy()
+    z = torch.randn(9, 4, generator=g).numpy()
+    y = np.array([2, 0, 1])
     return [
         lambda i: i.sample(vae, 3, 11, 1.0, None),
         lambda i: i.sample(vae, 1, 12, 0.5, None),
@@ -312,13 +316,15 @@ def test_batched_results_are_byte_identical_whatever_the_neighbours(
 def test_results_match_the_model_up_to_rounding(serve: Callable[..., Any], vae: VAE) -> None:
     z = torch.randn(3, 4, generator=torch.Generator().manual_seed(0))
 
-    async def main(inference: Inference) -> tuple[torch.Tensor, object]:
-        return await inference.decode(vae, z, None), await inference.sample(vae, 2, 5, 1.0, None)
+    async def main(inference: Inference) -> tuple[np.ndarray, object]:
+        return await inference.decode(vae, z.numpy(), None), await inference.sample(vae, 2, 5, 1.0, None)
 
-    images, samples = serve(main)
-    assert torch.allclose(images, vae.decode(z), atol=1e-6)
-    expected = vae.sample(2, generator=torch.Generator().manual_seed(5))
-    assert torch.allclose(samples.images, expected, atol=1e-6)  # type: ignore[attr-defined]
+    pixels, samples = serve(main)
+    # Pixels are rounded from the model's output: batched rows may differ from it by ~1e-7, one
+    # level at most where that crosses a rounding boundary.
+    assert np.abs(pixels.astype(int) - to_pixels(vae.decode(z))).max() <= 1
+    expected = to_pixels(vae.sample(2, generator=torch.Generator().manual_seed(5)))
+    assert np.abs(samples.pixels.astype(int) - expected).max() <= 1  # type: ignore[attr-defined]
 
 
 def test_calibration_finds_row_independent_passes(vae: VAE) -> None:
@@ -342,7 +348,7 @@ def gated(monkeypatch: pytest.MonkeyPatch, settings: Settings) -> Iterator[tuple
     gate = threading.Event()
     decode = app.inference.run_decode
 
-    def run_decode(passes: Passes, jobs: list[ImagesJob]) -> list[torch.Tensor]:
+    def run_decode(passes: Passes, jobs: list[ImagesJob]) -> list[np.ndarray]:
         firsts = [job.x[0, 0].item() for job in jobs]
         if HOLD in firsts:
             assert gate.wait(10)

@@ -9,7 +9,7 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.images import to_uint8
+from app.images import to_pixels
 from app.latents import interpolate
 from app.responses import accept_quality
 from model import VAE
@@ -52,7 +52,7 @@ def test_sample_matches_vae_sample(client: TestClient, vae: VAE) -> None:
     assert body["seed"] == 5 and body["labels"] is None and body["model"] == "tiny-vae"
     assert len(body["latents"]) == 3 and all(len(z) == 4 for z in body["latents"])
     got = np.stack([pixels(base64.b64decode(b64)) for b64 in body["images"]])
-    np.testing.assert_array_equal(got, to_uint8(expected, 1)[..., 0])
+    np.testing.assert_array_equal(got, to_pixels(expected)[..., 0])
     assert torch.allclose(vae.decode(torch.tensor(body["latents"])), expected, atol=1e-6)
 
 
@@ -89,7 +89,7 @@ def test_conditional_sample(client: TestClient, cvae: VAE) -> None:
     assert client.get("/v1/sample?model=tiny-cvae&n=3&seed=2&label=cross&format=json").json() == body
     expected = cvae.sample(3, torch.full((3,), 2), generator=torch.Generator().manual_seed(2))
     got = np.stack([pixels(base64.b64decode(b64)) for b64 in body["images"]])
-    np.testing.assert_array_equal(got, to_uint8(expected, 1)[..., 0])
+    np.testing.assert_array_equal(got, to_pixels(expected)[..., 0])
     drawn = client.get("/v1/sample?model=tiny-cvae&n=12&seed=2&format=json").json()["labels"]
     assert set(drawn) <= {"Circle", "Square", "Cross"} and len(set(drawn)) > 1
 
@@ -122,7 +122,7 @@ def test_decode_matches_vae_decode(client: TestClient, vae: VAE) -> None:
     body = client.post("/v1/decode", json={"latents": latents, "format": "json"}).json()
     assert body["latents"] == latents and body["seed"] is None
     got = np.stack([pixels(base64.b64decode(b64)) for b64 in body["images"]])
-    np.testing.assert_array_equal(got, to_uint8(vae.decode(torch.tensor(latents)), 1)[..., 0])
+    np.testing.assert_array_equal(got, to_pixels(vae.decode(torch.tensor(latents)))[..., 0])
     grid = client.post("/v1/decode", json={"latents": latents})
     assert grid.headers["content-type"] == "image/png" and image(grid.content).size == (56, 28)
     as_query = client.post("/v1/decode?format=json", json={"latents": latents})
@@ -137,7 +137,7 @@ def test_decode_conditional(client: TestClient, cvae: VAE) -> None:
     assert body["labels"] == ["Square", "Circle"]
     expected = cvae.decode(torch.tensor(latents), torch.tensor([1, 0]))
     got = np.stack([pixels(base64.b64decode(b64)) for b64 in body["images"]])
-    np.testing.assert_array_equal(got, to_uint8(expected, 1)[..., 0])
+    np.testing.assert_array_equal(got, to_pixels(expected)[..., 0])
 
 
 @pytest.mark.parametrize(
@@ -179,13 +179,13 @@ def test_post_rejects_query_fields(client: TestClient) -> None:
 
 
 def test_slerp_path() -> None:
-    a, b = torch.tensor([1.0, 0.0]), torch.tensor([0.0, 2.0])
+    a, b = np.array([1.0, 0.0], dtype=np.float32), np.array([0.0, 2.0], dtype=np.float32)
     path = interpolate(a, b, 3)
-    assert torch.equal(path[0], a) and torch.equal(path[-1], b)
+    assert path.dtype == np.float32 and np.array_equal(path[0], a) and np.array_equal(path[-1], b)
     # Shoemake's slerp at t = 1/2 of a 90-degree arc: (a + b) * sin(pi/4) / sin(pi/2)
-    assert torch.allclose(path[1], (a + b) * np.sin(np.pi / 4))
-    assert torch.allclose(interpolate(a, b, 3, "lerp")[1], (a + b) / 2)
-    assert torch.allclose(interpolate(a, 2 * a, 3)[1], 1.5 * a)  # parallel: falls back to a line
+    assert np.allclose(path[1], (a + b) * np.sin(np.pi / 4))
+    assert np.allclose(interpolate(a, b, 3, "lerp")[1], (a + b) / 2)
+    assert np.allclose(interpolate(a, 2 * a, 3)[1], 1.5 * a)  # parallel: falls back to a line
 
 
 def test_interpolate_latents(client: TestClient, vae: VAE) -> None:
@@ -194,9 +194,10 @@ def test_interpolate_latents(client: TestClient, vae: VAE) -> None:
     path = torch.tensor(body["latents"])
     assert path.shape == (5, 4) and path[0].tolist() == ends[0] and path[-1].tolist() == ends[1]
     assert torch.allclose(path.norm(dim=1), torch.ones(5))  # on the great circle
-    assert torch.allclose(path, interpolate(torch.tensor(ends[0]), torch.tensor(ends[1]), 5))
+    expected = interpolate(np.array(ends[0], dtype=np.float32), np.array(ends[1], dtype=np.float32), 5)
+    assert torch.allclose(path, torch.from_numpy(expected))
     got = np.stack([pixels(base64.b64decode(b64)) for b64 in body["images"]])
-    np.testing.assert_array_equal(got, to_uint8(vae.decode(path), 1)[..., 0])
+    np.testing.assert_array_equal(got, to_pixels(vae.decode(path))[..., 0])
     grid = client.post("/v1/interpolate", json={"latents": ends, "steps": 5})
     assert image(grid.content).size == (5 * 28, 28)  # one row by default
 

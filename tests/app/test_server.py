@@ -25,7 +25,9 @@ README = ROOT / "README.md"
 
 
 def uvicorn(port: int) -> list[str]:
-    return [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory", "--port", str(port)]
+    """`make serve`'s command."""
+    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
+    return [*command, "--http", "app.protocol:BoundedHttpToolsProtocol", "--port", str(port)]
 
 
 def server_env(**variables: str) -> dict[str, str]:

@@ -9,7 +9,7 @@ import torch
 from PIL import Image
 
 from model import VAEConfig
-from model.data import DataError, image_to_tensor, load_fashion_mnist, load_image_folder, read_idx
+from model.data import DataError, image_to_array, image_to_tensor, load_fashion_mnist, load_image_folder, read_idx
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -61,6 +61,14 @@ def test_image_to_tensor_rgb_model() -> None:
     image = Image.new("RGB", (8, 8), (255, 0, 0))
     x = image_to_tensor(image, VAEConfig(channels=3, height=8, width=8))
     assert x.shape == (3, 8, 8) and x[0].min() == pytest.approx(1.0) and x[1].max() == 0.0
+
+
+def test_image_to_array_is_the_same_conversion_as_a_contiguous_float32_array() -> None:
+    # The service converts uploads with image_to_array, training with image_to_tensor.
+    image = Image.new("RGB", (5, 9), (30, 200, 90))
+    array = image_to_array(image, VAEConfig(channels=3, height=8, width=8))
+    assert array.dtype == np.float32 and array.flags.c_contiguous and array.shape == (3, 8, 8)
+    assert np.array_equal(array, image_to_tensor(image, VAEConfig(channels=3, height=8, width=8)).numpy())
 
 
 def test_load_image_folder_with_classes(tmp_path: Path) -> None:

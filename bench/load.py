@@ -1,9 +1,9 @@
 """Load benchmark of the real service, batching on and off; results in docs/benchmarks.md.
 
-`python bench/load.py` starts the service (`python -m app.serve`, uvicorn) on 127.0.0.1 pinned
-to one CPU and drives it with wrk pinned to another, at concurrency 1, 16 and 64, for: sample
-n=1, sample n=64, decode of one latent, encode of one uploaded PNG and score of one image; once
-with VAE_BATCHING=true and once false. It prints a Markdown table (requests/s, p50 and p99
+`python bench/load.py` starts the service (`python -m app.serve`, uvicorn) twice on 127.0.0.1,
+VAE_BATCHING=true and false, both pinned to one CPU, and drives them in turn with wrk pinned to
+another, at concurrency 1, 16 and 64, for: sample n=1, sample n=64, decode of one latent, encode
+of one uploaded PNG and score of one image. It prints a Markdown table (requests/s, p50 and p99
 latency, errors), the two ceilings of the server's CPU, R_http (an empty async FastAPI endpoint,
 bench/empty.py, served the same way) and R_model (items/s of decode and encode passes at the max
 batch size, in-process, one thread), the limit L = 1 / (1/R_http + 1/R_model), and the targets.
@@ -26,7 +26,7 @@ import sys
 import tempfile
 import time
 from collections.abc import Iterator
-from contextlib import contextmanager
+from contextlib import ExitStack, contextmanager
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -250,13 +250,19 @@ def main(argv: list[str] | None = None) -> None:
     http = r_http(args)
     model = r_model(checkpoint, settings.max_batch, args.server_cpu)
     results: dict[tuple[str, bool, int], Result] = {}
-    for batching in (True, False):
-        port = free_port()
-        base = f"http://127.0.0.1:{port}"
-        env = serve_env(VAE_PORT=str(port), VAE_BATCHING=str(batching).lower())
-        with server([sys.executable, "-m", "app.serve"], env, base + "/readyz", args.server_cpu):
-            for scenario in load:
-                for c in args.concurrency:
+    with ExitStack() as servers:
+        bases = {}
+        for batching in (True, False):
+            port = free_port()
+            bases[batching] = f"http://127.0.0.1:{port}"
+            env = serve_env(VAE_PORT=str(port), VAE_BATCHING=str(batching).lower())
+            command = [sys.executable, "-m", "app.serve"]
+            servers.enter_context(server(command, env, bases[batching] + "/readyz", args.server_cpu))
+        # On and off run back to back, run by run (the idle one costs nothing), so that a slow
+        # spell of this virtual machine hits both alike, not one whole half of the table.
+        for scenario in load:
+            for c in args.concurrency:
+                for batching, base in bases.items():
                     results[scenario.name, batching, c] = measure(base, scenario, c, args)
     print(f"Machine: {machine()}\n")
     print(f"Command: python bench/load.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")

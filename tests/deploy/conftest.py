@@ -3,14 +3,14 @@ that are always stopped in teardown, whatever the test did."""
 
 from __future__ import annotations
 
-from collections.abc import Callable, Iterator, Sequence
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import pytest
 import torch
 
 from model import VAE, VAEConfig, save_checkpoint
-from tests.deploy.support import Replica
+from tests.deploy.support import Replica, started_replicas
 
 
 @pytest.fixture(scope="session")
@@ -24,16 +24,5 @@ def tiny_models(tmp_path_factory: pytest.TempPathFactory) -> Path:
 @pytest.fixture
 def replica_factory(tiny_models: Path, tmp_path: Path) -> Iterator[Callable[..., Replica]]:
     """Starts replicas for one test and stops them after it."""
-    started: list[Replica] = []
-
-    def start(name: str = "replica", wrapper: Sequence[str] = (), **settings: str) -> Replica:
-        """`settings` by field name: shutdown_timeout="5" is VAE_SHUTDOWN_TIMEOUT=5."""
-        env = {f"VAE_{field.upper()}": value for field, value in settings.items()}
-        replica = Replica(tiny_models, tmp_path / f"{name}.log", env, wrapper)
-        started.append(replica)
-        replica.wait_ready()
-        return replica
-
-    yield start
-    for replica in started:
-        replica.stop()
+    with started_replicas(tiny_models, lambda name: tmp_path / f"{name}.log") as start:
+        yield start

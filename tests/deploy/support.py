@@ -10,7 +10,8 @@ import socket
 import subprocess
 import sys
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from pathlib import Path
 
 import httpx
@@ -98,3 +99,24 @@ class Replica:
             except subprocess.TimeoutExpired:
                 self.process.kill()
                 self.process.wait()
+
+
+@contextmanager
+def started_replicas(model_dir: Path, log_path: Callable[[str], Path]) -> Iterator[Callable[..., Replica]]:
+    """`start(name, wrapper, **settings)`: a ready replica on `model_dir`, logging to
+    `log_path(name)`, `settings` by field name (shutdown_timeout="5" is VAE_SHUTDOWN_TIMEOUT=5).
+    Every replica started is stopped on exit."""
+    started: list[Replica] = []
+
+    def start(name: str = "replica", wrapper: Sequence[str] = (), **settings: str) -> Replica:
+        env = {f"VAE_{field.upper()}": value for field, value in settings.items()}
+        replica = Replica(model_dir, log_path(name), env, wrapper)
+        started.append(replica)
+        replica.wait_ready()
+        return replica
+
+    try:
+        yield start
+    finally:
+        for replica in started:
+            replica.stop()

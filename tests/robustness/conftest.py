@@ -14,7 +14,7 @@ import pytest
 
 # Fixtures shared with tests/app: importing them registers them here too.
 from tests.app.conftest import client, model_dir, settings, shirt  # noqa: F401
-from tests.deploy.support import Replica
+from tests.deploy.support import Replica, started_replicas
 
 
 @pytest.fixture(scope="session")
@@ -24,18 +24,8 @@ def replicas(
 ) -> Iterator[Callable[..., Replica]]:
     """Starts ready replicas on the tiny models, `settings` by field name (body_timeout="2" is
     VAE_BODY_TIMEOUT=2); every one is stopped at the end of the session."""
-    started: list[Replica] = []
-
-    def start(**values: str) -> Replica:
-        env = {f"VAE_{field.upper()}": value for field, value in values.items()}
-        replica = Replica(model_dir, tmp_path_factory.mktemp("replica") / "server.log", env)
-        started.append(replica)
-        replica.wait_ready()
-        return replica
-
-    yield start
-    for replica in started:
-        replica.stop()
+    with started_replicas(model_dir, lambda name: tmp_path_factory.mktemp(name) / "server.log") as start:
+        yield start
 
 
 @pytest.fixture(scope="session")

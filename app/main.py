@@ -62,6 +62,7 @@ def make_engine(settings: Settings, registry: Registry, metrics: observability.M
         max_queue=settings.max_queue,
         queue_timeout=settings.queue_timeout,
         batching=settings.batching,
+        batch_invariant=settings.batch_invariant,
         threads=torch_threads(settings),
         metrics=metrics,
     )

@@ -7,7 +7,6 @@ from __future__ import annotations
 import json
 import socket
 import threading
-import time
 from collections.abc import Iterator
 from concurrent.futures import ThreadPoolExecutor
 
@@ -22,7 +21,7 @@ from app.engine.operations import ArrayJob
 from app.engine.passes import Passes
 from app.main import create_app
 from app.server.protocol import BoundedHttpToolsProtocol
-from tests.deploy.support import free_port
+from tests.deploy.support import eventually, free_port
 from tests.scrape import metric
 
 HOLD = 123.0  # decoding a latent whose first value is HOLD blocks the worker until the gate opens
@@ -47,15 +46,7 @@ def server(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
     thread = threading.Thread(target=server.run, daemon=True)
     thread.start()
     url = f"http://127.0.0.1:{port}"
-    deadline = time.monotonic() + 60
-    while True:
-        try:
-            if httpx.get(f"{url}/readyz").status_code == 200:
-                break
-        except httpx.TransportError:
-            pass
-        assert time.monotonic() < deadline, "server not ready"
-        time.sleep(0.05)
+    assert eventually(lambda: ready(url), timeout=60), "server not ready"
     try:
         yield url, gate, batches
     finally:
@@ -64,15 +55,20 @@ def server(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Iterator[tupl
         thread.join(30)
 
 
+def ready(url: str) -> bool:
+    try:
+        return httpx.get(f"{url}/readyz").status_code == 200
+    except httpx.TransportError:
+        return False
+
+
 def decode_body(first: float) -> dict[str, object]:
     return {"latents": [[first, 0.0, 0.0, 0.0]], "format": "json"}
 
 
 def until(url: str, name: str, value: float, **labels: str) -> None:
-    deadline = time.monotonic() + 10
-    while metric(httpx.get(f"{url}/metrics").text, name, **labels) != value:
-        assert time.monotonic() < deadline, f"{name} never reached {value}"
-        time.sleep(0.01)
+    found = eventually(lambda: metric(httpx.get(f"{url}/metrics").text, name, **labels) == value)
+    assert found, f"{name} never reached {value}"
 
 
 def test_a_queued_request_whose_client_left_is_dropped_and_counted(

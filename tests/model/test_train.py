@@ -10,25 +10,13 @@ from model.data import DataError
 from model.train import learning_rate, parse_args, train
 
 
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """Two classes of tiny synthetic images: bright squares and bright bars."""
-    g = torch.Generator().manual_seed(0)
-    for name in ("squares", "bars"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(24):
-            image = Image.new("L", (28, 28), 0)
-            offset = int(torch.randint(4, 12, (1,), generator=g))
-            box = (offset, offset, offset + 12, offset + 12) if name == "squares" else (offset, 2, offset + 4, 26)
-            image.paste(255, box)
-            image.save(tmp_path / "data" / name / f"{i}.png")
-    return tmp_path / "data"
+# A tiny model and recipe for the 48 images of `image_folder`.
+TINY = ["--latent-dim", "4", "--conv-channels", "4", "--hidden", "32", "--val-size", "8", "--kl-warmup-epochs", "1",
+        "--lr", "3e-3"]  # fmt: skip
 
 
 def run(folder: Path, out: Path, *extra: str) -> dict:
-    argv = ["--data", str(folder), "--out", str(out), "--latent-dim", "4", "--conv-channels", "4", "--hidden", "32",
-            "--batch-size", "8", "--val-size", "8", "--kl-warmup-epochs", "1", "--lr", "3e-3", *extra]  # fmt: skip
-    return train(parse_args(argv))
+    return train(parse_args(["--data", str(folder), "--out", str(out), *TINY, "--batch-size", "8", *extra]))
 
 
 def test_training_lowers_the_loss_and_keeps_the_best(image_folder: Path, tmp_path: Path) -> None:
@@ -88,3 +76,17 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(0, 100, 1e-3) == pytest.approx(1e-3)
     assert learning_rate(50, 100, 1e-3) == pytest.approx(0.505e-3)
     assert learning_rate(100, 100, 1e-3) == pytest.approx(1e-5)
+
+
+def test_worker_processes_read_the_same_batches(image_folder: Path, tmp_path: Path) -> None:
+    """Image folders stream from disk; DataLoader workers change where they are read, not what is trained."""
+    run(image_folder, tmp_path / "a.safetensors", "--epochs", "2")
+    run(image_folder, tmp_path / "b.safetensors", "--epochs", "2", "--workers", "2")
+    sa, sb = load_checkpoint(tmp_path / "a.safetensors").state_dict(), load_checkpoint(tmp_path / "b.safetensors").state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_batch_size_must_cover_the_processes(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model.train, "start_process", lambda device: (model.train.Process(0, 4, 0), torch.device("cpu")))
+    with pytest.raises(DataError, match="--batch-size 2 is smaller than the 4 processes"):
+        run(image_folder, tmp_path / "m.safetensors", "--epochs", "1", "--batch-size", "2")

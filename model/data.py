@@ -128,6 +128,9 @@ class TensorImages(torch.utils.data.Dataset):
         index = torch.as_tensor(indices, dtype=torch.long)
         return self.images[index], self.labels[index]
 
+    def subset(self, indices: torch.Tensor) -> TensorImages:
+        return TensorImages(self.images[indices], self.labels[indices])
+
 
 class ImageFiles(torch.utils.data.Dataset):
     """Image files read and converted with `image_to_tensor` only when a batch asks for them,

@@ -24,6 +24,7 @@ import platform
 import shlex
 import sys
 import time
+from collections.abc import Iterator
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -101,11 +102,7 @@ def load_dataset(args: argparse.Namespace, generator: torch.Generator) -> Datase
     # Validation, like the test set, is binarised once so its ELBO is comparable across epochs.
     val_images, val_labels = everything.__getitems__(val.tolist())
     val_split = (binarize(val_images, TEST_BINARIZATION_SEED + 1), val_labels)
-    if isinstance(everything, TensorImages):
-        train_split: TensorImages | ImageFiles = TensorImages(images[train], labels[train])
-    else:
-        train_split = everything.subset(train)
-    return Dataset(args.data, train_split, val_split, test, names, tuple(val_images.shape[1:]))
+    return Dataset(args.data, everything.subset(train), val_split, test, names, tuple(val_images.shape[1:]))
 
 
 class GlobalBatches(torch.utils.data.Sampler[list[int]]):
@@ -122,7 +119,7 @@ class GlobalBatches(torch.utils.data.Sampler[list[int]]):
         full, rest = divmod(self.size, self.batch_size)
         return full + (rest >= self.process.world_size)
 
-    def __iter__(self):  # type: ignore[no-untyped-def]
+    def __iter__(self) -> Iterator[list[int]]:
         for i in range(len(self)):
             batch = self.order[i * self.batch_size : (i + 1) * self.batch_size]
             yield self.process.share(batch).tolist()

@@ -24,8 +24,7 @@ from tests.deploy.support import ROOT, compose, compose_value
 
 K8S = ROOT / "deploy" / "k8s"
 OVERLAYS = sorted(p.name for p in (K8S / "overlays").iterdir())
-# The oldest Kubernetes still supported upstream when these were written, and the newest
-# the validator knows.
+# An older Kubernetes, which the manifests keep working on, and the newest the validator knows.
 VERSIONS = ["1.32.0", kubernetes_validate.utils.latest_version()]
 # Kinds without a built-in schema (custom resources): checked field by field below.
 CUSTOM_KINDS = {("keda.sh/v1alpha1", "ScaledObject")}

@@ -1,3 +1,5 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -32,22 +34,31 @@ def test_training_lowers_the_loss_and_keeps_the_best(image_folder: Path, tmp_pat
     assert training["command"].startswith("python -m model.train --data ")
 
 
-def test_resume_continues_bit_exactly(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    run(image_folder, straight, "--epochs", "3")
-    # Interrupt the second run while it validates epoch 3, after epoch 2's state was saved.
+@contextmanager
+def interrupted_at_validation(at: int) -> Iterator[None]:
+    """The training run inside stops with KeyboardInterrupt at its `at`-th validation, counted
+    from 0: one per epoch for image folders (no test split), after the epoch before it was saved."""
     real = model.train.mean_negative_elbo
-    calls = iter(range(100))
+    calls = iter(range(1 << 30))
 
     def interrupting(*args: object, **kwargs: object) -> float:
-        if next(calls) == 2:  # one call per epoch for image folders (validation; no test split)
+        if next(calls) == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model.train, "mean_negative_elbo", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    model.train.mean_negative_elbo = interrupting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        model.train.mean_negative_elbo = real
+
+
+def test_resume_continues_bit_exactly(image_folder: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    run(image_folder, straight, "--epochs", "3")
+    with interrupted_at_validation(2):  # while it validates epoch 3, after epoch 2's state was saved
         run(image_folder, resumed, "--epochs", "3")
-    monkeypatch.setattr(model.train, "mean_negative_elbo", real)
     record = run(image_folder, resumed, "--epochs", "3", "--resume")
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
     sa, sb = load_checkpoint(straight).state_dict(), load_checkpoint(resumed).state_dict()

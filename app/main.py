@@ -29,6 +29,7 @@ from app.registry import load_registry
 from app.routes import analyse, generate, health, models
 from app.schemas import with_limits
 from app.security import install_api_keys
+from app.v2 import routes as v2
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -86,7 +87,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     install_error_handlers(app)
-    for module in (health, models, generate, analyse, observability):
+    for module in (health, models, generate, analyse, v2, observability):
         app.include_router(module.router)
     app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]
     # The page and its files answer what no route matches. Not a mount at `/`: that would also

@@ -1,0 +1,90 @@
+"""The Open Inference Protocol's REST endpoints (`/v2`), over the same service as `/v1`: the
+same engine, batchers, limits, metrics and API keys. Errors are `{"error": "<message>"}`.
+"""
+
+from __future__ import annotations
+
+from typing import Any
+
+from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi.responses import JSONResponse
+from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+
+from app.deps import ServiceDep
+from app.v2.catalog import VERSION, Operation, catalog
+from app.v2.tensors import TensorError, parse_request, pydantic_problem, response_body
+
+router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
+
+SERVER = {"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+HEADER_LENGTH = "Inference-Header-Content-Length"
+
+
+def operation(service: Any, name: str, version: str | None) -> Operation:
+    found = catalog(service).get(name)
+    if found is None:
+        raise HTTPException(404, f"unknown model {name[:100]!r}; POST /v2/repository/index lists them")
+    if version is not None and version != VERSION:
+        raise HTTPException(404, f"model {name!r} has no version {version[:40]!r}; its only version is {VERSION}")
+    return found
+
+
+@router.get("", summary="Server metadata: name, version, extensions")
+async def server_metadata() -> dict[str, Any]:
+    return SERVER
+
+
+@router.get("/health/live", summary="Liveness: the process answers")
+async def live() -> dict[str, bool]:
+    return {"live": True}
+
+
+@router.get("/health/ready", summary="Readiness: 200 once every model is loaded and warm, else 503")
+async def ready(service: ServiceDep) -> dict[str, bool]:
+    return {"ready": True}
+
+
+@router.get("/models/{name}", summary="Model metadata: inputs and outputs")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
+async def model_metadata(name: str, service: ServiceDep, version: str | None = None) -> dict[str, Any]:
+    return operation(service, name, version).metadata()
+
+
+@router.get("/models/{name}/ready", summary="Model readiness")
+@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of one version")
+async def model_ready(name: str, service: ServiceDep, version: str | None = None) -> dict[str, Any]:
+    return {"name": operation(service, name, version).name, "ready": True}
+
+
+@router.post("/models/{name}/infer", summary="Inference", response_class=Response)
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference with one version", response_class=Response)
+async def infer(name: str, request: Request, service: ServiceDep, version: str | None = None) -> Response:
+    op = operation(service, name, version)
+    try:
+        parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
+    except TensorError as e:
+        raise HTTPException(400, str(e)) from None
+    results = await op.run(service, op.model, parsed.inputs)
+    body, header_length = response_body(
+        name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
+    )
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
+class IndexRequest(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    ready: StrictBool = False  # only the ready models: every one is, once the server is ready
+
+
+@router.post("/repository/index", summary="Every model with its state (Triton's model repository index)")
+async def repository_index(request: Request, service: ServiceDep) -> JSONResponse:
+    body = await request.body()
+    try:
+        IndexRequest.model_validate_json(body or b"{}")
+    except ValidationError as e:
+        raise HTTPException(400, "; ".join(pydantic_problem(error) for error in e.errors(include_url=False))) from None
+    index = [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in catalog(service)]
+    return JSONResponse(index)

@@ -30,6 +30,7 @@ from app.routes import analyse, generate, health, models
 from app.schemas import with_limits
 from app.security import install_api_keys
 from app.v2 import routes as v2
+from app.v2.catalog import catalog
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -57,6 +58,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         app.state.service = Service(
             settings, registry, inference, ImageCodec(settings.max_pixels, settings.image_threads)
         )
+        app.state.v2_models = catalog(app.state.service)
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).

@@ -42,6 +42,7 @@ def shapes(model: LoadedModel) -> Shapes:
 
 
 Run = Callable[[Service, LoadedModel, dict[str, np.ndarray]], Awaitable[dict[str, np.ndarray]]]
+Build = Callable[[Shapes, Service], tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]]
 
 
 @dataclass(frozen=True)
@@ -53,7 +54,12 @@ class Operation:
     operation: str
     inputs: tuple[TensorSpec, ...]
     outputs: tuple[TensorSpec, ...]
-    run: Run
+    service: Service
+    runner: Run
+
+    async def run(self, inputs: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+        """The outputs, by name, for checked inputs."""
+        return await self.runner(self.service, self.model, inputs)
 
     def metadata(self) -> dict[str, Any]:
         """`$metadata_model_response`."""
@@ -66,15 +72,15 @@ class Operation:
         }
 
 
-def labels_input(shape: Shapes, rows: int, what: str) -> tuple[TensorSpec, ...]:
+def labels_input(shape: Shapes, rows: int) -> tuple[TensorSpec, ...]:
     """Conditional models take a class index per row; unconditional ones no labels."""
     if not shape.classes:
         return ()
-    return (TensorSpec("labels", "INT64", (-1,), 0, len(shape.classes) - 1, max_rows=rows, description=f"class of each {what}"),)
+    return (TensorSpec("labels", "INT64", (-1,), 0, len(shape.classes) - 1, max_rows=rows),)
 
 
 def image_spec(shape: Shapes, rows: int | None = None) -> TensorSpec:
-    return TensorSpec("images", "UINT8", (-1, *shape.image), 0, 255, max_rows=rows, description="pixels, [N, H, W, C]")
+    return TensorSpec("images", "UINT8", (-1, *shape.image), 0, 255, max_rows=rows)
 
 
 def latent_spec(name: str, shape: Shapes, rows: int | None = None) -> TensorSpec:
@@ -109,37 +115,33 @@ async def run_sample(service: Service, model: LoadedModel, arrays: dict[str, np.
     return outputs
 
 
-def decode(model: LoadedModel, shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
+def decode(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
     rows = service.settings.max_n
-    inputs = (latent_spec("latents", shape, rows), *labels_input(shape, rows, "latent"))
+    inputs = (latent_spec("latents", shape, rows), *labels_input(shape, rows))
     return inputs, (image_spec(shape),), run_decode
 
 
-def encode(model: LoadedModel, shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
+def encode(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
     rows = service.settings.max_files
-    inputs = (image_spec(shape, rows), *labels_input(shape, rows, "image"))
+    inputs = (image_spec(shape, rows), *labels_input(shape, rows))
     return inputs, (latent_spec("mean", shape), latent_spec("log_variance", shape)), run_encode
 
 
-def sample(model: LoadedModel, shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
+def sample(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
     inputs = [
-        TensorSpec("n", "INT64", (1,), 1, service.settings.max_n, description="number of images"),
-        TensorSpec("seed", "INT64", (1,), 0, MAX_SEED, optional=True, description="default: drawn, and returned"),
-        TensorSpec("temperature", "FP32", (1,), *TEMPERATURE, optional=True, description="default 1"),
+        TensorSpec("n", "INT64", (1,), 1, service.settings.max_n),
+        TensorSpec("seed", "INT64", (1,), 0, MAX_SEED, optional=True),
+        TensorSpec("temperature", "FP32", (1,), *TEMPERATURE, optional=True),
     ]
     outputs = [image_spec(shape), latent_spec("latents", shape)]
     if shape.classes:
-        inputs.append(
-            TensorSpec(
-                "label", "INT64", (1,), 0, len(shape.classes) - 1, optional=True, description="default: drawn per image"
-            )
-        )
+        inputs.append(TensorSpec("label", "INT64", (1,), 0, len(shape.classes) - 1, optional=True))
         outputs.append(TensorSpec("labels", "INT64", (-1,)))
     outputs.append(TensorSpec("seed", "INT64", (1,)))
     return tuple(inputs), tuple(outputs), run_sample
 
 
-OPERATIONS = {"decode": decode, "encode": encode, "sample": sample}
+OPERATIONS: dict[str, Build] = {"decode": decode, "encode": encode, "sample": sample}
 
 
 def catalog(service: Service) -> dict[str, Operation]:
@@ -148,7 +150,7 @@ def catalog(service: Service) -> dict[str, Operation]:
     for model in service.registry:
         shape = shapes(model)
         for operation, build in OPERATIONS.items():
-            inputs, outputs, run = build(model, shape, service)
+            inputs, outputs, run = build(shape, service)
             name = f"{model.name}{SEPARATOR}{operation}"
-            operations[name] = Operation(name, model, operation, inputs, outputs, run)
+            operations[name] = Operation(name, model, operation, inputs, outputs, service, run)
     return operations

@@ -4,14 +4,14 @@ same engine, batchers, limits, metrics and API keys. Errors are `{"error": "<mes
 
 from __future__ import annotations
 
-from typing import Any
+from typing import Annotated, Any
 
-from fastapi import APIRouter, HTTPException, Request, Response
+from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
 
 from app.deps import ServiceDep
-from app.v2.catalog import VERSION, Operation, catalog
+from app.v2.catalog import VERSION, Operation
 from app.v2.tensors import TensorError, parse_request, pydantic_problem, response_body
 
 router = APIRouter(prefix="/v2", tags=["open inference protocol (v2)"])
@@ -20,8 +20,16 @@ SERVER = {"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_
 HEADER_LENGTH = "Inference-Header-Content-Length"
 
 
-def operation(service: Any, name: str, version: str | None) -> Operation:
-    found = catalog(service).get(name)
+async def get_models(request: Request, service: ServiceDep) -> dict[str, Operation]:
+    """The v2 models (app/v2/catalog.py), made once by the lifespan; 503 until it has."""
+    return request.app.state.v2_models
+
+
+ModelsDep = Annotated[dict[str, Operation], Depends(get_models)]
+
+
+def operation(models: dict[str, Operation], name: str, version: str | None) -> Operation:
+    found = models.get(name)
     if found is None:
         raise HTTPException(404, f"unknown model {name[:100]!r}; POST /v2/repository/index lists them")
     if version is not None and version != VERSION:
@@ -46,25 +54,25 @@ async def ready(service: ServiceDep) -> dict[str, bool]:
 
 @router.get("/models/{name}", summary="Model metadata: inputs and outputs")
 @router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
-async def model_metadata(name: str, service: ServiceDep, version: str | None = None) -> dict[str, Any]:
-    return operation(service, name, version).metadata()
+async def model_metadata(name: str, models: ModelsDep, version: str | None = None) -> dict[str, Any]:
+    return operation(models, name, version).metadata()
 
 
 @router.get("/models/{name}/ready", summary="Model readiness")
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of one version")
-async def model_ready(name: str, service: ServiceDep, version: str | None = None) -> dict[str, Any]:
-    return {"name": operation(service, name, version).name, "ready": True}
+async def model_ready(name: str, models: ModelsDep, version: str | None = None) -> dict[str, Any]:
+    return {"name": operation(models, name, version).name, "ready": True}
 
 
 @router.post("/models/{name}/infer", summary="Inference", response_class=Response)
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference with one version", response_class=Response)
-async def infer(name: str, request: Request, service: ServiceDep, version: str | None = None) -> Response:
-    op = operation(service, name, version)
+async def infer(name: str, request: Request, models: ModelsDep, version: str | None = None) -> Response:
+    op = operation(models, name, version)
     try:
         parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
     except TensorError as e:
         raise HTTPException(400, str(e)) from None
-    results = await op.run(service, op.model, parsed.inputs)
+    results = await op.run(parsed.inputs)
     body, header_length = response_body(
         name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
     )
@@ -80,11 +88,11 @@ class IndexRequest(BaseModel):
 
 
 @router.post("/repository/index", summary="Every model with its state (Triton's model repository index)")
-async def repository_index(request: Request, service: ServiceDep) -> JSONResponse:
+async def repository_index(request: Request, models: ModelsDep) -> JSONResponse:
     body = await request.body()
     try:
         IndexRequest.model_validate_json(body or b"{}")
     except ValidationError as e:
         raise HTTPException(400, "; ".join(pydantic_problem(error) for error in e.errors(include_url=False))) from None
-    index = [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in catalog(service)]
+    index = [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in models]
     return JSONResponse(index)

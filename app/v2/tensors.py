@@ -61,15 +61,18 @@ class TensorSpec:
     optional: bool = False
     max_rows: int | None = None  # the most rows (first dimension) a request may send
     max_row_values: int | None = None  # the most values per row, where other dimensions vary
-    description: str = ""
 
     @property
     def family(self) -> dict[str, type]:
         return FLOATS if self.datatype in FLOATS else INTEGERS
 
     def metadata(self) -> dict[str, Any]:
-        """`$metadata_tensor`: name, datatype, shape."""
-        return {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        """`$metadata_tensor`: name, datatype, shape; an input that may be left out says so in its
+        parameters (as Seldon MLServer's metadata has them)."""
+        tensor: dict[str, Any] = {"name": self.name, "datatype": self.datatype, "shape": list(self.shape)}
+        if self.optional:
+            tensor["parameters"] = {"optional": True}
+        return tensor
 
     def describe(self) -> str:
         """`latents FP32 [-1, 64]`, for messages."""
@@ -148,8 +151,7 @@ def split_body(body: bytes, header_length: str | None) -> tuple[bytes, memoryvie
         return body, memoryview(b"")
     if not header_length.isdecimal() or not 0 < int(header_length) <= len(body):
         raise TensorError(
-            f"Inference-Header-Content-Length: {header_length[:40]!r} is not a length within the "
-            f"{len(body)}-byte body"
+            f"Inference-Header-Content-Length: {header_length[:40]!r} is not a length within the {len(body)}-byte body"
         )
     size = int(header_length)
     return body[:size], memoryview(body)[size:]
@@ -197,7 +199,9 @@ def json_values(spec: TensorSpec, data: Any, datatype: str, count: int) -> np.nd
         return values.reshape(-1).astype(DATATYPES[datatype])
 
 
-def binary_values(spec: TensorSpec, binary: memoryview, offset: int, size: Parameter, datatype: str, count: int) -> np.ndarray:
+def binary_values(
+    spec: TensorSpec, binary: memoryview, offset: int, size: Parameter, datatype: str, count: int
+) -> np.ndarray:
     """The `size` bytes at `offset` of the binary data as `count` values of `datatype`."""
     dtype = np.dtype(DATATYPES[datatype]).newbyteorder("<")
     expected = count * dtype.itemsize
@@ -260,7 +264,9 @@ def read_input(spec: TensorSpec, given: RequestInput, binary: memoryview, offset
     return converted(spec, values, given.datatype).reshape(shape), used
 
 
-def read_inputs(request: InferenceRequest, binary: memoryview, specs: Sequence[TensorSpec], model: str) -> dict[str, np.ndarray]:
+def read_inputs(
+    request: InferenceRequest, binary: memoryview, specs: Sequence[TensorSpec], model: str
+) -> dict[str, np.ndarray]:
     """Every input, checked: known names, each once, every required one present, datatypes,
     shapes, sizes and values as declared, and every binary byte accounted for."""
     declared = {spec.name: spec for spec in specs}

@@ -7,7 +7,6 @@ import base64
 import io
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -59,7 +58,11 @@ def png_pixels(encoded: str) -> np.ndarray:
 
 def test_server_health_metadata_and_repository_index(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
-    assert client.get_server_metadata() == {"name": "vaeserve", "version": "0.1.0", "extensions": ["binary_tensor_data"]}
+    assert client.get_server_metadata() == {
+        "name": "vaeserve",
+        "version": "0.1.0",
+        "extensions": ["binary_tensor_data"],
+    }
     index = client.get_model_repository_index()
     names = [f"{model}.{op}" for model in sorted(MODELS) for op in ("decode", "encode", "sample")]
     assert index == [{"name": name, "version": "1", "state": "READY", "reason": ""} for name in names]
@@ -155,13 +158,17 @@ def test_sample_equals_v1(
 def test_sample_without_seed_returns_the_one_drawn(client: triton.InferenceServerClient) -> None:
     first = client.infer("fashion-vae.sample", [tensor("n", np.array([2]), "INT64", True)])
     seed = first.as_numpy("seed")
-    again = client.infer("fashion-vae.sample", [tensor("n", np.array([2]), "INT64", True), tensor("seed", seed, "INT64", True)])
+    again = client.infer(
+        "fashion-vae.sample", [tensor("n", np.array([2]), "INT64", True), tensor("seed", seed, "INT64", True)]
+    )
     np.testing.assert_array_equal(again.as_numpy("images"), first.as_numpy("images"))
 
 
 def test_only_the_requested_outputs_each_in_its_format(client: triton.InferenceServerClient) -> None:
     inputs = [tensor("n", np.array([2]), "INT64", False), tensor("seed", np.array([1]), "INT64", False)]
-    result = client.infer("fashion-vae.sample", inputs, outputs=[triton.InferRequestedOutput("latents", binary_data=False)])
+    result = client.infer(
+        "fashion-vae.sample", inputs, outputs=[triton.InferRequestedOutput("latents", binary_data=False)]
+    )
     response = result.get_response()
     assert [output["name"] for output in response["outputs"]] == ["latents"]
     assert len(response["outputs"][0]["data"]) == 2 * 64 and result.as_numpy("latents").shape == (2, 64)
@@ -181,7 +188,11 @@ def latents(shape: list[int], datatype: str = "FP32", **fields: object) -> dict:
 ONE = latents([1, 64], data=[0.0] * 64)
 MALFORMED = {
     "wrong datatype": ({"inputs": [latents([1, 64], "INT64", data=[0] * 64)]}, b"", "datatype 'INT64' is not accepted"),
-    "shape/data mismatch": ({"inputs": [latents([2, 64], data=[0.0] * 64)]}, b"", "data has 64 values; the shape takes 128"),
+    "shape/data mismatch": (
+        {"inputs": [latents([2, 64], data=[0.0] * 64)]},
+        b"",
+        "data has 64 values; the shape takes 128",
+    ),
     "binary size mismatch": (
         {"inputs": [latents([1, 64], parameters={"binary_data_size": 256})]},
         b"\0" * 200,

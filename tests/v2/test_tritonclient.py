@@ -6,7 +6,12 @@ from __future__ import annotations
 import base64
 import io
 import json
+import re
+import shutil
+import subprocess
+import sys
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -89,6 +94,7 @@ def test_model_metadata_describes_every_tensor(client: triton.InferenceServerCli
         ("temperature", "FP32", [1]),
         ("label", "INT64", [1]),
     ]
+    assert [t.get("parameters") for t in sample["inputs"]] == [None] + [{"optional": True}] * 3
     assert sample["outputs"] == [images, latents, labels, {"name": "seed", "datatype": "INT64", "shape": [1]}]
     with pytest.raises(InferenceServerException, match="unknown model 'fashion-vae.train'"):
         client.get_model_metadata("fashion-vae.train")
@@ -240,3 +246,29 @@ def test_the_client_reports_the_server_message(client: triton.InferenceServerCli
     assert "latents: datatype 'INT32' is not accepted; declared FP32" in error.value.message()
     with pytest.raises(InferenceServerException, match="unknown model 'fashion-vae.nope'"):
         client.infer("fashion-vae.nope", [z])
+
+
+def api_v2_section() -> str:
+    text = (Path(__file__).resolve().parents[2] / "docs" / "api.md").read_text()
+    return text.split("\n## Open Inference Protocol (v2)\n", 1)[1].split("\n## ", 1)[0]
+
+
+@pytest.mark.skipif(shutil.which("curl") is None, reason="the examples need curl (apt-get install curl)")
+def test_every_docs_example(server: Replica) -> None:
+    """docs/api.md's v2 examples, curl and Python, against the server."""
+    section = api_v2_section()
+    commands = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
+    assert len(commands) == 3
+    for block in commands:
+        command = next(line for line in block.splitlines() if line.startswith("curl"))
+        script = command.replace("curl ", "curl --fail-with-body -sS ", 1).replace("localhost:8000", server.url)
+        done = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True, timeout=120)
+        assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
+        got, shown = json.loads(done.stdout), block.split("\n# ", 1)[1]  # the answer the docs show
+        assert got["model_name"] in command and shown.startswith(f'{{"model_name":"{got["model_name"]}"')
+        assert all(f'"name":"{output["name"]}"' in shown for output in got["outputs"])
+    python = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)
+    assert len(python) == 1
+    script = python[0].replace('"localhost:8000"', repr(server.url.removeprefix("http://")))
+    done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
+    assert done.returncode == 0, done.stderr

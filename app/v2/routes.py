@@ -4,6 +4,7 @@ same engine, batchers, limits, metrics and API keys. Errors are `{"error": "<mes
 
 from __future__ import annotations
 
+import zlib
 from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
@@ -37,6 +38,26 @@ def operation(models: dict[str, Operation], name: str, version: str | None) -> O
     return found
 
 
+def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
+    """A body sent with `Content-Encoding: gzip` or `deflate` (tritonclient's request
+    compression), inflated up to `limit` bytes: the upload limit holds for what it inflates to."""
+    if encoding is None or encoding.strip().lower() == "identity":
+        return body
+    wbits = {"gzip": 16 + zlib.MAX_WBITS, "deflate": zlib.MAX_WBITS}.get(encoding.strip().lower())
+    if wbits is None:
+        raise HTTPException(415, f"Content-Encoding {encoding[:40]!r} is not supported; use gzip, deflate or none")
+    inflater = zlib.decompressobj(wbits)
+    try:
+        inflated = inflater.decompress(body, limit + 1)
+    except zlib.error as e:
+        raise HTTPException(400, f"body: not valid {encoding} data ({e})") from None
+    if len(inflated) > limit:
+        raise HTTPException(413, f"request body inflates to more than the {limit}-byte limit")
+    if not inflater.eof:
+        raise HTTPException(400, f"body: {encoding} data ends early")
+    return inflated
+
+
 @router.get("", summary="Server metadata: name, version, extensions")
 async def server_metadata() -> dict[str, Any]:
     return SERVER
@@ -68,8 +89,11 @@ async def model_ready(name: str, models: ModelsDep, version: str | None = None) 
 @router.post("/models/{name}/versions/{version}/infer", summary="Inference with one version", response_class=Response)
 async def infer(name: str, request: Request, models: ModelsDep, version: str | None = None) -> Response:
     op = operation(models, name, version)
+    body = decompressed(
+        await request.body(), request.headers.get("content-encoding"), op.service.settings.max_upload_bytes
+    )
     try:
-        parsed = parse_request(await request.body(), request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
     except TensorError as e:
         raise HTTPException(400, str(e)) from None
     results = await op.run(parsed.inputs)

@@ -4,6 +4,7 @@ models: every v2 call it makes, and answers equal to /v1's for the same inputs a
 from __future__ import annotations
 
 import base64
+import gzip
 import io
 import json
 import re
@@ -20,7 +21,7 @@ import tritonclient.http as triton
 from PIL import Image
 from tritonclient.utils import InferenceServerException
 
-from app.config import SHIPPED_MODEL_DIR
+from app.config import SHIPPED_MODEL_DIR, Settings
 from tests.deploy.support import Replica, started_replicas
 from tests.scrape import metric
 
@@ -272,3 +273,24 @@ def test_every_docs_example(server: Replica) -> None:
     script = python[0].replace('"localhost:8000"', repr(server.url.removeprefix("http://")))
     done = subprocess.run([sys.executable, "-c", script], check=False, capture_output=True, text=True, timeout=120)
     assert done.returncode == 0, done.stderr
+
+
+@pytest.mark.parametrize("compression", ["gzip", "deflate"])
+def test_compressed_requests(client: triton.InferenceServerClient, compression: str) -> None:
+    z = np.random.default_rng(2).standard_normal((2, 64)).astype(np.float32)
+    plain = client.infer("fashion-vae.decode", [tensor("latents", z, "FP32", True)])
+    packed = client.infer(
+        "fashion-vae.decode",
+        [tensor("latents", z, "FP32", True)],
+        request_compression_algorithm=compression,
+        response_compression_algorithm=compression,
+    )
+    np.testing.assert_array_equal(packed.as_numpy("images"), plain.as_numpy("images"))
+
+
+def test_a_body_that_inflates_past_the_upload_limit_gets_413(v1: httpx.Client) -> None:
+    bomb = gzip.compress(b" " * (Settings.model_fields["max_upload_bytes"].default + 1))
+    response = v1.post("/v2/models/fashion-vae.decode/infer", content=bomb, headers={"Content-Encoding": "gzip"})
+    assert response.status_code == 413 and "inflates to more than" in response.json()["error"]
+    broken = v1.post("/v2/models/fashion-vae.decode/infer", content=bomb[:100], headers={"Content-Encoding": "gzip"})
+    assert broken.status_code == 400 and "gzip data ends early" in broken.json()["error"]

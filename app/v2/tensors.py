@@ -16,6 +16,7 @@ import json
 import math
 from collections.abc import Iterable, Sequence
 from dataclasses import dataclass, field
+from functools import cached_property
 from typing import Any
 
 import numpy as np
@@ -65,6 +66,18 @@ class TensorSpec:
     @property
     def family(self) -> dict[str, type]:
         return FLOATS if self.datatype in FLOATS else INTEGERS
+
+    @cached_property
+    def dtype(self) -> np.dtype:
+        return np.dtype(DATATYPES[self.datatype])
+
+    @cached_property
+    def bounds(self) -> tuple[float, float]:
+        """The inclusive range of values: the declared one, within the datatype's own."""
+        low, high = (
+            (np.iinfo(self.dtype).min, np.iinfo(self.dtype).max) if self.dtype.kind in "iu" else (-math.inf, math.inf)
+        )
+        return (low if self.low is None else max(self.low, low), high if self.high is None else min(self.high, high))
 
     def metadata(self) -> dict[str, Any]:
         """`$metadata_tensor`: name, datatype, shape; an input that may be left out says so in its
@@ -223,22 +236,16 @@ def number(value: float) -> str:
 
 
 def converted(spec: TensorSpec, values: np.ndarray, datatype: str) -> np.ndarray:
-    """`values` (of the sent `datatype`) checked against the declared range and converted to
-    the declared datatype."""
-    target = np.dtype(DATATYPES[spec.datatype])
-    if datatype in FLOATS and not np.isfinite(values).all():
+    """`values` (of the sent `datatype`, at least one) checked against the declared range and
+    converted to the declared datatype."""
+    low, high = spec.bounds
+    least, most = values.min(), values.max()  # NaN and infinities show in these
+    if datatype in FLOATS and not (math.isfinite(least) and math.isfinite(most)):
         raise TensorError(f"{spec.name}: {int((~np.isfinite(values)).sum())} values are not finite")
-    if target.kind in "iu":
-        limits = np.iinfo(target)
-        low = limits.min if spec.low is None else max(spec.low, limits.min)
-        high = limits.max if spec.high is None else min(spec.high, limits.max)
-    else:
-        low = -math.inf if spec.low is None else spec.low
-        high = math.inf if spec.high is None else spec.high
-    if values.size and (values.min() < low or values.max() > high):
+    if least < low or most > high:
         bad = values[(values < low) | (values > high)][0]
         raise TensorError(f"{spec.name}: values must be in [{number(low)}, {number(high)}], got {number(bad.item())}")
-    return values.astype(target)
+    return values.astype(spec.dtype, copy=False)
 
 
 def read_input(spec: TensorSpec, given: RequestInput, binary: memoryview, offset: int) -> tuple[np.ndarray, int]:

@@ -24,6 +24,8 @@ VERSION = "1"  # every v2 model has one version: the weights the server loaded
 SEPARATOR = "."
 # Sample's temperature: the bounds /v1 declares.
 TEMPERATURE = (0.0, 10.0)
+# Score's outputs, one value per image: /v1's fields.
+SCORES = ("reconstruction_nats", "kl_nats", "elbo_nats", "nll_nats", "bits_per_dim")
 
 
 @dataclass(frozen=True)
@@ -96,11 +98,28 @@ async def run_decode(service: Service, model: LoadedModel, arrays: dict[str, np.
     return {"images": pixels}
 
 
+def model_input(pixels: np.ndarray) -> np.ndarray:
+    """[N, H, W, C] pixels as /v1 converts an 8-bit image (model.data.image_to_array): x / 255
+    in float32, [N, C, H, W]."""
+    return np.ascontiguousarray((pixels.astype(np.float32) / 255.0).transpose(0, 3, 1, 2))
+
+
 async def run_encode(service: Service, model: LoadedModel, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
-    # As /v1 converts an 8-bit image (model.data.image_to_array): x / 255 in float32, [N, C, H, W].
-    x = np.ascontiguousarray((arrays["images"].astype(np.float32) / 255.0).transpose(0, 3, 1, 2))
-    posterior = await service.inference.encode(model.vae, x, labels_of(arrays))
+    posterior = await service.inference.encode(model.vae, model_input(arrays["images"]), labels_of(arrays))
     return {"mean": posterior.mean, "log_variance": posterior.log_variance}
+
+
+async def run_reconstruct(service: Service, model: LoadedModel, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    pixels, mean = await service.inference.reconstruct(model.vae, model_input(arrays["images"]), labels_of(arrays))
+    return {"images": pixels, "mean": mean}
+
+
+async def run_score(service: Service, model: LoadedModel, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
+    k = int(arrays["k"][0]) if "k" in arrays else service.settings.default_k
+    seed = int(arrays["seed"][0]) if "seed" in arrays else 0
+    scores = await service.inference.score(model.vae, model_input(arrays["images"]), labels_of(arrays), k, seed)
+    values = (scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim)
+    return {name: value.astype(np.float32) for name, value in zip(SCORES, values, strict=True)}
 
 
 async def run_sample(service: Service, model: LoadedModel, arrays: dict[str, np.ndarray]) -> dict[str, np.ndarray]:
@@ -127,6 +146,23 @@ def encode(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tup
     return inputs, (latent_spec("mean", shape), latent_spec("log_variance", shape)), run_encode
 
 
+def reconstruct(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
+    rows = service.settings.max_files
+    inputs = (image_spec(shape, rows), *labels_input(shape, rows))
+    return inputs, (image_spec(shape), latent_spec("mean", shape)), run_reconstruct
+
+
+def score(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
+    rows = service.settings.max_files
+    inputs = (
+        image_spec(shape, rows),
+        *labels_input(shape, rows),
+        TensorSpec("k", "INT64", (1,), 1, service.settings.max_k, optional=True),
+        TensorSpec("seed", "INT64", (1,), 0, MAX_SEED, optional=True),
+    )
+    return inputs, tuple(TensorSpec(name, "FP32", (-1,)) for name in SCORES), run_score
+
+
 def sample(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tuple[TensorSpec, ...], Run]:
     inputs = [
         TensorSpec("n", "INT64", (1,), 1, service.settings.max_n),
@@ -141,7 +177,13 @@ def sample(shape: Shapes, service: Service) -> tuple[tuple[TensorSpec, ...], tup
     return tuple(inputs), tuple(outputs), run_sample
 
 
-OPERATIONS: dict[str, Build] = {"decode": decode, "encode": encode, "sample": sample}
+OPERATIONS: dict[str, Build] = {
+    "decode": decode,
+    "encode": encode,
+    "sample": sample,
+    "reconstruct": reconstruct,
+    "score": score,
+}
 
 
 def catalog(service: Service) -> dict[str, Operation]:

@@ -28,6 +28,7 @@ from tests.scrape import metric
 MODELS = ["fashion-vae", "fashion-cvae"]
 CLASSES = 10
 SNEAKER = 7
+SCORES = ("reconstruction_nats", "kl_nats", "elbo_nats", "nll_nats", "bits_per_dim")
 
 
 @pytest.fixture(scope="module")
@@ -62,6 +63,13 @@ def png_pixels(encoded: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))[..., None]
 
 
+def some_images(v1: httpx.Client) -> tuple[np.ndarray, list[tuple[str, tuple[str, bytes, str]]]]:
+    """Two sampled images, as pixels for v2 and as PNG uploads for /v1."""
+    pngs = v1.get("/v1/sample", params={"model": "fashion-cvae", "n": 2, "seed": 3, "format": "json"}).json()["images"]
+    files = [("files", (f"{i}.png", base64.b64decode(image), "image/png")) for i, image in enumerate(pngs)]
+    return np.stack([png_pixels(image) for image in pngs]), files
+
+
 def test_server_health_metadata_and_repository_index(client: triton.InferenceServerClient) -> None:
     assert client.is_server_live() and client.is_server_ready()
     assert client.get_server_metadata() == {
@@ -70,7 +78,8 @@ def test_server_health_metadata_and_repository_index(client: triton.InferenceSer
         "extensions": ["binary_tensor_data"],
     }
     index = client.get_model_repository_index()
-    names = [f"{model}.{op}" for model in sorted(MODELS) for op in ("decode", "encode", "sample")]
+    operations = ("decode", "encode", "sample", "reconstruct", "score")
+    names = [f"{model}.{op}" for model in sorted(MODELS) for op in operations]
     assert index == [{"name": name, "version": "1", "state": "READY", "reason": ""} for name in names]
     for name in names:
         assert client.is_model_ready(name) and client.is_model_ready(name, "1")
@@ -120,19 +129,39 @@ def test_decode_equals_v1(client: triton.InferenceServerClient, v1: httpx.Client
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", MODELS)
 def test_encode_equals_v1(client: triton.InferenceServerClient, v1: httpx.Client, model: str, binary: bool) -> None:
-    pngs = v1.get("/v1/sample", params={"model": "fashion-cvae", "n": 2, "seed": 3, "format": "json"}).json()["images"]
-    pixels = np.stack([png_pixels(image) for image in pngs])
+    pixels, files = some_images(v1)
     inputs = [tensor("images", pixels, "UINT8", binary)]
     form: dict = {"model": model}
     if model == "fashion-cvae":
         inputs.append(tensor("labels", np.array([SNEAKER, 2], dtype=np.int64), "INT64", binary))
         form["labels"] = [str(SNEAKER), "2"]
     result = client.infer(f"{model}.encode", inputs, outputs=outputs("mean", "log_variance", binary=binary))
-    files = [("files", (f"{i}.png", base64.b64decode(image), "image/png")) for i, image in enumerate(pngs)]
     posteriors = v1.post("/v1/encode", data=form, files=files).json()["latents"]
     for field in ("mean", "log_variance"):
         expected = np.array([q[field] for q in posteriors], dtype=np.float32)
         np.testing.assert_array_equal(result.as_numpy(field), expected)
+
+
+@pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
+@pytest.mark.parametrize("model", MODELS)
+def test_reconstruct_and_score_equal_v1(
+    client: triton.InferenceServerClient, v1: httpx.Client, model: str, binary: bool
+) -> None:
+    pixels, files = some_images(v1)
+    inputs = [tensor("images", pixels, "UINT8", binary)]
+    form: dict = {"model": model}
+    if model == "fashion-cvae":
+        inputs.append(tensor("labels", np.array([SNEAKER, 2], dtype=np.int64), "INT64", binary))
+        form["labels"] = [str(SNEAKER), "2"]
+    result = client.infer(f"{model}.reconstruct", inputs, outputs=outputs("images", "mean", binary=binary))
+    expected = v1.post("/v1/reconstruct", data={**form, "format": "json"}, files=files).json()
+    np.testing.assert_array_equal(result.as_numpy("images"), np.stack([png_pixels(i) for i in expected["images"]]))
+    np.testing.assert_array_equal(result.as_numpy("mean"), np.array(expected["latents"], dtype=np.float32))
+    k, seed = tensor("k", np.array([20]), "INT64", binary), tensor("seed", np.array([3]), "INT64", binary)
+    result = client.infer(f"{model}.score", [*inputs, k, seed], outputs=outputs(*SCORES, binary=binary))
+    scores = v1.post("/v1/score", data={**form, "k": "20", "seed": "3"}, files=files).json()["scores"]
+    for name in SCORES:
+        np.testing.assert_array_equal(result.as_numpy(name), np.array([s[name] for s in scores], dtype=np.float32))
 
 
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])

@@ -58,6 +58,27 @@ def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
     return inflated
 
 
+# Inference first: routes match in order, and it is the one that runs under load.
+@router.post("/models/{name}/infer", summary="Inference", response_class=Response)
+@router.post("/models/{name}/versions/{version}/infer", summary="Inference with one version", response_class=Response)
+async def infer(name: str, request: Request, models: ModelsDep, version: str | None = None) -> Response:
+    op = operation(models, name, version)
+    body = decompressed(
+        await request.body(), request.headers.get("content-encoding"), op.service.settings.max_upload_bytes
+    )
+    try:
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
+    except TensorError as e:
+        raise HTTPException(400, str(e)) from None
+    results = await op.run(parsed.inputs)
+    body, header_length = response_body(
+        name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
+    )
+    if header_length is None:
+        return Response(body, media_type="application/json")
+    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
+
+
 @router.get("", summary="Server metadata: name, version, extensions")
 async def server_metadata() -> dict[str, Any]:
     return SERVER
@@ -83,26 +104,6 @@ async def model_metadata(name: str, models: ModelsDep, version: str | None = Non
 @router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of one version")
 async def model_ready(name: str, models: ModelsDep, version: str | None = None) -> dict[str, Any]:
     return {"name": operation(models, name, version).name, "ready": True}
-
-
-@router.post("/models/{name}/infer", summary="Inference", response_class=Response)
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference with one version", response_class=Response)
-async def infer(name: str, request: Request, models: ModelsDep, version: str | None = None) -> Response:
-    op = operation(models, name, version)
-    body = decompressed(
-        await request.body(), request.headers.get("content-encoding"), op.service.settings.max_upload_bytes
-    )
-    try:
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
-    except TensorError as e:
-        raise HTTPException(400, str(e)) from None
-    results = await op.run(parsed.inputs)
-    body, header_length = response_body(
-        name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
-    )
-    if header_length is None:
-        return Response(body, media_type="application/json")
-    return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
 class IndexRequest(BaseModel):

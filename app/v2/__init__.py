@@ -1,1 +1,0 @@
-"""The Open Inference Protocol (v2) over the same service as /v1."""

@@ -11,10 +11,23 @@ from typing import Annotated, Any
 
 from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
-from pydantic import BaseModel, ConfigDict, StrictBool, ValidationError
+from pydantic import ValidationError
 
 from app.api.deps import ServiceDep, client_gone, get_service
 from app.api.v2.catalog import VERSION, Operation
+from app.api.v2.schemas import (
+    INDEX_BODY,
+    INFER_BODY,
+    INFER_RESPONSES,
+    IndexEntry,
+    IndexRequest,
+    Live,
+    ModelMetadata,
+    ModelReady,
+    Ready,
+    ServerMetadata,
+    errors,
+)
 from app.api.v2.tensors import TensorError, parse_request, pydantic_problem, response_body
 from app.server.errors import V2_PREFIX
 from app.server.security import OPEN_PREFIX
@@ -66,66 +79,97 @@ def decompressed(body: bytes, encoding: str | None, limit: int) -> bytes:
     return inflated
 
 
-# Inference first: routes match in order, and it is the one that runs under load.
-@router.post("/models/{name}/infer", summary="Inference", response_class=Response)
-@router.post("/models/{name}/versions/{version}/infer", summary="Inference with one version", response_class=Response)
-async def infer(name: str, request: Request, models: ModelsDep, version: str | None = None) -> Response:
-    op = operation(models, name, version)
+async def inference(op: Operation, request: Request) -> Response:
+    """Run `op` on the request's tensors: checked, then through the engine, then encoded."""
     body = decompressed(
         await request.body(), request.headers.get("content-encoding"), op.service.settings.max_upload_bytes
     )
     try:
-        parsed = parse_request(body, request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, name)
+        parsed = parse_request(body, request.headers.get(HEADER_LENGTH), op.inputs, op.outputs, op.name)
     except TensorError as e:
         raise HTTPException(400, str(e)) from None
     results = await op.run(parsed.inputs, client_gone(request))
     body, header_length = response_body(
-        name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
+        op.name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
     )
     if header_length is None:
         return Response(body, media_type="application/json")
     return Response(body, media_type="application/octet-stream", headers={HEADER_LENGTH: str(header_length)})
 
 
+# Inference first: routes match in order, and it is the one that runs under load. Each endpoint
+# comes with and without /versions/{version}: two functions, since a parameter absent from a path
+# would become a query parameter.
+@router.post(
+    "/models/{name}/infer",
+    summary="Inference",
+    response_class=Response,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+async def infer(name: str, request: Request, models: ModelsDep) -> Response:
+    return await inference(operation(models, name, None), request)
+
+
+@router.post(
+    "/models/{name}/versions/{version}/infer",
+    summary="Inference with one version",
+    response_class=Response,
+    responses=INFER_RESPONSES,
+    openapi_extra=INFER_BODY,
+)
+async def infer_version(name: str, version: str, request: Request, models: ModelsDep) -> Response:
+    return await inference(operation(models, name, version), request)
+
+
 @router.get("", summary="Server metadata: name, version, extensions")
-async def server_metadata(request: Request) -> dict[str, Any]:
-    return {"name": request.app.title, "version": request.app.version, "extensions": EXTENSIONS}
+async def server_metadata(request: Request) -> ServerMetadata:
+    return ServerMetadata(name=request.app.title, version=request.app.version, extensions=EXTENSIONS)
 
 
 @health.get("/live", summary="Liveness: the process answers")
-async def live() -> dict[str, bool]:
-    return {"live": True}
+async def live() -> Live:
+    return Live(live=True)
 
 
-@health.get("/ready", summary="Readiness: 200 once every model is loaded and warm, else 503")
-async def ready(service: ServiceDep) -> dict[str, bool]:
-    return {"ready": True}
+@health.get("/ready", summary="Readiness: 200 once every model is loaded and warm, else 503", responses=errors(503))
+async def ready(service: ServiceDep) -> Ready:
+    return Ready(ready=True)
 
 
-@router.get("/models/{name}", summary="Model metadata: inputs and outputs")
-@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version")
-async def model_metadata(name: str, models: ModelsDep, version: str | None = None) -> dict[str, Any]:
-    return operation(models, name, version).metadata()
+METADATA_RESPONSES: dict[int | str, dict[str, Any]] = {200: {"model": ModelMetadata}, **errors(404, 503)}
 
 
-@router.get("/models/{name}/ready", summary="Model readiness")
-@router.get("/models/{name}/versions/{version}/ready", summary="Model readiness of one version")
-async def model_ready(name: str, models: ModelsDep, version: str | None = None) -> dict[str, Any]:
-    return {"name": operation(models, name, version).name, "ready": True}
+@router.get("/models/{name}", summary="Model metadata: inputs and outputs", responses=METADATA_RESPONSES)
+async def model_metadata(name: str, models: ModelsDep) -> JSONResponse:
+    return JSONResponse(operation(models, name, None).metadata())
 
 
-class IndexRequest(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+@router.get("/models/{name}/versions/{version}", summary="Model metadata of one version", responses=METADATA_RESPONSES)
+async def version_metadata(name: str, version: str, models: ModelsDep) -> JSONResponse:
+    return JSONResponse(operation(models, name, version).metadata())
 
-    ready: StrictBool = False  # only the ready models: every one is, once the server is ready
+
+@router.get("/models/{name}/ready", summary="Model readiness", responses=errors(404, 503))
+async def model_ready(name: str, models: ModelsDep) -> ModelReady:
+    return ModelReady(name=operation(models, name, None).name, ready=True)
 
 
-@router.post("/repository/index", summary="Every model with its state (Triton's model repository index)")
+@router.get("/models/{name}/versions/{version}/ready", summary="Readiness of one version", responses=errors(404, 503))
+async def version_ready(name: str, version: str, models: ModelsDep) -> ModelReady:
+    return ModelReady(name=operation(models, name, version).name, ready=True)
+
+
+@router.post(
+    "/repository/index",
+    summary="Every model with its state (Triton's model repository index)",
+    responses={200: {"model": list[IndexEntry]}, **errors(400, 503)},
+    openapi_extra=INDEX_BODY,
+)
 async def repository_index(request: Request, models: ModelsDep) -> JSONResponse:
     body = await request.body()
     try:
         IndexRequest.model_validate_json(body or b"{}")
     except ValidationError as e:
         raise HTTPException(400, "; ".join(pydantic_problem(error) for error in e.errors(include_url=False))) from None
-    index = [{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in models]
-    return JSONResponse(index)
+    return JSONResponse([{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in models])

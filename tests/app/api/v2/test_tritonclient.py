@@ -279,7 +279,7 @@ def test_the_client_reports_the_server_message(client: triton.InferenceServerCli
 
 
 def api_v2_section() -> str:
-    text = (Path(__file__).resolve().parents[3] / "docs" / "api.md").read_text()
+    text = (Path(__file__).resolve().parents[4] / "docs" / "api.md").read_text()
     return text.split("\n## Open Inference Protocol (v2)\n", 1)[1].split("\n## ", 1)[0]
 
 

@@ -222,7 +222,7 @@ OPERATIONS: dict[str, tuple[Callable[[LoadedModel, Shapes, Service], Tensors], R
 def catalog(service: Service) -> dict[str, Operation]:
     """Every v2 model of the service, by name."""
     operations: dict[str, Operation] = {}
-    for model in service.engine:
+    for model in service.engine.registry:
         shape = shapes(model, service.settings.max_pixels)
         for operation, (tensors, run) in OPERATIONS.items():
             if operation in model.capabilities:

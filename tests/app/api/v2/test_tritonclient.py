@@ -284,17 +284,25 @@ def api_v2_section() -> str:
 
 
 @pytest.mark.skipif(shutil.which("curl") is None, reason="the examples need curl (apt-get install curl)")
-def test_every_docs_example(server: Replica) -> None:
+def test_every_docs_example(server: Replica, tmp_path: Path) -> None:
     """docs/api.md's v2 examples, curl and Python, against the server."""
     section = api_v2_section()
     commands = re.findall(r"```sh\n(.*?)```", section, flags=re.DOTALL)
-    assert len(commands) == 3
+    assert len(commands) == 5
     for block in commands:
         command = next(line for line in block.splitlines() if line.startswith("curl"))
         script = command.replace("curl ", "curl --fail-with-body -sS ", 1).replace("localhost:8000", server.url)
-        done = subprocess.run(["bash", "-c", script], check=False, capture_output=True, text=True, timeout=120)
+        done = subprocess.run(
+            ["bash", "-c", script], cwd=tmp_path, check=False, capture_output=True, text=True, timeout=120
+        )
         assert done.returncode == 0, f"{command}\n{done.stdout}\n{done.stderr}"
-        got, shown = json.loads(done.stdout), block.split("\n# ", 1)[1]  # the answer the docs show
+        body = done.stdout.encode()
+        if written := re.search(r" -o (\S+)", command):  # the body in a file, the headers (-D -) shown
+            body = (tmp_path / written[1]).read_bytes()
+            length = int(re.search(r"(?i)inference-header-content-length: (\d+)", done.stdout)[1])
+            body, binary = body[:length], body[length:]
+            assert len(binary) == sum(o["parameters"]["binary_data_size"] for o in json.loads(body)["outputs"])
+        got, shown = json.loads(body), block.split("\n# ", 1)[1]  # the answer the docs show
         assert got["model_name"] in command and shown.startswith(f'{{"model_name":"{got["model_name"]}"')
         assert all(f'"name":"{output["name"]}"' in shown for output in got["outputs"])
     python = re.findall(r"```python\n(.*?)```", section, flags=re.DOTALL)

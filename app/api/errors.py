@@ -16,12 +16,12 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from app.server.errors import error_response
-from app.server.proxy import route_path
 
 from app.api.images import ImageError, ImageTooLarge
 from app.api.routes import API_ROUTES
 from app.engine import errors
+from app.server.errors import error_response
+from app.server.proxy import route_path
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS: list[tuple[type[Exception], int]] = [
@@ -111,11 +111,16 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     return error_json(request, exc.status_code, detail, exc.headers)
 
 
+def problems(errors: Sequence[Any]) -> str:
+    """Pydantic errors as one message, `field: message; ...`, at most MAX_PROBLEMS of them."""
+    found = [describe(error) for error in errors]
+    if len(found) > MAX_PROBLEMS:
+        found[MAX_PROBLEMS:] = [f"and {len(found) - MAX_PROBLEMS} more problems"]
+    return "; ".join(found)
+
+
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [describe(error) for error in exc.errors()]
-    if len(problems) > MAX_PROBLEMS:
-        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problems"]
-    return error_json(request, 422, "; ".join(problems))
+    return error_json(request, 422, problems(exc.errors()))
 
 
 async def domain_error(request: Request, exc: Exception) -> JSONResponse:

@@ -68,7 +68,7 @@ def test_repository_index_takes_an_empty_body_or_ready(client: TestClient) -> No
     assert client.post("/v2/repository/index", json={"ready": True}).json() == everything
     bad = client.post("/v2/repository/index", json={"ready": "yes", "repository": "x"})
     assert bad.status_code == 400
-    assert bad.json() == {"error": "ready: Input should be a valid boolean; repository: unknown field"}
+    assert bad.json() == {"error": "ready: Input should be a valid boolean (got 'yes'); repository: unknown field"}
 
 
 def test_errors_under_v2_are_error_bodies_and_v1_keeps_detail(client: TestClient) -> None:
@@ -81,6 +81,12 @@ def test_errors_under_v2_are_error_bodies_and_v1_keeps_detail(client: TestClient
     too_big = client.post("/v2/models/tiny-vae.decode/infer", content=b"0" * 200_001)
     assert too_big.status_code == 413 and "200000-byte limit" in too_big.json()["error"]
     assert client.get("/v2/nowhere").json() == {"error": "Not Found"}
+    shape = {"name": "latents", "shape": [1, "4"], "datatype": "FP32", "data": [0] * 4}
+    not_a_request = client.post("/v2/models/tiny-vae.decode/infer", json={"inputs": [shape], "extra": 1})
+    assert not_a_request.status_code == 400
+    assert not_a_request.json()["error"] == (
+        "inputs[0].shape[1]: Input should be a valid integer (got '4'); extra: unknown field"
+    )
     assert set(client.post("/v1/decode", json={}).json()) == {"detail"}
 
 

@@ -63,11 +63,17 @@ def png_pixels(encoded: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(encoded))))[..., None]
 
 
-def some_images(v1: httpx.Client) -> tuple[np.ndarray, list[tuple[str, tuple[str, bytes, str]]]]:
-    """Two sampled images, as pixels for v2 and as PNG uploads for /v1."""
+def some_images(v1: httpx.Client, model: str, binary: bool) -> tuple[list[triton.InferInput], dict, list]:
+    """Two sampled images (and, for the conditional model, their classes): as v2 inputs, and as
+    /v1 form fields and PNG uploads."""
     pngs = v1.get("/v1/sample", params={"model": "fashion-cvae", "n": 2, "seed": 3, "format": "json"}).json()["images"]
+    inputs = [tensor("images", np.stack([png_pixels(image) for image in pngs]), "UINT8", binary)]
+    form: dict = {"model": model}
+    if model == "fashion-cvae":
+        inputs.append(tensor("labels", np.array([SNEAKER, 2], dtype=np.int64), "INT64", binary))
+        form["labels"] = [str(SNEAKER), "2"]
     files = [("files", (f"{i}.png", base64.b64decode(image), "image/png")) for i, image in enumerate(pngs)]
-    return np.stack([png_pixels(image) for image in pngs]), files
+    return inputs, form, files
 
 
 def test_server_health_metadata_and_repository_index(client: triton.InferenceServerClient) -> None:
@@ -129,12 +135,7 @@ def test_decode_equals_v1(client: triton.InferenceServerClient, v1: httpx.Client
 @pytest.mark.parametrize("binary", [True, False], ids=["binary", "json"])
 @pytest.mark.parametrize("model", MODELS)
 def test_encode_equals_v1(client: triton.InferenceServerClient, v1: httpx.Client, model: str, binary: bool) -> None:
-    pixels, files = some_images(v1)
-    inputs = [tensor("images", pixels, "UINT8", binary)]
-    form: dict = {"model": model}
-    if model == "fashion-cvae":
-        inputs.append(tensor("labels", np.array([SNEAKER, 2], dtype=np.int64), "INT64", binary))
-        form["labels"] = [str(SNEAKER), "2"]
+    inputs, form, files = some_images(v1, model, binary)
     result = client.infer(f"{model}.encode", inputs, outputs=outputs("mean", "log_variance", binary=binary))
     posteriors = v1.post("/v1/encode", data=form, files=files).json()["latents"]
     for field in ("mean", "log_variance"):
@@ -147,12 +148,7 @@ def test_encode_equals_v1(client: triton.InferenceServerClient, v1: httpx.Client
 def test_reconstruct_and_score_equal_v1(
     client: triton.InferenceServerClient, v1: httpx.Client, model: str, binary: bool
 ) -> None:
-    pixels, files = some_images(v1)
-    inputs = [tensor("images", pixels, "UINT8", binary)]
-    form: dict = {"model": model}
-    if model == "fashion-cvae":
-        inputs.append(tensor("labels", np.array([SNEAKER, 2], dtype=np.int64), "INT64", binary))
-        form["labels"] = [str(SNEAKER), "2"]
+    inputs, form, files = some_images(v1, model, binary)
     result = client.infer(f"{model}.reconstruct", inputs, outputs=outputs("images", "mean", binary=binary))
     expected = v1.post("/v1/reconstruct", data={**form, "format": "json"}, files=files).json()
     np.testing.assert_array_equal(result.as_numpy("images"), np.stack([png_pixels(i) for i in expected["images"]]))

@@ -5,13 +5,9 @@ from __future__ import annotations
 
 from typing import Any
 
-from pydantic import BaseModel, ConfigDict, Field, StrictBool
+from pydantic import BaseModel, Field, StrictBool
 
-from app.api.v2.tensors import InferenceRequest, Parameter
-
-
-class Strict(BaseModel):
-    model_config = ConfigDict(extra="forbid")
+from app.api.v2.tensors import InferenceRequest, Parameter, Strict
 
 
 class ErrorResponse(BaseModel):

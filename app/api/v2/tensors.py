@@ -15,7 +15,7 @@ from __future__ import annotations
 import json
 import math
 from collections.abc import Iterable, Sequence
-from dataclasses import dataclass, field
+from dataclasses import dataclass
 from functools import cached_property
 from typing import Any
 
@@ -128,7 +128,6 @@ class Inference:
     id: str | None
     inputs: dict[str, np.ndarray]
     outputs: list[tuple[str, bool]]  # (name, binary), in response order
-    parameters: dict[str, Parameter] = field(default_factory=dict)
 
 
 def read_header(header: bytes) -> InferenceRequest:
@@ -319,7 +318,6 @@ def parse_request(
         id=request.id,
         inputs=read_inputs(request, binary, inputs, model),
         outputs=requested_outputs(request, outputs, model),
-        parameters=request.parameters,
     )
 
 

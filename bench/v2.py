@@ -4,7 +4,9 @@
 `python bench/v2.py` starts the service once (`python -m app.serve`) pinned to one CPU and
 drives it with wrk pinned to another, the two requests in turn, run by run, `--rounds` times,
 so that a slow spell of a shared machine hits both alike. It prints a Markdown table with each
-run and the medians. Needs wrk; loopback only; about 1 minute with the defaults.
+run and the medians, and the server's CPU time per request (user + system, from /proc), which
+other processes on the machine change much less than they change requests/s. Needs wrk;
+loopback only; about 1 minute with the defaults.
 """
 
 from __future__ import annotations
@@ -12,13 +14,15 @@ from __future__ import annotations
 import argparse
 import json
 import logging
+import os
 import shutil
 import statistics
 import sys
+from pathlib import Path
 
 import httpx
 import numpy as np
-from load import Result, Scenario, free_port, machine, measure, serve_env, server  # bench/ is on sys.path
+from load import Result, Scenario, free_port, machine, serve_env, server, wrk  # bench/ is on sys.path
 
 log = logging.getLogger("bench")
 LATENT_DIM = 64  # the shipped fashion-vae's
@@ -63,6 +67,23 @@ def check(base: str, load: list[Scenario]) -> None:
             raise SystemExit(f"{scenario.name}: {response.status_code} {response.text[:300]}")
 
 
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` so far, all its threads."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
+
+
+def measure(base: str, scenario: Scenario, pid: int, args: argparse.Namespace) -> tuple[Result, float]:
+    """A run after a warm-up, and the server's CPU milliseconds per request during it."""
+    wrk(base, scenario, args.connections, args.warmup, args.client_cpu)
+    before = cpu_seconds(pid)
+    result = wrk(base, scenario, args.connections, args.duration, args.client_cpu)
+    cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(1.0, result.rps * args.duration)
+    log.info("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.3f CPU ms/request, %d errors", scenario.name,
+             result.rps, result.p50_ms, result.p99_ms, cpu_ms, result.errors)  # fmt: skip
+    return result, cpu_ms
+
+
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--duration", type=int, default=5, help="seconds per measured run")
@@ -79,23 +100,30 @@ def main(argv: list[str] | None = None) -> None:
     load = scenarios()
     port = free_port()
     base = f"http://127.0.0.1:{port}"
-    results: dict[str, list[Result]] = {scenario.name: [] for scenario in load}
-    with server([sys.executable, "-m", "app.serve"], serve_env(VAE_PORT=str(port)), base + "/readyz", args.server_cpu):
+    results: dict[str, list[tuple[Result, float]]] = {scenario.name: [] for scenario in load}
+    command = [sys.executable, "-m", "app.serve"]
+    with server(command, serve_env(VAE_PORT=str(port)), base + "/readyz", args.server_cpu) as process:
         check(base, load)
         for _ in range(args.rounds):
             for scenario in load:
-                results[scenario.name].append(measure(base, scenario, args.connections, args))
+                results[scenario.name].append(measure(base, scenario, process.pid, args))
     print(f"Machine: {machine()}\n")
     print(f"Command: python bench/v2.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")
-    print(f"| request (c={args.connections}) | req/s per run | median req/s | median p50 ms | median p99 ms | errors |")
-    print("|---|--:|--:|--:|--:|--:|")
+    print(
+        f"| request (c={args.connections}) | req/s per run | median req/s | p50 ms | p99 ms | server CPU ms/request | errors |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|")
+    medians = {}
     for name, runs in results.items():
-        rates = ", ".join(f"{r.rps:.0f}" for r in runs)
-        medians = [statistics.median(getattr(r, field) for r in runs) for field in ("rps", "p50_ms", "p99_ms")]
-        errors = sum(r.errors for r in runs)
-        print(f"| {name} | {rates} | {medians[0]:.0f} | {medians[1]:.2f} | {medians[2]:.2f} | {errors} |")
-    v1, v2 = (statistics.median(r.rps for r in runs) for runs in results.values())
-    print(f"\n/v2 binary vs /v1 JSON: {v2 / v1:.2f}x the requests/s")
+        rates = ", ".join(f"{r.rps:.0f}" for r, _ in runs)
+        rps, p50, p99 = (statistics.median(getattr(r, field) for r, _ in runs) for field in ("rps", "p50_ms", "p99_ms"))
+        medians[name] = rps, statistics.median(cpu for _, cpu in runs)
+        errors = sum(r.errors for r, _ in runs)
+        print(f"| {name} | {rates} | {rps:.0f} | {p50:.2f} | {p99:.2f} | {medians[name][1]:.3f} | {errors} |")
+    (v1_rps, v1_cpu), (v2_rps, v2_cpu) = medians.values()
+    print(
+        f"\n/v2 binary vs /v1 JSON: {v2_rps / v1_rps:.2f}x the requests/s, {v2_cpu / v1_cpu:.2f}x the CPU per request"
+    )
 
 
 if __name__ == "__main__":

@@ -14,15 +14,14 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import os
 import shutil
 import statistics
 import sys
-from pathlib import Path
 
 import httpx
 import numpy as np
-from load import Result, Scenario, free_port, machine, serve_env, server, wrk  # bench/ is on sys.path
+from ab import cpu_seconds  # bench/ is on sys.path
+from load import Result, Scenario, free_port, machine, serve_env, server, wrk
 
 log = logging.getLogger("bench")
 LATENT_DIM = 64  # the shipped fashion-vae's
@@ -67,18 +66,12 @@ def check(base: str, load: list[Scenario]) -> None:
             raise SystemExit(f"{scenario.name}: {response.status_code} {response.text[:300]}")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` so far, all its threads."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / os.sysconf("SC_CLK_TCK")
-
-
 def measure(base: str, scenario: Scenario, pid: int, args: argparse.Namespace) -> tuple[Result, float]:
     """A run after a warm-up, and the server's CPU milliseconds per request during it."""
     wrk(base, scenario, args.connections, args.warmup, args.client_cpu)
     before = cpu_seconds(pid)
     result = wrk(base, scenario, args.connections, args.duration, args.client_cpu)
-    cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(1.0, result.rps * args.duration)
+    cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(1, result.requests)
     log.info("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.3f CPU ms/request, %d errors", scenario.name,
              result.rps, result.p50_ms, result.p99_ms, cpu_ms, result.errors)  # fmt: skip
     return result, cpu_ms

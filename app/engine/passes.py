@@ -141,7 +141,8 @@ class Passes:
         image, device, classes = backend.image, backend.device, len(backend.label_names)
         generator = torch.Generator().manual_seed(0)
         x = torch.rand(rows, image.channels, image.height, image.width, generator=generator).to(device)
-        z = torch.randn(rows, *backend.latent_shape(image.height, image.width), generator=generator)  # type: ignore[misc].to(device, backend.dtype)
+        latent = backend.latent_shape(image.height, image.width)  # a concrete shape, given the size
+        z = torch.randn(rows, *latent, generator=generator).to(device, backend.dtype)  # type: ignore[misc]
         labels = None
         if classes:
             labels = torch.randint(classes, (rows,), generator=generator).to(device)

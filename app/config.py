@@ -82,7 +82,7 @@ class Settings(BaseSettings):
         description="Path prefix the proxy serves the app under, e.g. /vae (no trailing slash)",
     )
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
-        default_factory=list, description="Comma-separated API keys; when set, /v1/* needs one; empty: no auth"
+        default_factory=list, description="Comma-separated API keys; when set, /v1/* and /v2/* need one; empty: no auth"
     )
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged")

@@ -21,6 +21,7 @@ from app.api.errors import install_error_handlers
 from app.api.images import ImageCodec
 from app.api.limits import with_limits
 from app.api.routes import API_ROUTES, ROUTERS
+from app.api.v2.catalog import catalog
 from app.config import Settings, torch_threads
 from app.engine.backends import families
 from app.engine.operations import Engine
@@ -77,6 +78,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         engine = make_engine(settings, registry, app.state.metrics)
         await engine.start()
         app.state.service = Service(settings, engine, ImageCodec(settings.max_pixels, settings.image_threads))
+        app.state.v2_models = catalog(app.state.service)
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).

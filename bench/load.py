@@ -27,7 +27,7 @@ import tempfile
 import time
 from collections.abc import Iterator
 from contextlib import ExitStack, contextmanager
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import httpx
@@ -55,6 +55,7 @@ class Scenario:
     path: str
     body: bytes = b""
     content_type: str = ""
+    headers: dict[str, str] = field(default_factory=dict)  # more request headers
 
 
 @dataclass
@@ -130,6 +131,7 @@ def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int)
             "BENCH_METHOD": scenario.method,
             "BENCH_BODY": body.name if scenario.body else "",
             "BENCH_CONTENT_TYPE": scenario.content_type,
+            "BENCH_HEADERS": "\n".join(f"{name}: {value}" for name, value in scenario.headers.items()),
         }
         command = ["taskset", "-c", str(cpu), "wrk", "-t1", f"-c{connections}", f"-d{seconds}s", "--timeout", "30s"]
         done = subprocess.run(

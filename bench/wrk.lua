@@ -8,6 +8,9 @@ if body_file ~= "" then
   f:close()
   wrk.headers["Content-Type"] = os.getenv("BENCH_CONTENT_TYPE")
 end
+for name, value in string.gmatch(os.getenv("BENCH_HEADERS") or "", "([^:\n]+): ([^\n]*)") do
+  wrk.headers[name] = value
+end
 
 function done(summary, latency, requests)
   local e = summary.errors

@@ -1,4 +1,5 @@
-"""Every error is JSON `{"detail": "<message>"}`: a message for people, no traces or paths.
+"""Every error is JSON `{"detail": "<message>"}` (`{"error": ...}` under /v2, app/server/errors.py):
+a message for people, no traces or paths.
 
 `STATUS` is the one place where the engine's domain errors (and the API's own upload errors)
 get their HTTP status codes.
@@ -19,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from app.api.images import ImageError, ImageTooLarge
 from app.api.routes import API_ROUTES
 from app.engine import errors
+from app.server.errors import error_response
 from app.server.proxy import route_path
 
 # Most specific first: the first class an error is an instance of gives its status.
@@ -70,8 +72,8 @@ def describe(error: dict[str, Any]) -> str:
     return f"{field}: {message}"
 
 
-def error_json(status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    return JSONResponse({"detail": detail}, status_code=status_code, headers=headers)
+def error_json(request: Request, status_code: int, detail: str, headers: dict[str, str] | None = None) -> JSONResponse:
+    return error_response(request.scope, status_code, detail, headers)
 
 
 def unparsable(cause: BaseException) -> str | None:
@@ -102,35 +104,42 @@ async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
     if exc.status_code == 400 and detail == FASTAPI_PARSE_ERROR and exc.__cause__ is not None:
         reason = unparsable(exc.__cause__)
         if reason is not None:  # the same answer as for any other broken JSON
-            return error_json(422, f"body: not valid JSON ({reason})")
+            return error_json(request, 422, f"body: not valid JSON ({reason})")
     if exc.status_code == 405 and (allowed := allowed_methods(request)):
         detail = f"method {request.method} is not allowed here; allowed: {allowed}"
-        return error_json(405, detail, {**(exc.headers or {}), "Allow": allowed})
-    return error_json(exc.status_code, detail, exc.headers)
+        return error_json(request, 405, detail, {**(exc.headers or {}), "Allow": allowed})
+    return error_json(request, exc.status_code, detail, exc.headers)
+
+
+def problems(errors: Sequence[Any]) -> str:
+    """Pydantic errors as one message, `field: message; ...`, at most MAX_PROBLEMS of them."""
+    found = [describe(error) for error in errors]
+    if len(found) > MAX_PROBLEMS:
+        found[MAX_PROBLEMS:] = [f"and {len(found) - MAX_PROBLEMS} more problems"]
+    return "; ".join(found)
 
 
 async def validation_error(request: Request, exc: RequestValidationError) -> JSONResponse:
-    problems = [describe(error) for error in exc.errors()]
-    if len(problems) > MAX_PROBLEMS:
-        problems[MAX_PROBLEMS:] = [f"and {len(problems) - MAX_PROBLEMS} more problems"]
-    return error_json(422, "; ".join(problems))
+    return error_json(request, 422, problems(exc.errors()))
 
 
 async def domain_error(request: Request, exc: Exception) -> JSONResponse:
     retry_after = getattr(exc, "retry_after", None)
-    return error_json(status_code(exc), str(exc), None if retry_after is None else {"Retry-After": str(retry_after)})
+    return error_json(
+        request, status_code(exc), str(exc), None if retry_after is None else {"Retry-After": str(retry_after)}
+    )
 
 
 async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
     """The client left before sending its whole body: nobody reads the answer, and it is no
     server fault, so it is logged as a 400 rather than a 500 with a traceback."""
     log.info("client disconnected during %s %s before its body was complete", request.method, request.url.path)
-    return error_json(400, "the client disconnected before sending the whole body")
+    return error_json(request, 400, "the client disconnected before sending the whole body")
 
 
 async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     log.exception("unhandled error in %s %s", request.method, request.url.path)
-    return error_json(500, "internal server error; the server log has the details")
+    return error_json(request, 500, "internal server error; the server log has the details")
 
 
 def install_error_handlers(app: FastAPI) -> None:

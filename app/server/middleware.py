@@ -12,12 +12,12 @@ from fastapi.middleware.cors import CORSMiddleware
 from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
-from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
 from app.engine.errors import StartupError
 from app.server import observability
+from app.server.errors import error_response
 from app.server.proxy import RootPath
 from app.server.security import ApiKeyMiddleware
 
@@ -49,7 +49,7 @@ class BodyLimitMiddleware:
             return
         message = f"request body is larger than the {self.max_bytes}-byte limit"
         if length.isdigit() and int(length) > self.max_bytes:
-            await JSONResponse({"detail": message}, status_code=413, headers=CLOSE)(scope, receive, send)
+            await error_response(scope, 413, message, CLOSE)(scope, receive, send)
             return
         received = 0
         complete = False

@@ -1,8 +1,8 @@
-"""Optional API keys (VAE_API_KEYS): when set, every `/v1/*` request needs one of them.
+"""Optional API keys (VAE_API_KEYS): when set, every `/v1/*` and `/v2/*` request needs one of them.
 
 Checked in a pure-ASGI middleware, before routing and before the body is read, so a request
 without a valid key learns nothing else (not even which paths exist) and costs no upload.
-Health probes, /metrics, /docs and the page stay open.
+Health probes (/v2/health/* too), /metrics, /docs and the page stay open.
 """
 
 from __future__ import annotations
@@ -17,9 +17,11 @@ from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Receive, Scope, Send
 
+from app.server.errors import V2_PREFIX, error_response, under
 from app.server.proxy import route_path
 
-PROTECTED_PREFIX = "/v1"
+PROTECTED_PREFIXES = ("/v1", V2_PREFIX)
+OPEN_PREFIX = V2_PREFIX + "/health"  # the v2 probes, open as /healthz and /readyz are
 MISSING = "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 NOT_BEARER = "the Authorization header must be `Bearer <key>`; or send the key as `X-API-Key: <key>`"
 INVALID = "invalid API key"
@@ -53,12 +55,12 @@ def given_key(headers: Headers) -> str | None:
 
 
 def protected_path(path: str) -> bool:
-    return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
+    return any(under(prefix, path) for prefix in PROTECTED_PREFIXES) and not under(OPEN_PREFIX, path)
 
 
-def unauthorized(detail: str, error: str | None) -> JSONResponse:
+def unauthorized(scope: Scope, detail: str, error: str | None) -> JSONResponse:
     challenge = 'Bearer realm="vaeserve"' + (f', error="{error}"' if error else "")
-    return JSONResponse({"detail": detail}, status_code=401, headers={"WWW-Authenticate": challenge})
+    return error_response(scope, 401, detail, {"WWW-Authenticate": challenge})
 
 
 class ApiKeyMiddleware:
@@ -73,19 +75,19 @@ class ApiKeyMiddleware:
         try:
             key = given_key(Headers(scope=scope))
         except ValueError as e:
-            await unauthorized(str(e), "invalid_request")(scope, receive, send)
+            await unauthorized(scope, str(e), "invalid_request")(scope, receive, send)
             return
         if key is None:
-            await unauthorized(MISSING, None)(scope, receive, send)
+            await unauthorized(scope, MISSING, None)(scope, receive, send)
         elif not key_matches(key, self.key_digests):
-            await unauthorized(INVALID, "invalid_token")(scope, receive, send)
+            await unauthorized(scope, INVALID, "invalid_token")(scope, receive, send)
         else:
             await self.app(scope, receive, send)
 
 
 def key_schemes(keys: list[SecretStr]) -> list[params.Depends]:
-    """The two ways to send a key, as dependencies of the /v1 routers when keys are set, so
-    FastAPI documents them on every /v1 operation and /docs's Authorize button sends the key.
+    """The two ways to send a key, as dependencies of the /v1 and /v2 routers when keys are set,
+    so FastAPI documents them on every protected operation and /docs's Authorize button sends the key.
     They only read the headers; `ApiKeyMiddleware` has checked the key before routing."""
     if not keys:
         return []

@@ -47,7 +47,15 @@ PNG = encoded_png()
 def steer(case: Case) -> Case:
     """`case` with the fields a generator cannot guess made valid, the rest as generated: the
     default model (unconditional: no labels), latents of its length, real images, and for
-    interpolate exactly two ends."""
+    interpolate exactly two ends; a v2 inference, a decode of one latent of the default model."""
+    if case.operation.path.endswith("/infer"):
+        version = {"version": "1"} if "{version}" in case.operation.path else {}
+        case.path_parameters = {**(case.path_parameters or {}), "name": "tiny-vae.decode", **version}
+        given = case.body if isinstance(case.body, dict) else {}
+        latents = {"name": "latents", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}
+        case.body = {"inputs": [latents], **({"id": given["id"]} if isinstance(given.get("id"), str) else {})}
+        case.media_type = "application/json"
+        return case
     for fields in (case.query, case.body):
         if not isinstance(fields, dict):
             continue

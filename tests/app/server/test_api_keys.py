@@ -82,17 +82,17 @@ def test_health_metrics_docs_and_page_stay_open(keyed: TestClient, path: str) ->
     assert keyed.get(path).status_code == 200
 
 
-def test_every_v1_operation_needs_a_key_and_says_so_in_openapi(keyed: TestClient) -> None:
+def test_every_v1_and_v2_operation_needs_a_key_and_says_so_in_openapi(keyed: TestClient) -> None:
     spec = keyed.get("/openapi.json").json()
     assert set(spec["components"]["securitySchemes"]) == {"bearer", "apiKey"}
     operations = [(path, method, op) for path, ops in spec["paths"].items() for method, op in ops.items()]
-    api = [(path, method, op) for path, method, op in operations if path.startswith("/v1/")]
-    assert len(api) >= 9
+    api = [(path, method, op) for path, method, op in operations if security.protected_path(path)]
+    assert len(api) >= 9 + 7 and {path.split("/")[1] for path, _, _ in api} == {"v1", "v2"}
     for path, method, operation in api:
         assert operation["security"] == [{"bearer": []}, {"apiKey": []}], path
         answer = keyed.request(method.upper(), re.sub(r"\{[^}]+\}", "x", path))
         assert answer.status_code == 401, f"{method.upper()} {path}"
-    assert all("security" not in op for path, _, op in operations if not path.startswith("/v1/"))
+    assert all("security" not in op for path, _, op in operations if not security.protected_path(path))
 
 
 def test_nothing_past_the_key_check_runs_without_a_key(keyed: TestClient) -> None:

@@ -3,6 +3,7 @@
 #
 #   docker build -t vaeserve:cpu .                                 # CPU PyTorch (default)
 #   docker build -t vaeserve:cu128 --build-arg TORCH_VARIANT=cu128 .  # CUDA PyTorch
+#   podman build --format docker -t vaeserve:cpu .                 # podman: docker format keeps HEALTHCHECK
 #   docker run --rm -p 8000:8000 vaeserve:cpu
 #
 # Configured only by VAE_* environment variables (README, Settings).
@@ -21,16 +22,23 @@ ENV PIP_NO_CACHE_DIR=1 \
 RUN python -m venv /opt/venv
 ENV PATH=/opt/venv/bin:$PATH
 # PyTorch first and from its own index: the biggest layer, cached until the variant changes.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
+# Without its dependencies: they come from PyPI next.
+RUN pip install --no-deps --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Then the other dependencies, at the versions requirements.lock fixes, before the code: a code
+# change rebuilds only the last layer. torch==2.13.0 is already satisfied by the wheel above (its
+# +cpu/+cuXXX local version matches); the check fails the build if pip swapped in another torch
+# (PyPI's bundles CUDA: gigabytes more).
+COPY requirements.lock pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > dependencies.txt \
+    && pip install --constraint requirements.lock --requirement dependencies.txt \
+    && python -c "import torch; assert torch.__version__ == '${TORCH_VERSION}+${TORCH_VARIANT}', torch.__version__"
+# The code and the shipped checkpoints (package data). pip and setuptools leave the environment
+# after: the image never installs anything.
+COPY README.md ./
 COPY model ./model
 COPY app ./app
-# torch==2.13.0 is already satisfied by the wheel above (its +cpu/+cuXXX local version matches),
-# so this adds only the small dependencies, the code and the checkpoints (package data). The
-# check fails the build if pip swapped in another torch (PyPI's bundles CUDA: gigabytes more).
-RUN pip install . \
-    && python -c "import torch; assert torch.__version__ == '${TORCH_VERSION}+${TORCH_VARIANT}', torch.__version__"
+RUN pip install --no-deps . && pip uninstall --yes --quiet pip setuptools
 
 # --- runtime: the environment, a non-root user, nothing else -----------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime

@@ -1,0 +1,235 @@
+"""docker-compose.yml for real: two `vae` replicas and the nginx gateway, each run with its
+service's settings from the file, on a project network whose DNS answers `vae` with every
+replica. The gateway starts right after the replicas, not once they are healthy, as an engine
+that ignores `condition: service_healthy` starts it. Replicas are then replaced, stopped or
+killed, and get new addresses; the gateway is never restarted. The tests run in file order."""
+
+from __future__ import annotations
+
+import json
+import threading
+import time
+from collections.abc import Iterator
+from dataclasses import dataclass, field
+
+import httpx
+import pytest
+
+from tests.container import compose
+from tests.container.engine import Container, podman
+from tests.deploy.support import eventually, free_port, json_lines
+
+KEYS = ("key-one", "key-two")
+AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
+DECODE = json.dumps({"model": "fashion-vae", "latents": [[0.0] * 64]})
+START_TIMEOUT = 120.0
+
+
+@dataclass
+class Stack:
+    gateway: Container
+    url: str
+    prefix: str
+    network: str
+    replicas: list[Container] = field(default_factory=list)
+    started: int = 0
+    first: httpx.Response | None = None
+
+    def start_replica(self) -> Container:
+        """One more `vae` container, as `docker compose up --scale vae=N` adds one."""
+        self.started += 1
+        replica = Container(f"{compose.PROJECT}-vae-{self.started}")
+        podman(*compose.run_command("vae", replica.name, self.variables))
+        self.replicas.append(replica)
+        return replica
+
+    def remove(self, replica: Container) -> None:
+        podman("rm", "--force", "--time", "0", replica.name)
+        self.replicas.remove(replica)
+
+    @property
+    def variables(self) -> dict[str, str]:
+        """What a real deployment would put in .env: the keys, a free gateway port."""
+        return {"VAE_API_KEYS": ",".join(KEYS), "VAE_GATEWAY_PORT": self.url.rsplit(":", 1)[1]}
+
+    def address(self, replica: Container) -> str:
+        return f"{replica.ip(self.network)}:8000"
+
+    def wait_ready(self, replica: Container) -> None:
+        deadline = time.monotonic() + START_TIMEOUT
+        while time.monotonic() < deadline:
+            try:
+                if httpx.get(f"http://{self.address(replica)}/readyz", timeout=2).status_code == 200:
+                    return
+            except httpx.TransportError:
+                pass
+            time.sleep(0.3)
+        raise RuntimeError(f"{replica.name} not ready:\n{replica.logs()[-3000:]}")
+
+    def request(self, method: str, path: str, **kwargs: object) -> httpx.Response:
+        return httpx.request(method, f"{self.url}{self.prefix}{path}", timeout=60, **kwargs)
+
+    def entry(self, request_id: str) -> dict | None:
+        """The gateway's JSON access line for a request."""
+        return next((e for e in json_lines(self.gateway.logs()) if e.get("request_id") == request_id), None)
+
+    def served_by(self, request_id: str) -> str:
+        """The replica address that answered a request (the last one the gateway tried)."""
+        entry = eventually(lambda: self.entry(request_id))
+        assert entry and entry["status"] == 200, entry
+        return entry["upstream"].split(", ")[-1]
+
+
+def first_answer(stack: Stack) -> httpx.Response:
+    """The gateway's first answer: tried until its port takes connections."""
+    deadline = time.monotonic() + START_TIMEOUT
+    while True:
+        try:
+            return stack.request("GET", "/v1/models", headers=AUTH)
+        except httpx.TransportError:
+            if time.monotonic() > deadline:
+                raise
+            time.sleep(0.2)
+
+
+@pytest.fixture(scope="module")
+def stack(image: str, gateway_image: str, network: str) -> Iterator[Stack]:
+    gateway = Container(f"{compose.PROJECT}-gateway-1")
+    prefix = compose.interpolate(compose.service("gateway")["environment"]["VAE_ROOT_PATH"], {})
+    stack = Stack(gateway, f"http://127.0.0.1:{free_port()}", prefix, network)
+    stack.start_replica()
+    stack.start_replica()
+    podman(*compose.run_command("gateway", gateway.name, stack.variables))
+    stack.first = first_answer(stack)
+    for replica in stack.replicas:
+        stack.wait_ready(replica)
+    yield stack
+
+
+def test_the_gateway_opens_with_a_ready_replica_and_the_networks_dns(stack: Stack) -> None:
+    # The fixture started the gateway before any replica was ready; its first answer is a
+    # replica's, never a 502.
+    answer = stack.first
+    assert answer.status_code == 200, answer.text
+    assert {m["name"] for m in answer.json()["models"]} == {"fashion-vae", "fashion-cvae"}
+    assert " is ready after " in stack.gateway.logs()
+    # The resolver is this network's DNS server (aardvark-dns on its gateway address), not
+    # Docker's 127.0.0.11, which does not exist here.
+    (net,) = json.loads(podman("network", "inspect", stack.network).stdout)
+    dns = net["subnets"][0]["gateway"]
+    rendered = podman("exec", stack.gateway.name, "cat", "/etc/nginx/conf.d/default.conf").stdout
+    assert f"resolver {dns} valid=5s ipv6=off;" in rendered
+
+
+def test_api_keys_are_checked_through_the_gateway(stack: Stack) -> None:
+    missing = stack.request("GET", "/v1/models")
+    assert missing.status_code == 401
+    assert missing.headers["www-authenticate"] == 'Bearer realm="vaeserve"'
+    assert missing.json()["detail"].startswith("missing API key")
+    wrong = stack.request("GET", "/v1/models", headers={"Authorization": "Bearer not-a-key"})
+    assert (wrong.status_code, wrong.json()["detail"]) == (401, "invalid API key")
+    assert stack.request("GET", "/v1/models", headers=AUTH).status_code == 200
+    assert stack.request("GET", "/v1/models", headers={"X-API-Key": KEYS[1]}).status_code == 200
+    assert stack.request("GET", "/healthz").status_code == 200  # open, as on a replica
+
+
+def test_load_spreads_over_both_replicas(stack: Stack) -> None:
+    ids = [f"spread-{i}" for i in range(20)]
+    for request_id in ids:
+        assert stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": request_id}).status_code == 200
+    served = [stack.served_by(request_id) for request_id in ids]
+    counts = {stack.address(r): served.count(stack.address(r)) for r in stack.replicas}
+    assert sum(counts.values()) == len(ids)
+    assert min(counts.values()) >= len(ids) // 4, f"uneven spread: {counts}"
+
+
+class Load:
+    """Clients sending decode requests through the gateway until stopped (at most 500 each)."""
+
+    def __init__(self, stack: Stack, clients: int = 2) -> None:
+        self.stack = stack
+        self.outcomes: dict[str, int | str] = {}
+        self.stopped = threading.Event()
+        self.threads = [threading.Thread(target=self.run, args=(c,)) for c in range(clients)]
+        for thread in self.threads:
+            thread.start()
+
+    def run(self, client: int) -> None:
+        headers = {**AUTH, "Content-Type": "application/json"}
+        for n in range(500):
+            if self.stopped.is_set():
+                return
+            request_id = f"load-{client}-{n}"
+            try:
+                answer = self.stack.request("POST", "/v1/decode", content=DECODE, headers={**headers, "X-Request-ID": request_id})
+                self.outcomes[request_id] = answer.status_code
+            except httpx.TransportError as error:
+                self.outcomes[request_id] = type(error).__name__
+
+    def ok(self) -> int:
+        return sum(status == 200 for status in list(self.outcomes.values()))
+
+    def stop(self) -> dict[str, int | str]:
+        self.stopped.set()
+        for thread in self.threads:
+            thread.join(timeout=120)
+        return self.outcomes
+
+
+def rejoins(stack: Stack, replica: Container, tag: str) -> bool:
+    """Whether requests through the gateway reach `replica` within 60 s (DNS re-resolved)."""
+    address = stack.address(replica)
+    deadline = time.monotonic() + 60
+    n = 0
+    while time.monotonic() < deadline:
+        request_id = f"{tag}-{n}"
+        n += 1
+        assert stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": request_id}).status_code == 200
+        if stack.served_by(request_id) == address:
+            return True
+        time.sleep(0.2)
+    return False
+
+
+def test_a_replica_replaced_under_load_loses_no_request(stack: Stack) -> None:
+    """A rolling replacement: SIGTERM to one replica (`podman stop`, compose's grace period)
+    while clients keep sending through the gateway, then a new replica in its place."""
+    started = stack.gateway.inspect("{{.State.StartedAt}}")
+    old = stack.replicas[0]
+    old_addresses = {stack.address(r) for r in stack.replicas}
+    load = Load(stack)
+    try:
+        assert eventually(lambda: load.ok() >= 10, timeout=60), load.outcomes
+        podman("stop", old.name, timeout=120)
+        before = load.ok()
+        assert eventually(lambda: load.ok() >= before + 10, timeout=60), load.outcomes
+    finally:
+        outcomes = load.stop()
+    assert old.inspect("{{.State.ExitCode}}") == "0"
+    assert set(outcomes.values()) == {200}, {k: v for k, v in outcomes.items() if v != 200}
+    stack.remove(old)
+
+    new = stack.start_replica()
+    stack.wait_ready(new)
+    assert stack.address(new) not in old_addresses
+    assert rejoins(stack, new, "after-replace"), f"{new.name} never got a request"
+    assert stack.gateway.inspect("{{.State.StartedAt}}") == started
+    assert stack.gateway.inspect("{{.RestartCount}}") == "0"
+
+
+def test_a_killed_replica_restarted_with_a_new_address_comes_back(stack: Stack) -> None:
+    started = stack.gateway.inspect("{{.State.StartedAt}}")
+    victim = stack.replicas[1]
+    old_addresses = {stack.address(r) for r in stack.replicas}
+    podman("kill", "--signal", "KILL", victim.name)
+    # Meanwhile the other replica answers everything.
+    for i in range(5):
+        assert stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": f"after-kill-{i}"}).status_code == 200
+    stack.remove(victim)
+
+    new = stack.start_replica()
+    stack.wait_ready(new)
+    assert stack.address(new) not in old_addresses
+    assert rejoins(stack, new, "after-kill-rejoin"), f"{new.name} never got a request"
+    assert stack.gateway.inspect("{{.State.StartedAt}}") == started
+    assert stack.gateway.inspect("{{.RestartCount}}") == "0"

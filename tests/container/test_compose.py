@@ -92,6 +92,22 @@ def first_answer(stack: Stack) -> httpx.Response:
             time.sleep(0.2)
 
 
+def in_rotation(stack: Stack, replica: Container, tag: str) -> bool:
+    """Whether requests through the gateway reach `replica` within 60 s: its address resolved,
+    and any fail_timeout from its start-up (refused connections) over."""
+    address = stack.address(replica)
+    deadline = time.monotonic() + 60
+    n = 0
+    while time.monotonic() < deadline:
+        request_id = f"{tag}-{n}"
+        n += 1
+        assert stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": request_id}).status_code == 200
+        if stack.served_by(request_id) == address:
+            return True
+        time.sleep(0.2)
+    return False
+
+
 @pytest.fixture(scope="module")
 def stack(image: str, gateway_image: str, network: str) -> Iterator[Stack]:
     gateway = Container(f"{compose.PROJECT}-gateway-1")
@@ -103,6 +119,8 @@ def stack(image: str, gateway_image: str, network: str) -> Iterator[Stack]:
     stack.first = first_answer(stack)
     for replica in stack.replicas:
         stack.wait_ready(replica)
+    for replica in stack.replicas:
+        assert in_rotation(stack, replica, f"warm-{replica.name}"), f"{replica.name} never got a request"
     yield stack
 
 
@@ -176,21 +194,6 @@ class Load:
         return self.outcomes
 
 
-def rejoins(stack: Stack, replica: Container, tag: str) -> bool:
-    """Whether requests through the gateway reach `replica` within 60 s (DNS re-resolved)."""
-    address = stack.address(replica)
-    deadline = time.monotonic() + 60
-    n = 0
-    while time.monotonic() < deadline:
-        request_id = f"{tag}-{n}"
-        n += 1
-        assert stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": request_id}).status_code == 200
-        if stack.served_by(request_id) == address:
-            return True
-        time.sleep(0.2)
-    return False
-
-
 def test_a_replica_replaced_under_load_loses_no_request(stack: Stack) -> None:
     """A rolling replacement: SIGTERM to one replica (`podman stop`, compose's grace period)
     while clients keep sending through the gateway, then a new replica in its place."""
@@ -212,7 +215,7 @@ def test_a_replica_replaced_under_load_loses_no_request(stack: Stack) -> None:
     new = stack.start_replica()
     stack.wait_ready(new)
     assert stack.address(new) not in old_addresses
-    assert rejoins(stack, new, "after-replace"), f"{new.name} never got a request"
+    assert in_rotation(stack, new, "after-replace"), f"{new.name} never got a request"
     assert stack.gateway.inspect("{{.State.StartedAt}}") == started
     assert stack.gateway.inspect("{{.RestartCount}}") == "0"
 
@@ -230,6 +233,6 @@ def test_a_killed_replica_restarted_with_a_new_address_comes_back(stack: Stack) 
     new = stack.start_replica()
     stack.wait_ready(new)
     assert stack.address(new) not in old_addresses
-    assert rejoins(stack, new, "after-kill-rejoin"), f"{new.name} never got a request"
+    assert in_rotation(stack, new, "after-kill-rejoin"), f"{new.name} never got a request"
     assert stack.gateway.inspect("{{.State.StartedAt}}") == started
     assert stack.gateway.inspect("{{.RestartCount}}") == "0"

@@ -41,6 +41,9 @@ class Settings(BaseSettings):
     # Throughput: dynamic batching and threads (app/batcher.py, docs/benchmarks.md).
     batching: bool = Field(True, description="Run concurrent requests of one model and operation as one batch")
     max_batch: int = Field(64, ge=1, description="Most images or latents per forward pass and per batch")
+    batch_invariant: bool = Field(
+        True, description="Pad passes so a request's bytes never depend on its batch (false: faster lone requests)"
+    )
     max_delay_ms: float = Field(
         1.0, ge=0, le=1000, description="Under load, ms a batch that is not full may wait for more (idle: none)"
     )

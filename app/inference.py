@@ -215,6 +215,7 @@ class Inference:
         threads = torch_threads(settings)
         self.worker = Worker(initializer=partial(torch.set_num_threads, threads))
         self.max_batch = settings.max_batch
+        self.batch_invariant = settings.batch_invariant
         self.limits = Limits(
             max_size=settings.max_batch,
             max_delay=settings.max_delay_ms / 1000,
@@ -234,7 +235,7 @@ class Inference:
     async def warm_up(self, model: LoadedModel) -> None:
         """Serve `model`: calibrate its passes (which also pays every pass shape's first-call
         costs before the first request) and make its batchers."""
-        passes = Passes(model.vae, self.max_batch)
+        passes = Passes(model.vae, self.max_batch, self.batch_invariant)
         await self.worker.run(passes.calibrate)
         runs: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
             "sample": run_sample,

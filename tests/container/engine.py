@@ -137,7 +137,8 @@ def torch_index(default_index: str, version: str) -> Path | None:
     if not wheels:
         project.mkdir(parents=True, exist_ok=True)
         subprocess.run(
-            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:", "--dest", str(project), f"torch=={version}+cpu"],
+            [sys.executable, "-m", "pip", "download", "--quiet", "--no-deps", "--only-binary=:all:"]
+            + ["--dest", str(project), f"torch=={version}+cpu"],
             check=True,
             capture_output=True,
             timeout=900,

@@ -179,7 +179,9 @@ class Load:
                 return
             request_id = f"load-{client}-{n}"
             try:
-                answer = self.stack.request("POST", "/v1/decode", content=DECODE, headers={**headers, "X-Request-ID": request_id})
+                answer = self.stack.request(
+                    "POST", "/v1/decode", content=DECODE, headers={**headers, "X-Request-ID": request_id}
+                )
                 self.outcomes[request_id] = answer.status_code
             except httpx.TransportError as error:
                 self.outcomes[request_id] = type(error).__name__
@@ -194,10 +196,25 @@ class Load:
         return self.outcomes
 
 
+def gateway_start(stack: Stack) -> tuple[str, str]:
+    """When the gateway container started, and how often it was restarted."""
+    return stack.gateway.inspect("{{.State.StartedAt}}"), stack.gateway.inspect("{{.RestartCount}}")
+
+
+def replace(stack: Stack, old: Container, old_addresses: set[str], tag: str) -> None:
+    """`old` removed and a replica started in its place, as compose recreates one: it has a new
+    address, and requests through the gateway reach it."""
+    stack.remove(old)
+    new = stack.start_replica()
+    stack.wait_ready(new)
+    assert stack.address(new) not in old_addresses
+    assert in_rotation(stack, new, tag), f"{new.name} never got a request"
+
+
 def test_a_replica_replaced_under_load_loses_no_request(stack: Stack) -> None:
     """A rolling replacement: SIGTERM to one replica (`podman stop`, compose's grace period)
     while clients keep sending through the gateway, then a new replica in its place."""
-    started = stack.gateway.inspect("{{.State.StartedAt}}")
+    started = gateway_start(stack)
     old = stack.replicas[0]
     old_addresses = {stack.address(r) for r in stack.replicas}
     load = Load(stack)
@@ -210,29 +227,18 @@ def test_a_replica_replaced_under_load_loses_no_request(stack: Stack) -> None:
         outcomes = load.stop()
     assert old.inspect("{{.State.ExitCode}}") == "0"
     assert set(outcomes.values()) == {200}, {k: v for k, v in outcomes.items() if v != 200}
-    stack.remove(old)
-
-    new = stack.start_replica()
-    stack.wait_ready(new)
-    assert stack.address(new) not in old_addresses
-    assert in_rotation(stack, new, "after-replace"), f"{new.name} never got a request"
-    assert stack.gateway.inspect("{{.State.StartedAt}}") == started
-    assert stack.gateway.inspect("{{.RestartCount}}") == "0"
+    replace(stack, old, old_addresses, "after-replace")
+    assert gateway_start(stack) == started
 
 
 def test_a_killed_replica_restarted_with_a_new_address_comes_back(stack: Stack) -> None:
-    started = stack.gateway.inspect("{{.State.StartedAt}}")
+    started = gateway_start(stack)
     victim = stack.replicas[1]
     old_addresses = {stack.address(r) for r in stack.replicas}
     podman("kill", "--signal", "KILL", victim.name)
     # Meanwhile the other replica answers everything.
     for i in range(5):
-        assert stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": f"after-kill-{i}"}).status_code == 200
-    stack.remove(victim)
-
-    new = stack.start_replica()
-    stack.wait_ready(new)
-    assert stack.address(new) not in old_addresses
-    assert in_rotation(stack, new, "after-kill-rejoin"), f"{new.name} never got a request"
-    assert stack.gateway.inspect("{{.State.StartedAt}}") == started
-    assert stack.gateway.inspect("{{.RestartCount}}") == "0"
+        answer = stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": f"after-kill-{i}"})
+        assert answer.status_code == 200, answer.text
+    replace(stack, victim, old_addresses, "after-kill-rejoin")
+    assert gateway_start(stack) == (started[0], "0")

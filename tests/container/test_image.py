@@ -126,7 +126,8 @@ def test_the_image_holds_the_locked_versions_and_no_build_or_test_tools(image: s
     # setuptools stays: torch requires it.
     script = (
         "import importlib.metadata as m, importlib.util as u, json, shutil; "
-        "print(json.dumps({'dists': {d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}, "
+        "print(json.dumps({"
+        "'dists': {d.metadata['Name'].lower().replace('_', '-'): d.version for d in m.distributions()}, "
         "'modules': [n for n in ('pip', 'pytest', 'playwright', 'schemathesis') if u.find_spec(n)], "
         "'tools': [t for t in ('gcc', 'cc', 'make', 'curl') if shutil.which(t)]}))"
     )
@@ -169,13 +170,15 @@ def test_sigterm_under_load_loses_no_request(start_replica: Callable[[], Replica
 
     def load(worker: int) -> None:
         # A new connection per request, as a client without keep-alive; bounded in count.
-        with httpx.Client(timeout=httpx.Timeout(30, connect=2), limits=httpx.Limits(max_keepalive_connections=0)) as client:
+        timeout, limits = httpx.Timeout(30, connect=2), httpx.Limits(max_keepalive_connections=0)
+        with httpx.Client(timeout=timeout, limits=limits) as client:
             for n in range(500):
                 if stop.is_set():
                     return
                 request_id = f"load-{worker}-{n}"
                 try:
-                    answer = client.post(replica.url + "/v1/decode", content=body, headers={"X-Request-ID": request_id, "Content-Type": "application/json"})
+                    headers = {"X-Request-ID": request_id, "Content-Type": "application/json"}
+                    answer = client.post(replica.url + "/v1/decode", content=body, headers=headers)
                     outcomes[request_id] = answer.status_code
                 except httpx.TransportError as error:
                     outcomes[request_id] = type(error).__name__
@@ -187,7 +190,8 @@ def test_sigterm_under_load_loses_no_request(start_replica: Callable[[], Replica
         assert eventually(lambda: sum(v == 200 for v in outcomes.values()) >= 5, timeout=60), outcomes
         stopping = threading.Thread(target=podman, args=("stop", replica.name), kwargs={"timeout": 120})
         stopping.start()
-        assert eventually(lambda: "Waiting for connections to close" in replica.logs(), timeout=30), replica.logs()[-2000:]
+        draining = eventually(lambda: "Waiting for connections to close" in replica.logs(), timeout=30)
+        assert draining, replica.logs()[-2000:]
         for connection in held:
             connection.send(body[10:])
         answers = [connection.getresponse() for connection in held]

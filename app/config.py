@@ -2,14 +2,22 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "checkpoints"
 MiB = 1 << 20
+
+
+def limit(default: int, description: str, bounds: tuple[str, ...], minimum: int = 1) -> Any:
+    """A setting that bounds the request fields named in `bounds`: the one statement of the
+    limit, from which the request check and the OpenAPI maxima come (app/api/limits.py)."""
+    return Field(default, ge=minimum, description=description, json_schema_extra={"bounds": list(bounds)})
 
 
 class Settings(BaseSettings):
@@ -26,17 +34,19 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; * for any; empty: no CORS"
     )
-    max_n: int = Field(64, ge=1, description="Most images per sample or decode request")
-    max_files: int = Field(16, ge=2, description="Most images per encode, reconstruct, score or interpolate request")
+    max_n: int = limit(64, "Most images per sample or decode request", bounds=("n", "latents"))
+    max_files: int = limit(
+        16, "Most images per encode, reconstruct, score or interpolate request", bounds=("images", "files"), minimum=2
+    )
     max_upload_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes (else 413)")
     body_timeout: float = Field(
         30.0, gt=0, description="Seconds a request body may stall, no byte arriving, before a 408 (as nginx's)"
     )
     max_pixels: int = Field(25_000_000, ge=1, description="Largest image in pixels, checked before decoding (else 413)")
-    max_k: int = Field(1000, ge=1, description="Largest importance-sample count k for score")
+    max_k: int = limit(1000, "Largest importance-sample count k for score", bounds=("k",))
     default_k: int = Field(100, ge=1, description="k for score when the request gives none")
-    max_steps: int = Field(64, ge=2, description="Most points on an interpolation path")
-    max_scale: int = Field(16, ge=1, description="Largest nearest-neighbour enlargement of output images")
+    max_steps: int = limit(64, "Most points on an interpolation path", bounds=("steps",), minimum=2)
+    max_scale: int = limit(16, "Largest nearest-neighbour enlargement of output images", bounds=("scale",))
     image_threads: int = Field(2, ge=1, description="Images decoded/encoded at once (bounds memory per process)")
     # Throughput: dynamic batching and threads (app/batcher.py, docs/benchmarks.md).
     batching: bool = Field(True, description="Run concurrent requests of one model and operation as one batch")
@@ -51,6 +61,11 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(10.0, gt=0, description="Seconds a request may wait for its batch; past it, 504")
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; default: usable cores / uvicorn workers (WEB_CONCURRENCY) - 1"
+    )
+    backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model families to serve besides the built-in ones: comma-separated `module:attribute` "
+        "import paths, asked first (docs/architecture.md)",
     )
     # Deployment: the server (python -m app.serve), the proxy in front, auth and logs; docs/deploy.md.
     host: str = Field("127.0.0.1", description="Address `python -m app.serve` listens on (the image: 0.0.0.0)")
@@ -72,7 +87,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged")
 
-    @field_validator("cors_origins", "api_keys", mode="before")
+    @field_validator("cors_origins", "api_keys", "backends", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -84,3 +99,33 @@ class Settings(BaseSettings):
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
         return self
+
+
+def request_limits() -> dict[str, str]:
+    """Each bounded request field, and the setting that bounds it."""
+    limits = {}
+    for setting, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        for bounded in extra.get("bounds", ()):  # type: ignore[union-attr]
+            limits[str(bounded)] = setting
+    return limits
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity (taskset, cpusets), capped by a cgroup v2
+    CPU quota (`docker run --cpus`, Kubernetes limits), which affinity does not show."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    return cores if quota == "max" else max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+def torch_threads(settings: Settings) -> int:
+    """VAE_TORCH_THREADS, else each uvicorn worker's share of the usable cores (WEB_CONCURRENCY
+    workers) less one, which its event loop keeps busy under load; at least 1."""
+    if settings.torch_threads is not None:
+        return settings.torch_threads
+    workers = max(1, int(os.environ.get("WEB_CONCURRENCY") or 1))
+    return max(1, usable_cores() // workers - 1)

@@ -35,7 +35,8 @@ import torch
 from model_speed import median_seconds  # bench/ is the script's folder, so on sys.path
 
 from app.config import Settings
-from app.passes import Passes
+from app.engine.backends.vae import VAEBackend
+from app.engine.passes import Passes
 from model import load_checkpoint
 
 log = logging.getLogger("bench")
@@ -62,6 +63,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
 
 def scenarios(latent_dim: int) -> list[Scenario]:
@@ -84,13 +86,16 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(command: list[str], env: dict[str, str], url: str, cpu: int) -> Iterator[None]:
-    """`command` pinned to `cpu`, until it answers `url` with 200; stopped on exit. Its output
+def server(
+    command: list[str], env: dict[str, str], url: str, cpu: int, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` pinned to `cpu`, run in `cwd`, until it answers `url` with 200, as a process
+    (taskset runs it in its own); stopped on exit. Its output
     goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
     run make it log errors that say nothing about the run)."""
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *command], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+            ["taskset", "-c", str(cpu), *command], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
         )
 
         def fail(why: str) -> SystemExit:
@@ -110,7 +115,7 @@ def server(command: list[str], env: dict[str, str], url: str, cpu: int) -> Itera
                 if time.monotonic() > deadline:
                     raise fail("not ready after 180 s")
                 time.sleep(0.2)
-            yield
+            yield process
         finally:
             process.terminate()
             process.wait(timeout=60)
@@ -136,6 +141,7 @@ def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int)
         p50_ms=stats["p50_us"] / 1000,
         p99_ms=stats["p99_us"] / 1000,
         errors=stats["status_errors"] + stats["socket_errors"],
+        requests=stats["requests"],
     )
 
 
@@ -156,7 +162,7 @@ def serve_env(**variables: str) -> dict[str, str]:
 def r_http(args: argparse.Namespace) -> float:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.empty:create_app", "--factory", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--http", "app.protocol:BoundedHttpToolsProtocol"]
+    command += ["--port", str(port), "--http", "app.server.protocol:BoundedHttpToolsProtocol"]
     command += ["--no-access-log", "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
     with server(command, serve_env(), base + "/", args.server_cpu):
@@ -171,9 +177,9 @@ def r_model(checkpoint: Path, rows: int, cpu: int) -> dict[str, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        passes = Passes(load_checkpoint(checkpoint), rows)
+        passes = Passes(VAEBackend(load_checkpoint(checkpoint)), rows)
         passes.calibrate()
-        config, generator = passes.vae.config, torch.Generator().manual_seed(0)
+        config, generator = passes.backend.config, torch.Generator().manual_seed(0)
         z = torch.randn(rows, config.latent_dim, generator=generator)
         x = torch.rand(rows, config.channels, config.height, config.width, generator=generator)
         return {

@@ -30,10 +30,11 @@ CONFIGS = {
 OPERATIONS = ("sample n=1", "decode 1 latent", "encode 1 PNG")
 CALIBRATE = """
 import logging, torch
-from app.passes import Passes
+from app.engine.backends.vae import VAEBackend
+from app.engine.passes import Passes
 from model import load_checkpoint
 torch.set_num_threads(1)
-passes = Passes(load_checkpoint("model/checkpoints/fashion-vae.safetensors"), {rows})
+passes = Passes(VAEBackend(load_checkpoint("model/checkpoints/fashion-vae.safetensors")), {rows})
 passes.calibrate()
 print(passes.quantum)
 """

@@ -1,0 +1,86 @@
+"""Images to numbers: encode to the posterior, reconstruct, and score likelihoods."""
+
+from __future__ import annotations
+
+import numpy as np
+from fastapi import APIRouter, Request, Response
+
+from app.api.bodies import EncodeInput, ReconstructInput, ScoreInput
+from app.api.deps import FormatQueryOnly, ServiceDep, client_gone
+from app.api.limits import check_limits
+from app.api.responses import image_response
+from app.api.schemas import (
+    ERROR_RESPONSES,
+    IMAGE_RESPONSES,
+    EncodeRequest,
+    EncodeResponse,
+    Posterior,
+    ReconstructRequest,
+    Score,
+    ScoreRequest,
+    ScoreResponse,
+    images_request_body,
+)
+
+router = APIRouter(prefix="/v1", tags=["analyse"])
+
+
+@router.post(
+    "/encode",
+    summary="The posterior q(z|x) of each image: mean, variance, log_variance",
+    dependencies=[FormatQueryOnly],
+    responses=ERROR_RESPONSES,
+    openapi_extra=images_request_body(EncodeRequest),
+)
+async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> EncodeResponse:
+    q = await service.engine.encode(data.model, data.images, data.labels, client_gone(request))
+    rows = len(q.mean)
+    variances = [None] * rows if q.variance is None else q.variance.tolist()
+    log_variances = [None] * rows if q.log_variance is None else q.log_variance.tolist()
+    return EncodeResponse(
+        model=data.model.name,
+        latents=[
+            Posterior(mean=m, variance=v, log_variance=lv)
+            for m, v, lv in zip(q.mean.tolist(), variances, log_variances, strict=True)
+        ],
+    )
+
+
+@router.post(
+    "/reconstruct",
+    summary="Each image decoded from its posterior mean",
+    dependencies=[FormatQueryOnly],
+    response_class=Response,
+    responses=IMAGE_RESPONSES,
+    openapi_extra=images_request_body(ReconstructRequest),
+)
+async def reconstruct(request: Request, data: ReconstructInput, service: ServiceDep) -> Response:
+    check_limits(data.body, service.settings)
+    pixels, means = await service.engine.reconstruct(data.model, data.images, data.labels, client_gone(request))
+    return await image_response(request, service.codec, data.body, data.model, pixels, means, data.labels)
+
+
+@router.post(
+    "/score",
+    summary="Reconstruction, KL, ELBO and IWAE likelihood of each image, in nats",
+    dependencies=[FormatQueryOnly],
+    description="Grey levels are read as Bernoulli means: `reconstruction_nats` is the expected negative "
+    "log-likelihood over binarisations of the image, so a binary (black and white) image gets its exact "
+    "likelihood. Each image is scored alone with a generator seeded by `seed` (default 0): deterministic. "
+    "See docs/api.md.",
+    responses=ERROR_RESPONSES,
+    openapi_extra=images_request_body(ScoreRequest),
+)
+async def score(request: Request, data: ScoreInput, response: Response, service: ServiceDep) -> ScoreResponse:
+    check_limits(data.body, service.settings)
+    k = service.settings.default_k if data.body.k is None else data.body.k
+    scores = await service.engine.score(data.model, data.images, data.labels, k, data.body.seed, client_gone(request))
+    response.headers["X-Seed"] = str(data.body.seed)
+    rows = np.stack([scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim], axis=1)
+    return ScoreResponse(
+        model=data.model.name,
+        scores=[
+            Score(reconstruction_nats=r, kl_nats=kl, elbo_nats=e, nll_nats=nll, bits_per_dim=bpd, k=k)
+            for r, kl, e, nll, bpd in rows.tolist()
+        ],
+    )

@@ -1,0 +1,260 @@
+"""Dynamic batching: concurrent requests for one model operation run as one batch.
+
+Every batcher of a process shares one `Worker`, the inference thread, which runs one batch at
+a time. A batcher queues its requests and, whenever the worker is free, hands it everything
+queued (up to `max_size`) as one batch, so batches grow with the load by themselves: an idle
+server runs a lone request at once, a busy one runs the requests that arrived during the last
+batch together. Under load a batch that is not full may also wait up to `max_delay` (counted
+from its oldest request) for more; a request that finds the worker free never waits.
+
+Back-pressure: past `max_queue` waiting requests `submit` raises `Overloaded` at once; a
+request still queued after `timeout` seconds gets `TimedOut`. A batch that raises fails its own
+requests with `BatchFailed` and the batcher goes on. A request whose `gone()` says, when its
+batch is about to run, that nobody waits for it any more (its client disconnected) is dropped
+with `Abandoned` instead of run. Every request is answered exactly once: its future is resolved
+by whichever comes first.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import logging
+from collections import deque
+from collections.abc import Callable, Iterable
+from concurrent.futures import ThreadPoolExecutor
+from dataclasses import dataclass
+from typing import Generic, TypeVar
+
+from app.engine.errors import Abandoned, BatchFailed, EngineError, Overloaded, ShuttingDown, TimedOut
+
+log = logging.getLogger(__name__)
+
+In = TypeVar("In")  # a request's input
+Out = TypeVar("Out")  # its result
+T = TypeVar("T")
+OnBatch = Callable[[int, float], None]  # (items in the batch, seconds its oldest request waited)
+OnQueue = Callable[[int], None]  # change in the number of items waiting
+OnDrop = Callable[[], None]  # a request dropped because nobody waits for it
+Gone = Callable[[], bool]  # whether nobody waits for a request's result any more
+
+
+@dataclass(frozen=True)
+class Limits:
+    max_size: int  # most size units (model rows) in one batch; a larger request runs alone
+    max_delay: float  # seconds a batch that is not full may wait for more under load
+    max_queue: int  # most requests waiting; past it, Overloaded
+    timeout: float  # seconds a request may wait before its batch starts; past it, TimedOut
+    batching: bool = True  # False: one request per batch, for comparison
+
+
+class Worker:
+    """The one thread that runs batches, one at a time; `slot` is held while a batch runs."""
+
+    def __init__(self, initializer: Callable[[], None] | None = None) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference", initializer=initializer)
+        self.slot = asyncio.Lock()
+
+    @property
+    def busy(self) -> bool:
+        return self.slot.locked()
+
+    async def run(self, fn: Callable[..., T], *args: object) -> T:
+        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+
+    def close(self) -> None:
+        self._executor.shutdown(wait=True, cancel_futures=True)
+
+
+@dataclass(eq=False)
+class Pending(Generic[In, Out]):
+    item: In
+    size: int  # in the batcher's units, for max_size
+    items: int  # images or latents, for the metrics
+    future: asyncio.Future[Out]
+    queued_at: float  # the event loop's clock
+    gone: Gone | None = None
+    taken: bool = False
+
+
+def abandoned(pending: Pending[In, Out]) -> bool:
+    """Whether nobody waits for `pending` any more; a `gone` that fails counts as someone waiting."""
+    if pending.gone is None:
+        return False
+    try:
+        return pending.gone()
+    except Exception:
+        log.exception("asking whether a request's client is still there failed")
+        return False
+
+
+def fail(pendings: Iterable[Pending[In, Out]], error: EngineError) -> None:
+    for pending in pendings:
+        if not pending.future.done():
+            pending.future.set_exception(error)
+
+
+class Batcher(Generic[In, Out]):
+    """Queues `In`s and runs them in batches through `run` (in the worker thread), which returns
+    one `Out` per input, in order.
+
+    `on_batch(items, wait_s)` is told each batch's item count and how long its oldest request
+    waited; `on_queue(delta)` each change in the number of items waiting; `on_drop()` each
+    request dropped because nobody waited for it.
+    """
+
+    def __init__(
+        self,
+        name: str,
+        run: Callable[[list[In]], list[Out]],
+        worker: Worker,
+        limits: Limits,
+        on_batch: OnBatch | None = None,
+        on_queue: OnQueue | None = None,
+        on_drop: OnDrop | None = None,
+    ) -> None:
+        self.name = name
+        self.limits = limits
+        self._run = run
+        self._worker = worker
+        self._on_batch = on_batch
+        self._on_queue = on_queue
+        self._on_drop = on_drop
+        self._queue: deque[Pending[In, Out]] = deque()
+        self._waiting = 0  # requests queued and not yet answered
+        self._waiting_size = 0
+        self._changed = asyncio.Event()  # set on every arrival
+        self._expiry: asyncio.TimerHandle | None = None  # times out the head of the queue
+        self._task: asyncio.Task[None] | None = None
+        self._closed = False
+
+    @property
+    def waiting(self) -> int:
+        return self._waiting
+
+    async def submit(self, item: In, items: int = 1, size: int | None = None, gone: Gone | None = None) -> Out:
+        """The result of `run([item, ...])` for `item`, computed in some batch. `gone`, if given,
+        is asked just before the batch runs whether anyone still waits for this result."""
+        if self._closed:
+            raise ShuttingDown()
+        if self._waiting >= self.limits.max_queue:
+            raise Overloaded(self.name, self.limits.max_queue, retry_after=1)
+        loop = asyncio.get_running_loop()
+        size = items if size is None else size
+        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time(), gone)
+        pending.future.add_done_callback(lambda _: self._left(pending))
+        self._queue.append(pending)
+        if self._expiry is None:
+            self._expiry = loop.call_at(pending.queued_at + self.limits.timeout, self._expire)
+        self._waiting += 1
+        self._waiting_size += pending.size
+        if self._on_queue:
+            self._on_queue(items)
+        self._changed.set()
+        if self._task is None:
+            self._task = loop.create_task(self._serve(), name=f"batcher {self.name}")
+        return await pending.future
+
+    def close(self) -> None:
+        """Stop serving; requests queued or in the running batch get ShuttingDown."""
+        self._closed = True
+        if self._task is not None:
+            self._task.cancel()
+        if self._expiry is not None:
+            self._expiry.cancel()
+        fail(self._queue, ShuttingDown())
+        self._queue.clear()
+
+    def _expire(self) -> None:
+        """Time out the requests at the head of the queue that are past their deadline, then
+        wait for the next one's. One timer per batcher, not one per request: the queue is in
+        deadline order, and a loop timer per request costs more than the rest of the queueing."""
+        self._expiry = None
+        loop = asyncio.get_running_loop()
+        deadline = loop.time() - self.limits.timeout
+        for pending in self._queue:
+            if pending.taken or pending.future.done():
+                continue
+            if pending.queued_at > deadline:
+                self._expiry = loop.call_at(pending.queued_at + self.limits.timeout, self._expire)
+                return
+            pending.future.set_exception(TimedOut(self.name, self.limits.timeout))
+
+    def _left(self, pending: Pending[In, Out]) -> None:
+        """A queued request was answered before its batch started (timed out, cancelled, shut down)."""
+        if pending.taken:
+            return
+        pending.taken = True  # counted out once; the queue drops it when it reaches it
+        self._uncount(pending)
+
+    def _uncount(self, pending: Pending[In, Out]) -> None:
+        self._waiting -= 1
+        self._waiting_size -= pending.size
+        if self._on_queue:
+            self._on_queue(-pending.items)
+
+    def _take(self) -> list[Pending[In, Out]]:
+        """The next batch: queued requests in arrival order, up to max_size (at least one)."""
+        batch: list[Pending[In, Out]] = []
+        size = 0
+        while self._queue:
+            pending = self._queue[0]
+            if pending.taken:  # answered while queued
+                self._queue.popleft()
+                continue
+            if batch and (not self.limits.batching or size + pending.size > self.limits.max_size):
+                break
+            self._queue.popleft()
+            pending.taken = True
+            self._uncount(pending)
+            if abandoned(pending):
+                pending.future.set_exception(Abandoned(self.name))
+                if self._on_drop:
+                    self._on_drop()
+                continue
+            batch.append(pending)
+            size += pending.size
+        return batch
+
+    async def _fill(self) -> None:
+        """Under load, give a batch that is not full until its oldest request is max_delay old."""
+        while self._waiting and self._waiting_size < self.limits.max_size:
+            oldest = next(p for p in self._queue if not p.taken)
+            left = oldest.queued_at + self.limits.max_delay - asyncio.get_running_loop().time()
+            if left <= 0:
+                return
+            self._changed.clear()
+            try:
+                async with asyncio.timeout(left):
+                    await self._changed.wait()
+            except TimeoutError:
+                return
+
+    async def _serve(self) -> None:
+        while True:
+            if not self._waiting:
+                self._changed.clear()
+                await self._changed.wait()
+                continue
+            if self.limits.batching and self.limits.max_delay > 0 and self._worker.busy:
+                await self._fill()
+            async with self._worker.slot:
+                batch = self._take()
+                if not batch:
+                    continue
+                started = asyncio.get_running_loop().time()
+                if self._on_batch:
+                    self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at)
+                try:
+                    results = await self._worker.run(self._run, [p.item for p in batch])
+                    if len(results) != len(batch):
+                        raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
+                except asyncio.CancelledError:  # closed while the batch ran
+                    fail(batch, ShuttingDown())
+                    raise
+                except Exception as error:  # the batch fails, the batcher does not
+                    log.exception("%s: a batch of %d requests failed", self.name, len(batch))
+                    fail(batch, BatchFailed(self.name, error))
+                    continue
+                for pending, result in zip(batch, results, strict=True):
+                    if not pending.future.done():  # its client may have gone
+                        pending.future.set_result(result)

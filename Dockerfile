@@ -3,6 +3,7 @@
 #
 #   docker build -t vaeserve:cpu .                                 # CPU PyTorch (default)
 #   docker build -t vaeserve:cu128 --build-arg TORCH_VARIANT=cu128 .  # CUDA PyTorch
+#   podman build --format docker -t vaeserve:cpu .                 # podman: docker format keeps HEALTHCHECK
 #   docker run --rm -p 8000:8000 vaeserve:cpu
 #
 # Configured only by VAE_* environment variables (README, Settings).
@@ -17,23 +18,33 @@ ARG TORCH_INDEX=https://download.pytorch.org/whl/${TORCH_VARIANT}
 ARG TORCH_VERSION=2.13.0
 ENV PIP_NO_CACHE_DIR=1 \
     PIP_DISABLE_PIP_VERSION_CHECK=1 \
+    PIP_PYTHON=/opt/venv/bin/python \
     PYTHONDONTWRITEBYTECODE=1
-RUN python -m venv /opt/venv
-ENV PATH=/opt/venv/bin:$PATH
+# The image's environment has no pip: a second one holds pip, which installs into the first
+# (PIP_PYTHON, pip's --python).
+RUN python -m venv --without-pip /opt/venv && python -m venv /opt/pip
+ENV PATH=/opt/venv/bin:/opt/pip/bin:$PATH
 # PyTorch first and from its own index: the biggest layer, cached until the variant changes.
-RUN pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
+# Without its dependencies: they come from PyPI next.
+RUN pip install --no-deps --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"
 WORKDIR /src
-COPY pyproject.toml README.md ./
+# Then the other dependencies, at the versions requirements.lock fixes. torch==2.13.0 is already
+# satisfied by the wheel above (its +cpu/+cuXXX local version matches); the check fails the
+# build if pip swapped in another torch (PyPI's bundles CUDA: gigabytes more).
+COPY requirements.lock pyproject.toml ./
+RUN python -c "import tomllib; print(*tomllib.load(open('pyproject.toml', 'rb'))['project']['dependencies'], sep='\n')" > dependencies.txt \
+    && pip install --constraint requirements.lock --requirement dependencies.txt \
+    && python -c "import torch; assert torch.__version__ == '${TORCH_VERSION}+${TORCH_VARIANT}', torch.__version__"
+# The code and the shipped checkpoints (package data), apart: the runtime stage copies them in
+# a layer of their own, so a code change rebuilds megabytes, not the gigabyte of dependencies.
+COPY README.md ./
 COPY model ./model
 COPY app ./app
-# torch==2.13.0 is already satisfied by the wheel above (its +cpu/+cuXXX local version matches),
-# so this adds only the small dependencies, the code and the checkpoints (package data). The
-# check fails the build if pip swapped in another torch (PyPI's bundles CUDA: gigabytes more).
-RUN pip install . \
-    && python -c "import torch; assert torch.__version__ == '${TORCH_VERSION}+${TORCH_VARIANT}', torch.__version__"
+RUN pip install --no-deps --target /opt/code .
 
 # --- runtime: the environment, a non-root user, nothing else -----------------------------
 FROM python:${PYTHON_VERSION}-slim-bookworm AS runtime
+ARG PYTHON_VERSION
 ARG TORCH_VARIANT=cpu
 LABEL org.opencontainers.image.title="vaeserve" \
       org.opencontainers.image.description="A Variational Autoencoder served over HTTP" \
@@ -41,6 +52,7 @@ LABEL org.opencontainers.image.title="vaeserve" \
 RUN groupadd --system --gid 10001 vae \
     && useradd --system --uid 10001 --gid vae --no-create-home --home-dir /nonexistent --shell /usr/sbin/nologin vae
 COPY --from=build /opt/venv /opt/venv
+COPY --from=build /opt/code /opt/venv/lib/python${PYTHON_VERSION}/site-packages/
 ENV PATH=/opt/venv/bin:$PATH \
     PYTHONUNBUFFERED=1 \
     PYTHONDONTWRITEBYTECODE=1 \

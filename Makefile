@@ -4,18 +4,20 @@ VENV := .venv
 BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
-# Debian packages the tests use (nginx as the gateway, chromium for the page, curl for the README examples).
-SYSTEM_PACKAGES := chromium nginx curl
+# Debian packages the tests use (nginx as the gateway, chromium for the page, curl for the README examples,
+# podman and its network parts to build and run the image, debootstrap for stand-in base images).
+SYSTEM_PACKAGES := chromium nginx curl podman runc netavark aardvark-dns iptables debootstrap
 
-.PHONY: serve test bench install system-deps clean
+.PHONY: serve test bench install system-deps lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
 
-# torch is pinned to the CPU wheel first so pip never pulls a multi-GB CUDA build.
-$(VENV)/.installed: $(BIN)/activate pyproject.toml
-	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+# torch is pinned to the CPU wheel first so pip never pulls a multi-GB CUDA build; every version
+# comes from requirements.lock (`make lock` refreshes it).
+$(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.lock
+	$(BIN)/pip install -q -c requirements.lock torch==2.13.0
+	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
 	touch $@
 
 install: $(VENV)/.installed
@@ -28,6 +30,11 @@ system-deps:
 
 test: install system-deps
 	$(BIN)/python -m pytest
+
+# requirements.lock anew: the newest versions pyproject.toml allows, extras included, from a clean
+# virtual environment. Then `make test` and commit it.
+lock:
+	PYTHON=$(PYTHON) bash scripts/lock.sh
 
 # The load benchmark of docs/benchmarks.md (needs 2 free cores; about 4 minutes).
 bench: install

@@ -56,7 +56,7 @@ def test_dockerfile_builds_in_two_slim_stages_with_cpu_torch_by_default() -> Non
     assert args["TORCH_INDEX"] == "https://download.pytorch.org/whl/${TORCH_VARIANT}"
     assert args["TORCH_VERSION"] == torch_pin()  # the same PyTorch as pyproject.toml pins
     runs = [rest for word, rest in steps if word == "RUN"]
-    assert 'pip install --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"' in runs
+    assert 'pip install --no-deps --index-url "${TORCH_INDEX}" "torch==${TORCH_VERSION}"' in runs
     assert ("COPY", "--from=build /opt/venv /opt/venv") in runtime_stage()
 
 

@@ -69,6 +69,7 @@ def gateway_values(listen: int, ports: list[int]) -> dict[str, str]:
     parameters = " ".join(words[3:])
     values["VAE_UPSTREAM_SERVERS"] = " ".join(f"server 127.0.0.1:{port} {parameters};" for port in ports)
     values["VAE_GATEWAY_LISTEN"] = f"127.0.0.1:{listen}"
+    values["VAE_GATEWAY_RESOLVER"] = "127.0.0.1"  # asked for nothing: loopback servers are not re-resolved
     return values
 
 

@@ -15,7 +15,7 @@ $(BIN)/activate:
 # torch is pinned to the CPU wheel first so pip never pulls a multi-GB CUDA build.
 $(VENV)/.installed: $(BIN)/activate pyproject.toml
 	$(BIN)/pip install -q torch==2.13.0
-	$(BIN)/pip install -q -e '.[test]'
+	$(BIN)/pip install -q -e '.[test,diffusers]'
 	touch $@
 
 install: $(VENV)/.installed

@@ -2,6 +2,8 @@
 
 from __future__ import annotations
 
+import math
+import os
 from pathlib import Path
 from typing import Annotated, Literal
 
@@ -49,6 +51,11 @@ class Settings(BaseSettings):
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; default: usable cores / uvicorn workers (WEB_CONCURRENCY) - 1"
     )
+    backends: Annotated[list[str], NoDecode] = Field(
+        default_factory=list,
+        description="Model families to serve besides the built-in ones: comma-separated `module:attribute` "
+        "import paths, asked first (docs/architecture.md)",
+    )
     # Deployment: the server (python -m app.serve), the proxy in front, auth and logs; docs/deploy.md.
     host: str = Field("127.0.0.1", description="Address `python -m app.serve` listens on (the image: 0.0.0.0)")
     port: int = Field(8000, ge=1, le=65535, description="Port `python -m app.serve` listens on")
@@ -69,7 +76,7 @@ class Settings(BaseSettings):
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged")
 
-    @field_validator("cors_origins", "api_keys", mode="before")
+    @field_validator("cors_origins", "api_keys", "backends", mode="before")
     @classmethod
     def split_commas(cls, value: object) -> object:
         if isinstance(value, str):
@@ -81,3 +88,23 @@ class Settings(BaseSettings):
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
         return self
+
+
+def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
+    """The cores this process may use: its CPU affinity (taskset, cpusets), capped by a cgroup v2
+    CPU quota (`docker run --cpus`, Kubernetes limits), which affinity does not show."""
+    cores = len(os.sched_getaffinity(0))
+    try:
+        quota, period = cpu_max.read_text().split()
+    except (OSError, ValueError):
+        return cores
+    return cores if quota == "max" else max(1, min(cores, math.ceil(int(quota) / int(period))))
+
+
+def torch_threads(settings: Settings) -> int:
+    """VAE_TORCH_THREADS, else each uvicorn worker's share of the usable cores (WEB_CONCURRENCY
+    workers) less one, which its event loop keeps busy under load; at least 1."""
+    if settings.torch_threads is not None:
+        return settings.torch_threads
+    workers = max(1, int(os.environ.get("WEB_CONCURRENCY") or 1))
+    return max(1, usable_cores() // workers - 1)

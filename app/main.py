@@ -1,4 +1,4 @@
-"""The application: `create_app` builds it; its lifespan loads and warms the models.
+"""The application: `create_app` builds it; its lifespan loads the models and starts the engine.
 
 Serve with `python -m app.serve` (app/serve.py). Nothing happens at import time.
 """
@@ -13,22 +13,21 @@ from contextlib import asynccontextmanager
 from pathlib import Path
 
 from fastapi import FastAPI
-from fastapi.middleware.cors import CORSMiddleware
 from fastapi.staticfiles import StaticFiles
 from pydantic import ValidationError
 
-from app import observability
-from app.config import Settings
-from app.deps import Service
-from app.errors import install_error_handlers
-from app.images import ImageCodec
-from app.inference import Inference
-from app.middleware import BodyLimitMiddleware, OneLineStartupFailure
-from app.proxy import RootPath
-from app.registry import load_registry
-from app.routes import analyse, generate, health, models
-from app.schemas import with_limits
-from app.security import install_api_keys
+from app.api.deps import Service
+from app.api.errors import install_error_handlers
+from app.api.images import ImageCodec
+from app.api.limits import with_limits
+from app.api.routes import API_ROUTES, ROUTERS
+from app.config import Settings, torch_threads
+from app.engine.backends import families
+from app.engine.operations import Engine
+from app.engine.registry import Registry, device_from_setting, load_registry
+from app.server import observability
+from app.server.middleware import install_middleware
+from app.server.security import install_api_keys
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -44,18 +43,39 @@ Every endpoint that uses a model takes an optional `model` (default: the default
 """
 
 
+def load_models(settings: Settings) -> Registry:
+    """Every model the settings name, each loaded by its family; any problem is a one-line StartupError."""
+    return load_registry(
+        families(settings.backends),
+        device_from_setting(settings.device),
+        settings.model_dir,
+        settings.checkpoint,
+        settings.default_model,
+    )
+
+
+def make_engine(settings: Settings, registry: Registry, metrics: observability.Metrics | None) -> Engine:
+    return Engine(
+        registry,
+        max_batch=settings.max_batch,
+        max_delay=settings.max_delay_ms / 1000,
+        max_queue=settings.max_queue,
+        queue_timeout=settings.queue_timeout,
+        batching=settings.batching,
+        threads=torch_threads(settings),
+        metrics=metrics,
+    )
+
+
 @asynccontextmanager
 async def lifespan(app: FastAPI) -> AsyncIterator[None]:
     settings: Settings = app.state.settings
-    inference = Inference(settings, app.state.metrics)
+    engine: Engine | None = None
     try:
-        registry = await asyncio.to_thread(load_registry, settings)
-        for model in registry:
-            await inference.warm_up(model)
-        app.state.registry = registry  # for the metrics (app.observability)
-        app.state.service = Service(
-            settings, registry, inference, ImageCodec(settings.max_pixels, settings.image_threads)
-        )
+        registry = await asyncio.to_thread(load_models, settings)
+        engine = make_engine(settings, registry, app.state.metrics)
+        await engine.start()
+        app.state.service = Service(settings, engine, ImageCodec(settings.max_pixels, settings.image_threads))
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).
@@ -66,7 +86,8 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.ready = False
-        inference.close()
+        if engine is not None:
+            engine.close()
 
 
 def load_settings() -> Settings:
@@ -86,25 +107,12 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.settings = settings
     app.state.ready = False
     install_error_handlers(app)
-    for module in (health, models, generate, analyse, observability):
-        app.include_router(module.router)
+    for router in ROUTERS:
+        app.include_router(router)
     app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)
-    # Added last is outermost: CORS headers reach every answer, the 413s included.
-    app.add_middleware(OneLineStartupFailure)
-    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout)
     install_api_keys(app, settings.api_keys)
-    if settings.cors_origins:
-        app.add_middleware(
-            CORSMiddleware,
-            allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Accept", "Authorization", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Seed", "X-Model", "X-Request-ID"],
-        )
-    if settings.root_path:
-        app.add_middleware(RootPath, root_path=settings.root_path)
-    observability.install(app)  # outermost: logs and counts every answer
+    install_middleware(app, settings, API_ROUTES)
     return app

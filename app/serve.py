@@ -9,7 +9,7 @@ from __future__ import annotations
 import uvicorn
 
 from app.main import load_settings
-from app.protocol import BoundedHttpToolsProtocol
+from app.server.protocol import BoundedHttpToolsProtocol
 
 
 def main() -> None:

@@ -35,7 +35,8 @@ import torch
 from model_speed import median_seconds  # bench/ is the script's folder, so on sys.path
 
 from app.config import Settings
-from app.passes import Passes
+from app.engine.backends.vae import VAEBackend
+from app.engine.passes import Passes
 from model import load_checkpoint
 
 log = logging.getLogger("bench")
@@ -156,7 +157,7 @@ def serve_env(**variables: str) -> dict[str, str]:
 def r_http(args: argparse.Namespace) -> float:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.empty:create_app", "--factory", "--host", "127.0.0.1"]
-    command += ["--port", str(port), "--http", "app.protocol:BoundedHttpToolsProtocol"]
+    command += ["--port", str(port), "--http", "app.server.protocol:BoundedHttpToolsProtocol"]
     command += ["--no-access-log", "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
     with server(command, serve_env(), base + "/", args.server_cpu):
@@ -171,9 +172,9 @@ def r_model(checkpoint: Path, rows: int, cpu: int) -> dict[str, float]:
     threads = torch.get_num_threads()
     torch.set_num_threads(1)
     try:
-        passes = Passes(load_checkpoint(checkpoint), rows)
+        passes = Passes(VAEBackend(load_checkpoint(checkpoint)), rows)
         passes.calibrate()
-        config, generator = passes.vae.config, torch.Generator().manual_seed(0)
+        config, generator = passes.backend.config, torch.Generator().manual_seed(0)
         z = torch.randn(rows, config.latent_dim, generator=generator)
         x = torch.rand(rows, config.channels, config.height, config.width, generator=generator)
         return {

@@ -24,7 +24,7 @@ from tqdm import tqdm
 
 from model.checkpoint import CheckpointError, load_checkpoint, save_checkpoint
 from model.data import TEST_BINARIZATION_SEED, DataError, binarize, load_fashion_mnist
-from model.train import resolve_device
+from model.device import resolve_device
 from model.vae import VAE
 
 log = logging.getLogger("model.evaluate")

@@ -34,6 +34,7 @@ from model.data import (
     load_fashion_mnist,
     load_image_folder,
 )
+from model.device import resolve_device
 from model.vae import VAE, VAEConfig
 
 log = logging.getLogger("model.train")
@@ -46,12 +47,6 @@ class Dataset:
     val: tuple[torch.Tensor, torch.Tensor]
     test: tuple[torch.Tensor, torch.Tensor] | None  # binarised once; None for image folders
     label_names: list[str]
-
-
-def resolve_device(name: str) -> torch.device:
-    if name == "auto":
-        return torch.device("cuda" if torch.cuda.is_available() else "cpu")
-    return torch.device(name)
 
 
 def load_dataset(args: argparse.Namespace, generator: torch.Generator) -> Dataset:

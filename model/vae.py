@@ -61,6 +61,11 @@ class DiagonalGaussian:
         eps = torch.randn(self.mean.shape, generator=generator, device=self.mean.device, dtype=self.mean.dtype)
         return self.mean + self.std * eps
 
+    def draws(self, k: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """k reparameterised draws of every row, [k, *mean.shape]: the IWAE's samples."""
+        eps = torch.randn((k, *self.mean.shape), generator=generator, device=self.mean.device, dtype=self.mean.dtype)
+        return self.mean + self.std * eps
+
     def kl(self) -> torch.Tensor:
         """Analytic KL(q || N(0, I)) per row, in nats (Kingma & Welling, appendix B)."""
         return 0.5 * (self.mean.pow(2) + self.variance - 1.0 - self.log_variance).sum(dim=-1)
@@ -86,9 +91,27 @@ def bernoulli_log_likelihood(logits: torch.Tensor, x: torch.Tensor) -> torch.Ten
     return -F.binary_cross_entropy_with_logits(logits, x.expand_as(logits), reduction="none").flatten(-3).sum(-1)
 
 
+def seeded(seed: int, device: torch.device | str = "cpu") -> torch.Generator:
+    """A fresh generator: same seed and device, same draws. The service gives each request its
+    own, so what a request draws never depends on what it was batched with."""
+    return torch.Generator(device=device).manual_seed(seed)
+
+
+def elbo_terms(log_likelihood: torch.Tensor, posterior: DiagonalGaussian) -> ELBOTerms:
+    """The ELBO's terms from log p(x|z) at one posterior draw per row (Kingma & Welling, eq. 7)."""
+    reconstruction = -log_likelihood
+    kl = posterior.kl()
+    return ELBOTerms(reconstruction, kl, -(reconstruction + kl))
+
+
 def log_importance_weights(log_likelihood: torch.Tensor, z: torch.Tensor, posterior: DiagonalGaussian) -> torch.Tensor:
     """log p(x|z) + log p(z) - log q(z|x) per sample: the IWAE's log-weights (Burda et al., eq. 8)."""
     return log_likelihood + standard_normal_log_prob(z) - posterior.log_prob(z)
+
+
+def iwae_bound(log_weights: torch.Tensor) -> torch.Tensor:
+    """log (1/k) sum_i w_i over the k samples of dim 0 (Burda et al., eq. 8), in nats."""
+    return torch.logsumexp(log_weights, dim=0) - math.log(log_weights.shape[0])
 
 
 class Encoder(nn.Module):
@@ -185,6 +208,14 @@ class VAE(nn.Module):
         """Pixel means E[x|z] in [0, 1]: what an image of z shows."""
         return torch.sigmoid(self.decode_logits(z, labels))
 
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
+        """log p(x|z) per row, nats: row i of x (with its label) under latent z[i]."""
+        return bernoulli_log_likelihood(self.decode_logits(z, labels), x)
+
+    def prior(self, n: int, generator: torch.Generator | None = None) -> torch.Tensor:
+        """n draws z ~ p(z) = N(0, I), [n, latent_dim]."""
+        return torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
+
     def sample(
         self,
         n: int,
@@ -193,18 +224,14 @@ class VAE(nn.Module):
         temperature: float = 1.0,
     ) -> torch.Tensor:
         """Pixel means of n draws z ~ N(0, temperature^2 I)."""
-        z = temperature * torch.randn(n, self.config.latent_dim, generator=generator, device=self.device)
-        return self.decode(z, labels)
+        return self.decode(temperature * self.prior(n, generator), labels)
 
     def elbo(
         self, x: torch.Tensor, labels: torch.Tensor | None = None, generator: torch.Generator | None = None
     ) -> ELBOTerms:
         """Per-row ELBO = E_q[log p(x|z)] - KL(q || p) (Kingma & Welling, eq. 7), one-sample estimate."""
         posterior = self.encode(x, labels)
-        logits = self.decode_logits(posterior.sample(generator), labels)
-        reconstruction = -bernoulli_log_likelihood(logits, x)
-        kl = posterior.kl()
-        return ELBOTerms(reconstruction, kl, -(reconstruction + kl))
+        return elbo_terms(self.log_likelihood(posterior.sample(generator), x, labels), posterior)
 
     def iwae(
         self,
@@ -216,22 +243,19 @@ class VAE(nn.Module):
     ) -> torch.Tensor:
         """Per-row IWAE bound log (1/k) sum_i p(x, z_i) / q(z_i|x) (Burda et al., eq. 8), in nats.
 
-        Samples are drawn in chunks of at most `max_elements` decoded pixels, so memory stays
-        bounded for any k; chunks are folded in with a running logsumexp.
+        Samples are decoded in chunks of at most `max_elements` pixels, so memory stays bounded
+        for any k; only the [k, rows] log-weights are kept whole.
         """
         if k < 1:
             raise ValueError(f"k must be >= 1, got {k}")
         rows = x.shape[0]
         posterior = self.encode(x, labels)
-        onehot = self._onehot(labels, rows)
         chunk = max(1, min(k, max_elements // max(1, rows * self.config.pixels)))
-        total = torch.full((rows,), -math.inf, device=x.device, dtype=x.dtype)
+        log_weights = []
         for start in range(0, k, chunk):
             s = min(chunk, k - start)
-            eps = torch.randn(s, rows, self.config.latent_dim, generator=generator, device=x.device, dtype=x.dtype)
-            z = posterior.mean + posterior.std * eps  # [s, rows, latent]
-            flat_onehot = None if onehot is None else onehot.repeat(s, 1)
-            logits = self.decoder(z.reshape(s * rows, -1), flat_onehot).view(s, rows, *x.shape[1:])
-            log_w = log_importance_weights(bernoulli_log_likelihood(logits, x), z, posterior)
-            total = torch.logaddexp(total, torch.logsumexp(log_w, dim=0))
-        return total - math.log(k)
+            z = posterior.draws(s, generator)  # [s, rows, latent]
+            repeated = None if labels is None else torch.as_tensor(labels, device=x.device).repeat(s)
+            log_likelihood = self.log_likelihood(z.flatten(0, 1), x.repeat(s, 1, 1, 1), repeated).view(s, rows)
+            log_weights.append(log_importance_weights(log_likelihood, z, posterior))
+        return iwae_bound(torch.cat(log_weights))

@@ -11,7 +11,8 @@ from pathlib import Path
 
 import torch
 
-from app.images import grid_png, to_pixels
+from app.api.images import grid_png
+from app.engine.operations import to_pixels
 from model import load_checkpoint
 
 COLUMNS = 8

@@ -10,10 +10,10 @@ import pytest
 from fastapi.testclient import TestClient
 from pydantic import SecretStr
 
-from app import security
+from app.server import security
 from app.config import Settings
 from app.main import create_app
-from app.security import INVALID, MISSING, NOT_BEARER, digest, key_matches
+from app.server.security import INVALID, MISSING, NOT_BEARER, digest, key_matches
 from tests.scrape import metric
 
 KEYS = ["key-one", "a-much-longer-second-key"]

@@ -23,11 +23,11 @@ from starlette.datastructures import State
 import app.inference
 from app.batcher import Batcher, BatchFailed, Limits, QueueFull, QueueTimeout, ShuttingDown, Worker
 from app.config import Settings
-from app.images import to_pixels
+from app.engine.operations import to_pixels
 from app.inference import ImagesJob, Inference, torch_threads, usable_cores
 from app.main import create_app
-from app.observability import Metrics
-from app.passes import Passes
+from app.server.observability import Metrics
+from app.engine.passes import Passes
 from app.registry import LoadedModel
 from model import VAE
 from tests.scrape import metric

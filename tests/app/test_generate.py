@@ -9,9 +9,9 @@ import torch
 from fastapi.testclient import TestClient
 from PIL import Image
 
-from app.images import to_pixels
-from app.latents import interpolate
-from app.responses import accept_quality
+from app.engine.operations import to_pixels
+from app.engine.latents import interpolate
+from app.api.responses import accept_quality
 from model import VAE
 
 

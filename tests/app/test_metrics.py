@@ -16,7 +16,7 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.observability import JsonFormatter, RequestIdFilter, TextFormatter
+from app.server.observability import JsonFormatter, RequestIdFilter, TextFormatter
 from tests.scrape import metric
 
 

@@ -7,7 +7,9 @@ from fastapi.testclient import TestClient
 
 from app.config import Settings
 from app.main import create_app
-from app.registry import StartupError, device_from_setting, load_registry
+from app.engine.errors import StartupError
+from app.engine.registry import device_from_setting
+from app.main import load_models
 from tests.app.conftest import CLASSES
 
 
@@ -23,6 +25,8 @@ def test_model_info(client: TestClient, model_dir: Path) -> None:
     assert info == {
         "name": "tiny-vae",
         "default": True,
+        "family": "vae",
+        "capabilities": ["sample", "encode", "decode", "reconstruct", "score", "interpolate"],
         "image_shape": [1, 28, 28],
         "latent_dim": 4,
         "likelihood": "bernoulli",
@@ -46,9 +50,9 @@ def test_unknown_model_is_404(client: TestClient) -> None:
 
 def test_single_checkpoint_and_default_model(model_dir: Path) -> None:
     settings = Settings(checkpoint=model_dir / "tiny-cvae.safetensors")
-    registry = load_registry(settings)
+    registry = load_models(settings)
     assert list(registry.models) == ["tiny-cvae"] and registry.default == "tiny-cvae"
-    registry = load_registry(Settings(model_dir=model_dir, default_model="tiny-cvae"))
+    registry = load_models(Settings(model_dir=model_dir, default_model="tiny-cvae"))
     assert registry.default == "tiny-cvae"
 
 
@@ -64,7 +68,7 @@ def test_single_checkpoint_and_default_model(model_dir: Path) -> None:
 def test_bad_setup_is_a_one_line_startup_error(model_dir: Path, overrides: dict, message: str) -> None:
     settings = Settings(**{"model_dir": model_dir, **overrides})
     with pytest.raises(StartupError, match="^[^\n]*$") as error:
-        load_registry(settings)
+        load_models(settings)
     assert message in str(error.value)
     with pytest.raises(StartupError), TestClient(create_app(settings)):
         pass
@@ -72,7 +76,7 @@ def test_bad_setup_is_a_one_line_startup_error(model_dir: Path, overrides: dict,
 
 def test_empty_model_dir(tmp_path: Path) -> None:
     with pytest.raises(StartupError, match="no \\*.safetensors checkpoints"):
-        load_registry(Settings(model_dir=tmp_path))
+        load_models(Settings(model_dir=tmp_path))
 
 
 def test_auto_device_is_cuda_when_available() -> None:

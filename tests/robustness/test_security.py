@@ -21,12 +21,13 @@ from fastapi.routing import APIRoute
 from fastapi.testclient import TestClient
 from PIL import Image
 
-import app.routes
-from app import images
+import app.api.routes
+from app.api import images
 from app.config import Settings
 from app.main import create_app
-from app.registry import StartupError, load_registry
-from app.security import INVALID, MISSING
+from app.engine.errors import StartupError
+from app.main import load_models
+from app.server.security import INVALID, MISSING
 from tests.deploy.support import ROOT, Replica
 from tests.robustness.checks import assert_error, assert_no_leak
 
@@ -78,7 +79,7 @@ def test_a_pickle_posing_as_a_checkpoint_is_refused_unrun(tmp_path: Path, kind: 
         torch.save({"weights": torch.zeros(2), "payload": Planted(marker)}, checkpoint)
     assert not marker.exists()
     with pytest.raises(StartupError, match="not a readable safetensors checkpoint"):
-        load_registry(Settings(checkpoint=checkpoint, device="cpu"))
+        load_models(Settings(checkpoint=checkpoint, device="cpu"))
     assert not marker.exists(), "the checkpoint's pickle was run"
 
 
@@ -131,7 +132,7 @@ def failing_client(settings: Settings, monkeypatch: pytest.MonkeyPatch) -> Itera
 def test_an_unexpected_error_is_a_bare_500_and_logged(
     failing_client: TestClient, caplog: pytest.LogCaptureFixture
 ) -> None:
-    with caplog.at_level(logging.ERROR, logger="app.errors"):
+    with caplog.at_level(logging.ERROR, logger="app.api.errors"):
         response = failing_client.get("/v1/sample", params={"n": 1})
     assert_error(response, 500, "internal server error; the server log has the details")
     assert response.json() == {"detail": "internal server error; the server log has the details"}
@@ -140,11 +141,11 @@ def test_an_unexpected_error_is_a_bare_500_and_logged(
 
 
 def v1_operations() -> list[tuple[str, str]]:
-    """(method, path) of every operation under /v1 in every module of app.routes, with path
+    """(method, path) of every operation under /v1 in every module of app.api.routes, with path
     parameters filled in."""
     found = []
-    for module in pkgutil.iter_modules(app.routes.__path__):
-        router = getattr(importlib.import_module(f"app.routes.{module.name}"), "router", None)
+    for module in pkgutil.iter_modules(app.api.routes.__path__):
+        router = getattr(importlib.import_module(f"app.api.routes.{module.name}"), "router", None)
         for route in getattr(router, "routes", []):
             if isinstance(route, APIRoute) and route.path.startswith("/v1"):
                 path = re.sub(r"\{[^}]+\}", "tiny-vae", route.path)

@@ -1,4 +1,8 @@
-"""Every error is JSON `{"detail": "<message>"}`: a message for people, no traces or paths."""
+"""Every error is JSON `{"detail": "<message>"}`: a message for people, no traces or paths.
+
+`STATUS` is the one place where the engine's domain errors (and the API's own upload errors)
+get their HTTP status codes.
+"""
 
 from __future__ import annotations
 
@@ -11,12 +15,25 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from starlette.routing import compile_path
+from app.server.proxy import route_path
 
-from app.batcher import BatchError
-from app.images import ImageError
-from app.proxy import route_path
-from app.registry import UnknownModel
+from app.api.images import ImageError, ImageTooLarge
+from app.api.routes import API_ROUTES
+from app.engine import errors
+
+# Most specific first: the first class an error is an instance of gives its status.
+STATUS: list[tuple[type[Exception], int]] = [
+    (errors.UnknownModel, 404),
+    (errors.InvalidInput, 422),  # bad label, bad latent shape, over a limit
+    (errors.NotSupported, 422),
+    (errors.Overloaded, 503),
+    (errors.ShuttingDown, 503),
+    (errors.TimedOut, 504),
+    (errors.Abandoned, 499),  # nginx's "client closed request": nobody reads it, the log and metrics do
+    (errors.BatchFailed, 500),
+    (ImageTooLarge, 413),
+    (ImageError, 422),
+]
 
 log = logging.getLogger(__name__)
 
@@ -68,13 +85,16 @@ def unparsable(cause: BaseException) -> str | None:
     return None
 
 
+def status_code(error: Exception) -> int:
+    return next(status for kind, status in STATUS if isinstance(error, kind))
+
+
 def allowed_methods(request: Request) -> str:
-    """Every method the API takes on this path, from its OpenAPI paths: Starlette's Allow names
+    """Every method the API takes on this path, from the app's routes: Starlette's Allow names
     only the first matching route's (PUT /v1/sample would be told GET, not GET, POST)."""
     path = route_path(request.scope)
-    paths = request.app.openapi().get("paths", {})
-    matching = [item for template, item in paths.items() if compile_path(template)[0].match(path)]
-    return ", ".join(sorted({method.upper() for item in matching for method in item}))
+    matching = [route for route in API_ROUTES if route.path_regex.match(path)]
+    return ", ".join(sorted({method for route in matching for method in route.methods}))
 
 
 async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
@@ -96,16 +116,9 @@ async def validation_error(request: Request, exc: RequestValidationError) -> JSO
     return error_json(422, "; ".join(problems))
 
 
-async def image_error(request: Request, exc: ImageError) -> JSONResponse:
-    return error_json(exc.status_code, str(exc))
-
-
-async def unknown_model(request: Request, exc: UnknownModel) -> JSONResponse:
-    return error_json(404, str(exc))
-
-
-async def batch_error(request: Request, exc: BatchError) -> JSONResponse:
-    return error_json(exc.status_code, str(exc), exc.headers)
+async def domain_error(request: Request, exc: Exception) -> JSONResponse:
+    retry_after = getattr(exc, "retry_after", None)
+    return error_json(status_code(exc), str(exc), None if retry_after is None else {"Retry-After": str(retry_after)})
 
 
 async def client_disconnect(request: Request, exc: ClientDisconnect) -> JSONResponse:
@@ -123,8 +136,7 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
 def install_error_handlers(app: FastAPI) -> None:
     app.add_exception_handler(HTTPException, http_error)
     app.add_exception_handler(RequestValidationError, validation_error)
-    app.add_exception_handler(ImageError, image_error)
-    app.add_exception_handler(UnknownModel, unknown_model)
-    app.add_exception_handler(BatchError, batch_error)
+    for kind, _ in STATUS:
+        app.add_exception_handler(kind, domain_error)
     app.add_exception_handler(ClientDisconnect, client_disconnect)
     app.add_exception_handler(Exception, internal_error)

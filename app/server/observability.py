@@ -1,8 +1,8 @@
 """Operations: Prometheus metrics (one registry per app), one log line per request, JSON logs.
 
 Each app owns its `Metrics` (a private `CollectorRegistry`, never the global default one), so
-several apps in one process do not share or clash over series. The batcher reports through
-`Metrics.observe_batch` and `Metrics.queue_depth`.
+several apps in one process do not share or clash over series. The engine reports its batches,
+queue depth and dropped requests through `Metrics`, its metrics sink.
 """
 
 from __future__ import annotations
@@ -12,14 +12,13 @@ import logging
 import random
 import re
 import time
-from collections.abc import Iterable
+from collections.abc import Callable, Iterable, Sequence
 from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-from fastapi import APIRouter, FastAPI, Request, Response
+from fastapi.routing import APIRoute
 from prometheus_client import (
-    CONTENT_TYPE_LATEST,
     CollectorRegistry,
     Counter,
     Gauge,
@@ -32,13 +31,12 @@ from prometheus_client import (
 from prometheus_client.core import GaugeMetricFamily
 from prometheus_client.registry import Collector
 from starlette.datastructures import Headers, MutableHeaders, State
-from starlette.routing import compile_path
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.proxy import route_path
+from app.server.proxy import route_path
 
 if TYPE_CHECKING:
-    from app.registry import Registry
+    from app.engine.registry import Registry
 
 access_log = logging.getLogger("app.access")
 
@@ -67,7 +65,8 @@ class ModelCollector(Collector):
         return self.families(None, ready=False)
 
     def collect(self) -> Iterable[GaugeMetricFamily]:
-        return self.families(getattr(self.state, "registry", None), getattr(self.state, "ready", False))
+        ready = getattr(self.state, "ready", False)
+        return self.families(self.state.service.engine.registry if ready else None, ready)
 
     def families(self, registry: Registry | None, ready: bool) -> list[GaugeMetricFamily]:
         info = GaugeMetricFamily(
@@ -78,7 +77,7 @@ class ModelCollector(Collector):
         if registry is not None:
             for model in registry:
                 flags = [str(model.conditional).lower(), str(model.name == registry.default).lower()]
-                info.add_metric([model.name, str(model.vae.device), model.sha256, *flags], 1)
+                info.add_metric([model.name, str(model.backend.device), model.sha256, *flags], 1)
         return [info, GaugeMetricFamily("vae_ready", "1 once the models are loaded and warm, else 0", value=int(ready))]
 
 
@@ -107,6 +106,12 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("vae_queue_depth", "Items waiting for a model call", ["model"], registry=self.registry)
+        self.dropped = Counter(
+            "vae_dropped_requests",
+            "Requests dropped before their batch ran because their client had disconnected",
+            ["model", "op"],
+            registry=self.registry,
+        )
         self.registry.register(ModelCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -122,41 +127,32 @@ class Metrics:
         self.batch_size.labels(model, op).observe(size)
         self.queue_wait.labels(model, op).observe(wait_s)
 
+    def queue_counter(self, model: str) -> Callable[[int], None]:
+        """Adds a change in the number of items waiting for `model`."""
+        return self.queue_depth.labels(model).inc
+
+    def observe_drop(self, model: str, op: str) -> None:
+        self.dropped.labels(model, op).inc()
+
     def render(self) -> bytes:
         return generate_latest(self.registry)
-
-
-router = APIRouter(tags=["operations"])
-
-
-@router.get(
-    "/metrics",
-    summary="Prometheus metrics of this replica",
-    response_class=Response,
-    responses={200: {"content": {CONTENT_TYPE_LATEST: {}}, "description": "Prometheus text format"}},
-)
-async def metrics(request: Request) -> Response:
-    return Response(request.app.state.metrics.render(), media_type=CONTENT_TYPE_LATEST)
 
 
 class RouteLabels:
     """The route label of a request: its route's path template (`/v1/models/{name}`), never the
     raw path, so the series stay few. A request answered before routing (a 401 or 413 from
-    middleware) is matched against the API's templates, so it is counted under its route too;
+    middleware) is matched against the API's routes, so it is counted under its route too;
     the page, its files and unknown paths are all `other`."""
 
-    def __init__(self, app: FastAPI) -> None:
-        self.app = app
-        self.templates: list[tuple[re.Pattern[str], str]] | None = None
+    def __init__(self, routes: Sequence[APIRoute]) -> None:
+        self.routes = routes
 
     def __call__(self, scope: Scope) -> str:
         route = scope.get("route")
         if route is not None:
             return getattr(route, "path", None) or NOT_API  # the page's mount at / has the path ""
-        if self.templates is None:
-            self.templates = [(compile_path(path)[0], path) for path in self.app.openapi().get("paths", {})]
         path = route_path(scope)
-        return next((template for regex, template in self.templates if regex.match(path)), NOT_API)
+        return next((route.path for route in self.routes if route.path_regex.match(path)), NOT_API)
 
 
 class RequestObserver:
@@ -282,12 +278,3 @@ def configure_logging(log_format: str, level: str) -> None:
     uvicorn_access = logging.getLogger("uvicorn.access")
     uvicorn_access.handlers.clear()
     uvicorn_access.propagate = False
-
-
-def install(app: FastAPI) -> Metrics:
-    """The metrics and the request log for `app` (include `router` for `GET /metrics`). Call it
-    after adding the app's other middleware: outermost, it sees every answer, 401s and 413s too."""
-    metrics = Metrics(app.state)
-    app.state.metrics = metrics
-    app.add_middleware(RequestObserver, metrics=metrics, labels=RouteLabels(app))
-    return metrics

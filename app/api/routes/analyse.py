@@ -5,9 +5,11 @@ from __future__ import annotations
 import numpy as np
 from fastapi import APIRouter, Request, Response
 
-from app.deps import EncodeInput, FormatQueryOnly, ReconstructInput, ScoreInput, ServiceDep, at_most
-from app.responses import image_response
-from app.schemas import (
+from app.api.bodies import EncodeInput, ReconstructInput, ScoreInput
+from app.api.deps import FormatQueryOnly, ServiceDep, client_gone
+from app.api.limits import check_limits
+from app.api.responses import image_response
+from app.api.schemas import (
     ERROR_RESPONSES,
     IMAGE_RESPONSES,
     EncodeRequest,
@@ -30,13 +32,16 @@ router = APIRouter(prefix="/v1", tags=["analyse"])
     responses=ERROR_RESPONSES,
     openapi_extra=images_request_body(EncodeRequest),
 )
-async def encode(data: EncodeInput, service: ServiceDep) -> EncodeResponse:
-    q = await service.inference.encode(data.model.vae, data.images, data.labels)
+async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> EncodeResponse:
+    q = await service.engine.encode(data.model, data.images, data.labels, client_gone(request))
+    rows = len(q.mean)
+    variances = [None] * rows if q.variance is None else q.variance.tolist()
+    log_variances = [None] * rows if q.log_variance is None else q.log_variance.tolist()
     return EncodeResponse(
         model=data.model.name,
         latents=[
             Posterior(mean=m, variance=v, log_variance=lv)
-            for m, v, lv in zip(q.mean.tolist(), q.variance.tolist(), q.log_variance.tolist(), strict=True)
+            for m, v, lv in zip(q.mean.tolist(), variances, log_variances, strict=True)
         ],
     )
 
@@ -50,8 +55,8 @@ async def encode(data: EncodeInput, service: ServiceDep) -> EncodeResponse:
     openapi_extra=images_request_body(ReconstructRequest),
 )
 async def reconstruct(request: Request, data: ReconstructInput, service: ServiceDep) -> Response:
-    at_most("scale", data.body.scale, service.settings.max_scale)
-    pixels, means = await service.inference.reconstruct(data.model.vae, data.images, data.labels)
+    check_limits(data.body, service.settings)
+    pixels, means = await service.engine.reconstruct(data.model, data.images, data.labels, client_gone(request))
     return await image_response(request, service.codec, data.body, data.model, pixels, means, data.labels)
 
 
@@ -66,10 +71,10 @@ async def reconstruct(request: Request, data: ReconstructInput, service: Service
     responses=ERROR_RESPONSES,
     openapi_extra=images_request_body(ScoreRequest),
 )
-async def score(data: ScoreInput, response: Response, service: ServiceDep) -> ScoreResponse:
+async def score(request: Request, data: ScoreInput, response: Response, service: ServiceDep) -> ScoreResponse:
+    check_limits(data.body, service.settings)
     k = service.settings.default_k if data.body.k is None else data.body.k
-    at_most("k", k, service.settings.max_k)
-    scores = await service.inference.score(data.model.vae, data.images, data.labels, k, data.body.seed)
+    scores = await service.engine.score(data.model, data.images, data.labels, k, data.body.seed, client_gone(request))
     response.headers["X-Seed"] = str(data.body.seed)
     rows = np.stack([scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim], axis=1)
     return ScoreResponse(

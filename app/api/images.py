@@ -1,7 +1,7 @@
 """Images in and out: upload checks and decoding, PNG grids, nearest-neighbour scaling, base64.
 
-Uploads become model input only through `model.data.image_to_array`, the one documented
-conversion. Decoding is bounded: the format is sniffed from the bytes, and the pixel count is
+Uploads become model input only through the model's own conversion (`Backend.to_input`; the
+project's VAE: `model.data.image_to_array`). Decoding is bounded: the format is sniffed from the bytes, and the pixel count is
 read from the header and checked before any pixel is decoded (decompression bombs).
 """
 
@@ -15,11 +15,9 @@ from dataclasses import dataclass
 
 import anyio
 import numpy as np
-import torch
 from PIL import Image
 
-from model import VAEConfig
-from model.data import image_to_array
+from app.engine.backend import Backend
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
@@ -28,9 +26,9 @@ FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
 class ImageError(ValueError):
     """An upload that cannot be used; the message names it and says why."""
 
-    def __init__(self, message: str, status_code: int = 422) -> None:
-        super().__init__(message)
-        self.status_code = status_code
+
+class ImageTooLarge(ImageError):
+    """An upload over the pixel limit, found from its header before decoding."""
 
 
 @dataclass
@@ -56,12 +54,12 @@ def open_image(upload: Upload, max_pixels: int) -> Image.Image:
     try:
         image = Image.open(io.BytesIO(upload.data), formats=FORMATS)
     except Image.DecompressionBombError:
-        raise ImageError(too_large, 413) from None
+        raise ImageTooLarge(too_large) from None
     except (OSError, SyntaxError, ValueError):
         raise ImageError(f"{upload.where}: not a {FORMAT_NAMES} image") from None
     width, height = image.size
     if width * height > max_pixels:
-        raise ImageError(f"{upload.where}: image is {width}x{height} pixels, over the {max_pixels}-pixel limit", 413)
+        raise ImageTooLarge(f"{upload.where}: image is {width}x{height} pixels, over the {max_pixels}-pixel limit")
     kind = image.format
     try:
         image.verify()  # structure and checksums, without decoding pixels
@@ -72,22 +70,16 @@ def open_image(upload: Upload, max_pixels: int) -> Image.Image:
     return image
 
 
-def uploads_to_array(uploads: list[Upload], config: VAEConfig, max_pixels: int) -> np.ndarray:
-    """Model input, float32 [B, C, H, W] in [0, 1], each upload converted by `image_to_array`."""
+def uploads_to_array(uploads: list[Upload], backend: Backend, max_pixels: int) -> np.ndarray:
+    """Model input, float32 [B, C, H, W] in [0, 1], each upload converted by the model's `to_input`."""
     arrays = []
     for upload in uploads:
         with open_image(upload, max_pixels) as image:
             try:
-                arrays.append(image_to_array(image, config))
+                arrays.append(backend.to_input(image))
             except (OSError, ValueError) as e:
                 raise ImageError(f"{upload.where}: cannot convert this {image.mode} image: {e}") from None
     return np.stack(arrays)
-
-
-def to_pixels(images: torch.Tensor) -> np.ndarray:
-    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels: done once per batch, in
-    the inference thread (app/inference.py), so the event loop never runs torch."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
 def enlarged(pixels: np.ndarray, scale: int) -> np.ndarray:
@@ -147,10 +139,10 @@ class ImageCodec:
         self.max_pixels = max_pixels
         self._limiter = anyio.CapacityLimiter(threads)
 
-    async def to_array(self, uploads: list[Upload], config: VAEConfig) -> np.ndarray:
+    async def to_array(self, uploads: list[Upload], backend: Backend) -> np.ndarray:
         if sum(declared_pixels(upload) for upload in uploads) <= INLINE_PIXELS:
-            return uploads_to_array(uploads, config, self.max_pixels)
-        return await anyio.to_thread.run_sync(uploads_to_array, uploads, config, self.max_pixels, limiter=self._limiter)
+            return uploads_to_array(uploads, backend, self.max_pixels)
+        return await anyio.to_thread.run_sync(uploads_to_array, uploads, backend, self.max_pixels, limiter=self._limiter)
 
     async def grid_png(self, pixels: np.ndarray, nrow: int, scale: int) -> bytes:
         if output_pixels(pixels, scale) <= INLINE_PIXELS:

@@ -4,8 +4,8 @@ from __future__ import annotations
 
 from fastapi import APIRouter
 
-from app.deps import ServiceDep
-from app.schemas import ERROR_RESPONSES, Health, Ready
+from app.api.deps import ServiceDep
+from app.api.schemas import ERROR_RESPONSES, Health, Ready
 
 router = APIRouter(tags=["health"])
 
@@ -17,5 +17,5 @@ async def healthz() -> Health:
 
 @router.get("/readyz", summary="Readiness: 200 once models are loaded and warm, else 503", responses=ERROR_RESPONSES)
 async def readyz(service: ServiceDep) -> Ready:
-    registry = service.registry
+    registry = service.engine.registry
     return Ready(models=list(registry.models), default_model=registry.default)

@@ -1,16 +1,25 @@
-"""Pure-ASGI middleware: the request-body limit, and one-line start-up failures."""
+"""The middleware, assembled in one place (`install_middleware`), and two of its own: the
+request-body limit, and one-line start-up failures."""
 
 from __future__ import annotations
 
 import sys
+from collections.abc import Sequence
 
 import anyio
+from fastapi import FastAPI
+from fastapi.middleware.cors import CORSMiddleware
+from fastapi.routing import APIRoute
 from starlette.datastructures import Headers
 from starlette.exceptions import HTTPException
 from starlette.responses import JSONResponse
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
-from app.registry import StartupError
+from app.config import Settings
+from app.engine.errors import StartupError
+from app.server import observability
+from app.server.proxy import RootPath
+from app.server.security import ApiKeyMiddleware
 
 # Both refusals close the connection: otherwise the server would go on reading (and
 # discarding) the rest of a body it has already refused.
@@ -78,3 +87,25 @@ class OneLineStartupFailure:
             await send(message)
 
         await self.app(scope, receive, send_one_line)
+
+
+def install_middleware(app: FastAPI, settings: Settings, routes: Sequence[APIRoute]) -> None:
+    """Every middleware of the app, innermost first: added last is outermost, so the request log
+    and metrics see every answer (401s and 413s too) and CORS headers reach every answer."""
+    app.add_middleware(OneLineStartupFailure)
+    app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout)
+    if settings.api_keys:
+        app.add_middleware(ApiKeyMiddleware, keys=settings.api_keys)
+    if settings.cors_origins:
+        app.add_middleware(
+            CORSMiddleware,
+            allow_origins=settings.cors_origins,
+            allow_methods=["GET", "POST"],
+            allow_headers=["Content-Type", "Accept", "Authorization", "X-API-Key", "X-Request-ID"],
+            expose_headers=["X-Seed", "X-Model", "X-Request-ID"],
+        )
+    if settings.root_path:
+        app.add_middleware(RootPath, root_path=settings.root_path)
+    metrics = observability.Metrics(app.state)
+    app.state.metrics = metrics
+    app.add_middleware(observability.RequestObserver, metrics=metrics, labels=observability.RouteLabels(routes))

@@ -3,13 +3,11 @@
 from __future__ import annotations
 
 import copy
-from collections.abc import Callable
-from typing import TYPE_CHECKING, Annotated, Any, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
-if TYPE_CHECKING:
-    from app.config import Settings
+from app.engine.backend import Operation
 
 # A standard-normal prior puts essentially all its mass within +-10; the bound only keeps
 # float32 maths finite.
@@ -148,9 +146,11 @@ class Ready(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="The checkpoint's file name without .safetensors")
     default: bool = Field(description="Whether requests without `model` use it")
+    family: str = Field(description="The model family (backend) that serves it: vae, the project's own")
+    capabilities: list[Operation] = Field(description="The operations it serves; others answer 422 saying why")
     image_shape: list[int] = Field(description="[channels, height, width]")
-    latent_dim: int
-    likelihood: Literal["bernoulli"] = Field(description="p(x|z): independent Bernoulli per pixel")
+    latent_dim: int = Field(description="Numbers in one latent")
+    likelihood: str | None = Field(description="p(x|z): bernoulli, independent per pixel; null: none (no score)")
     conditional: bool
     labels: list[str] | None = Field(description="Class names of a conditional model, in index order; else null")
     evaluation: dict[str, Any] = Field(description="Evaluation results recorded in the checkpoint")
@@ -164,6 +164,8 @@ class ModelInfo(BaseModel):
                 {
                     "name": "fashion-vae",
                     "default": True,
+                    "family": "vae",
+                    "capabilities": ["sample", "encode", "decode", "reconstruct", "score", "interpolate"],
                     "image_shape": [1, 28, 28],
                     "latent_dim": 64,
                     "likelihood": "bernoulli",
@@ -188,8 +190,8 @@ class Posterior(BaseModel):
     """q(z|x) = N(mean, diag(variance)) of one image."""
 
     mean: list[float]
-    variance: list[float]
-    log_variance: list[float]
+    variance: list[float] | None = Field(description="null where the model's encoder is deterministic")
+    log_variance: list[float] | None = Field(description="null where the model's encoder is deterministic")
 
 
 class EncodeResponse(BaseModel):
@@ -310,41 +312,3 @@ def images_request_body(model: type[BaseModel]) -> dict[str, Any]:
             "content": {"application/json": {"schema": json_schema}, "multipart/form-data": {"schema": form_schema}},
         }
     }
-
-
-# Request fields whose upper bound is a setting: the JSON Schema keyword that states it, and the setting.
-SETTING_LIMITS = {
-    "n": ("maximum", "max_n"),
-    "latents": ("maxItems", "max_n"),
-    "scale": ("maximum", "max_scale"),
-    "k": ("maximum", "max_k"),
-    "steps": ("maximum", "max_steps"),
-    "images": ("maxItems", "max_files"),
-    "files": ("maxItems", "max_files"),
-}
-
-
-def with_limits(openapi: Callable[[], dict[str, Any]], settings: Settings) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI schema with the limits the settings put on request fields (n <= VAE_MAX_N,
-    ...) as their maximum, so clients and schema-driven tools know them: the models declare
-    only what does not depend on settings."""
-
-    def schema() -> dict[str, Any]:
-        document = openapi()
-        components = document.get("components", {}).get("schemas", {})
-        requests: list[dict[str, Any]] = []
-        for operations in document.get("paths", {}).values():
-            for operation in operations.values():
-                for content in operation.get("requestBody", {}).get("content", {}).values():
-                    ref = content["schema"].get("$ref", "")
-                    requests.append(components[ref.rsplit("/", 1)[1]] if ref else content["schema"])
-                query = [p for p in operation.get("parameters", []) if p["in"] == "query"]
-                requests.append({"properties": {p["name"]: p["schema"] for p in query}})
-        for request in requests:
-            for name, field in request.get("properties", {}).items():
-                if name in SETTING_LIMITS:
-                    keyword, setting = SETTING_LIMITS[name]
-                    field[keyword] = getattr(settings, setting)
-        return document
-
-    return schema

@@ -18,8 +18,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
-from model import VAE
-from model.vae import bernoulli_log_likelihood
+from app.engine.backend import Backend
 
 log = logging.getLogger(__name__)
 
@@ -40,8 +39,8 @@ def padded(t: torch.Tensor, rows: int) -> torch.Tensor:
 class Passes:
     """The batched model calls of one model: decode, encode and the decoder log-likelihood."""
 
-    def __init__(self, vae: VAE, max_rows: int) -> None:
-        self.vae = vae
+    def __init__(self, backend: Backend, max_rows: int) -> None:
+        self.backend = backend
         self.max_rows = max_rows  # rows per forward pass
         self.quantum = max_rows  # set by calibrate(); a full-size shape until then
 
@@ -58,11 +57,11 @@ class Passes:
         return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
     def decode_fn(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        return (self.vae.decode(z, labels),)
+        return (self.backend.decode(z, labels),)
 
     def encode_fn(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        q = self.vae.encode(x, labels)
-        return q.mean, q.variance, q.log_variance
+        q = self.backend.encode(x, labels)
+        return (q,) if isinstance(q, torch.Tensor) else (q.mean, q.variance, q.log_variance)
 
     def log_likelihood_fn(
         self, x: torch.Tensor, labels: torch.Tensor | None
@@ -70,8 +69,7 @@ class Passes:
         """log p(x_i | z) for rows (z, i): image i of `x` (with its label) under latent z."""
 
         def fn(z: torch.Tensor, index: torch.Tensor) -> tuple[torch.Tensor, ...]:
-            logits = self.vae.decode_logits(z, None if labels is None else labels[index])
-            return (bernoulli_log_likelihood(logits, x[index]),)
+            return (self.backend.log_likelihood(z, x[index], None if labels is None else labels[index]),)
 
         return fn
 
@@ -79,7 +77,8 @@ class Passes:
         return self.run(self.decode_fn, [z, labels])[0]
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        """(mean, variance, log_variance) of q(z|x), each [B, latent_dim]."""
+        """(mean, variance, log_variance) of q(z|x), each [B, *latent shape]; (latents,) for a
+        deterministic encoder."""
         return self.run(self.encode_fn, [x, labels])
 
     def log_likelihood(
@@ -91,8 +90,8 @@ class Passes:
     def calibrate(self) -> None:
         """Pick the smallest padding quantum (a power of two below max_rows, then max_rows) under
         which a row's results do not depend on the batch; else run every row alone."""
-        vae = self.vae
-        key = (*vae.config.to_dict().items(), str(vae.device), vae.dtype, torch.get_num_threads(), self.max_rows)
+        backend = self.backend
+        key = (backend.architecture, str(backend.device), backend.dtype, torch.get_num_threads(), self.max_rows)
         if key not in _calibrated:
             _calibrated[key] = self._search()
         self.quantum, self.max_rows = _calibrated[key]
@@ -111,19 +110,23 @@ class Passes:
 
     def _probes(self) -> list[tuple[PassFn, list[torch.Tensor | None]]]:
         """Each pass with max_rows distinct random input rows, made the same way every time."""
-        config, device, rows = self.vae.config, self.vae.device, self.max_rows
+        backend, rows = self.backend, self.max_rows
+        image, device, classes = backend.image, backend.device, len(backend.label_names)
         generator = torch.Generator().manual_seed(0)
-        x = torch.rand(rows, config.channels, config.height, config.width, generator=generator).to(device)
-        z = torch.randn(rows, config.latent_dim, generator=generator).to(device)
+        x = torch.rand(rows, image.channels, image.height, image.width, generator=generator).to(device)
+        z = torch.randn(rows, *backend.latent_shape(image.height, image.width), generator=generator)  # type: ignore[misc].to(device, backend.dtype)
         labels = None
-        if config.num_classes:
-            labels = torch.randint(config.num_classes, (rows,), generator=generator).to(device)
+        if classes:
+            labels = torch.randint(classes, (rows,), generator=generator).to(device)
         index = torch.arange(rows, device=device)
-        return [
-            (self.decode_fn, [z, labels]),
-            (self.encode_fn, [x, labels]),
-            (self.log_likelihood_fn(x, labels), [z, index]),
-        ]
+        probes: list[tuple[PassFn, list[torch.Tensor | None]]] = []
+        if "decoder" in backend.features:
+            probes.append((self.decode_fn, [z, labels]))
+        if "encoder" in backend.features:
+            probes.append((self.encode_fn, [x, labels]))
+        if "likelihood" in backend.features:
+            probes.append((self.log_likelihood_fn(x, labels), [z, index]))
+        return probes
 
     def _row_independent(self, fn: PassFn, columns: list[torch.Tensor | None]) -> bool:
         """Every row computed alone equals, bit for bit, the same row at every position of a

@@ -7,10 +7,12 @@ server runs a lone request at once, a busy one runs the requests that arrived du
 batch together. Under load a batch that is not full may also wait up to `max_delay` (counted
 from its oldest request) for more; a request that finds the worker free never waits.
 
-Back-pressure: past `max_queue` waiting requests `submit` raises `QueueFull` (503 with
-Retry-After) at once; a request still queued after `timeout` seconds gets `QueueTimeout` (504).
-A batch that raises fails its own requests with `BatchFailed` (500) and the batcher goes on.
-Every request is answered exactly once: its future is resolved by whichever comes first.
+Back-pressure: past `max_queue` waiting requests `submit` raises `Overloaded` at once; a
+request still queued after `timeout` seconds gets `TimedOut`. A batch that raises fails its own
+requests with `BatchFailed` and the batcher goes on. A request whose `gone()` says, when its
+batch is about to run, that nobody waits for it any more (its client disconnected) is dropped
+with `Abandoned` instead of run. Every request is answered exactly once: its future is resolved
+by whichever comes first.
 """
 
 from __future__ import annotations
@@ -23,6 +25,8 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.engine.errors import Abandoned, BatchFailed, EngineError, Overloaded, ShuttingDown, TimedOut
+
 log = logging.getLogger(__name__)
 
 In = TypeVar("In")  # a request's input
@@ -30,51 +34,16 @@ Out = TypeVar("Out")  # its result
 T = TypeVar("T")
 OnBatch = Callable[[int, float], None]  # (items in the batch, seconds its oldest request waited)
 OnQueue = Callable[[int], None]  # change in the number of items waiting
-
-
-class BatchError(Exception):
-    """A request the batcher could not serve; the message is for the client."""
-
-    status_code = 500
-    headers: dict[str, str] | None = None
-
-
-class QueueFull(BatchError):
-    status_code = 503
-
-    def __init__(self, name: str, limit: int, retry_after: int) -> None:
-        super().__init__(f"server busy: {limit} requests are already waiting for {name}; retry in {retry_after} s")
-        self.headers = {"Retry-After": str(retry_after)}
-
-
-class QueueTimeout(BatchError):
-    status_code = 504
-
-    def __init__(self, name: str, seconds: float) -> None:
-        super().__init__(f"server busy: the request waited {seconds:g} s for {name} without being run; retry later")
-
-
-class BatchFailed(BatchError):
-    status_code = 500
-
-    def __init__(self, name: str, error: Exception) -> None:
-        super().__init__(f"{name} failed for the batch this request was in ({type(error).__name__}); retry it")
-
-
-class ShuttingDown(BatchError):
-    status_code = 503
-
-    def __init__(self) -> None:
-        super().__init__("server shutting down; retry on another replica")
-        self.headers = {"Retry-After": "1"}
+OnDrop = Callable[[], None]  # a request dropped because nobody waits for it
+Gone = Callable[[], bool]  # whether nobody waits for a request's result any more
 
 
 @dataclass(frozen=True)
 class Limits:
     max_size: int  # most size units (model rows) in one batch; a larger request runs alone
     max_delay: float  # seconds a batch that is not full may wait for more under load
-    max_queue: int  # most requests waiting; past it, QueueFull
-    timeout: float  # seconds a request may wait before its batch starts; past it, QueueTimeout
+    max_queue: int  # most requests waiting; past it, Overloaded
+    timeout: float  # seconds a request may wait before its batch starts; past it, TimedOut
     batching: bool = True  # False: one request per batch, for comparison
 
 
@@ -103,10 +72,11 @@ class Pending(Generic[In, Out]):
     items: int  # images or latents, for the metrics
     future: asyncio.Future[Out]
     queued_at: float  # the event loop's clock
+    gone: Gone | None = None
     taken: bool = False
 
 
-def fail(pendings: Iterable[Pending[In, Out]], error: BatchError) -> None:
+def fail(pendings: Iterable[Pending[In, Out]], error: EngineError) -> None:
     for pending in pendings:
         if not pending.future.done():
             pending.future.set_exception(error)
@@ -117,7 +87,8 @@ class Batcher(Generic[In, Out]):
     one `Out` per input, in order.
 
     `on_batch(items, wait_s)` is told each batch's item count and how long its oldest request
-    waited; `on_queue(delta)` each change in the number of items waiting.
+    waited; `on_queue(delta)` each change in the number of items waiting; `on_drop()` each
+    request dropped because nobody waited for it.
     """
 
     def __init__(
@@ -128,6 +99,7 @@ class Batcher(Generic[In, Out]):
         limits: Limits,
         on_batch: OnBatch | None = None,
         on_queue: OnQueue | None = None,
+        on_drop: OnDrop | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -135,6 +107,7 @@ class Batcher(Generic[In, Out]):
         self._worker = worker
         self._on_batch = on_batch
         self._on_queue = on_queue
+        self._on_drop = on_drop
         self._queue: deque[Pending[In, Out]] = deque()
         self._waiting = 0  # requests queued and not yet answered
         self._waiting_size = 0
@@ -147,15 +120,16 @@ class Batcher(Generic[In, Out]):
     def waiting(self) -> int:
         return self._waiting
 
-    async def submit(self, item: In, items: int = 1, size: int | None = None) -> Out:
-        """The result of `run([item, ...])` for `item`, computed in some batch."""
+    async def submit(self, item: In, items: int = 1, size: int | None = None, gone: Gone | None = None) -> Out:
+        """The result of `run([item, ...])` for `item`, computed in some batch. `gone`, if given,
+        is asked just before the batch runs whether anyone still waits for this result."""
         if self._closed:
             raise ShuttingDown()
         if self._waiting >= self.limits.max_queue:
-            raise QueueFull(self.name, self.limits.max_queue, retry_after=1)
+            raise Overloaded(self.name, self.limits.max_queue, retry_after=1)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
-        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time())
+        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time(), gone)
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
         if self._expiry is None:
@@ -192,7 +166,7 @@ class Batcher(Generic[In, Out]):
             if pending.queued_at > deadline:
                 self._expiry = loop.call_at(pending.queued_at + self.limits.timeout, self._expire)
                 return
-            pending.future.set_exception(QueueTimeout(self.name, self.limits.timeout))
+            pending.future.set_exception(TimedOut(self.name, self.limits.timeout))
 
     def _left(self, pending: Pending[In, Out]) -> None:
         """A queued request was answered before its batch started (timed out, cancelled, shut down)."""
@@ -221,6 +195,11 @@ class Batcher(Generic[In, Out]):
             self._queue.popleft()
             pending.taken = True
             self._uncount(pending)
+            if pending.gone is not None and pending.gone():
+                pending.future.set_exception(Abandoned(self.name))
+                if self._on_drop:
+                    self._on_drop()
+                continue
             batch.append(pending)
             size += pending.size
         return batch

@@ -8,9 +8,9 @@ import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
-from app.images import ImageCodec
-from app.registry import LoadedModel
-from app.schemas import ImageOutput, ImagesResponse
+from app.api.images import ImageCodec
+from app.api.schemas import ImageOutput, ImagesResponse
+from app.engine.registry import LoadedModel
 
 
 def accept_quality(accept: str, media_type: str) -> float:
@@ -59,7 +59,7 @@ async def image_response(
             model=model.name,
             images=await codec.pngs_base64(pixels, output.scale),
             latents=latents.tolist(),
-            labels=None if labels is None else [model.vae.label_names[i] for i in labels.tolist()],
+            labels=None if labels is None else [model.backend.label_names[i] for i in labels.tolist()],
             seed=seed,
         )
         return JSONResponse(body.model_dump(), headers=headers)

@@ -5,7 +5,7 @@ httptools, a C parser, costs about half the CPU per request of h11, uvicorn's pu
 at 16 kB; a client trickling headers could grow one connection's buffer for ever. This keeps
 h11's bound and answer: a request head over `MAX_HEAD_BYTES` gets 400 and the connection closes.
 
-Used by `python -m app.serve`; with the uvicorn CLI: `--http app.protocol:BoundedHttpToolsProtocol`.
+Used by `python -m app.serve`; with the uvicorn CLI: `--http app.server.protocol:BoundedHttpToolsProtocol`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,10 @@
+"""The API's routers, one module per concern; `ROUTERS` is the API, `API_ROUTES` its routing table."""
+
+from __future__ import annotations
+
+from fastapi.routing import APIRoute
+
+from app.api.routes import analyse, generate, health, metrics, models
+
+ROUTERS = (health.router, models.router, generate.router, analyse.router, metrics.router)
+API_ROUTES: list[APIRoute] = [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]

@@ -1,0 +1,125 @@
+"""What a family of VAEs provides to be served: the backend protocol.
+
+A `Family` recognises its checkpoints and loads each as a `Backend`: one model, which the engine
+drives through these methods alone, so nothing outside a backend knows which family it serves.
+Every tensor method takes and returns whole batches of rows (dim 0), and a row's result must not
+depend on the other rows: the engine pads and packs rows of several requests into one pass
+(app/engine/passes.py). Randomness comes only from the `torch.Generator` passed in.
+
+Families plug in without editing the engine: `VAE_BACKENDS` names them by import path
+(`package.module:attribute`); they are asked before the built-in ones (app/engine/backends/).
+"""
+
+from __future__ import annotations
+
+from collections.abc import Hashable, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any, Literal, Protocol, runtime_checkable
+
+import numpy as np
+import torch
+from PIL.Image import Image
+
+Operation = Literal["sample", "encode", "decode", "reconstruct", "score", "interpolate"]
+# What a backend can have, and what each feature is, for the message when one is missing.
+Feature = Literal["prior", "encoder", "posterior", "decoder", "likelihood"]
+FEATURES: dict[Feature, str] = {
+    "prior": "prior p(z) to sample from",
+    "encoder": "encoder",
+    "posterior": "Gaussian posterior q(z|x) (its encoder is deterministic)",
+    "decoder": "decoder",
+    "likelihood": "likelihood p(x|z)",
+}
+OPERATIONS: tuple[Operation, ...] = ("sample", "encode", "decode", "reconstruct", "score", "interpolate")
+# The features each operation needs (interpolating between images also needs the encoder).
+NEEDS: dict[Operation, tuple[Feature, ...]] = {
+    "sample": ("prior", "decoder"),
+    "encode": ("encoder",),
+    "decode": ("decoder",),
+    "reconstruct": ("encoder", "decoder"),
+    "score": ("encoder", "posterior", "likelihood"),
+    "interpolate": ("decoder",),
+}
+
+# A latent's shape; None where it follows the image size (a [C, h, w] latent of a convolutional VAE).
+LatentShape = tuple[int | None, ...]
+
+
+@dataclass(frozen=True)
+class ImageSpec:
+    """The images a model takes and makes: float values in [0, 1], [C, H, W]."""
+
+    channels: int
+    height: int  # the native size: what `sample` makes, and what uploads are fitted to when fixed
+    width: int
+    fixed_size: bool = True  # False: any size whose sides are multiples of `multiple`
+    multiple: int = 1
+
+
+@runtime_checkable
+class Posterior(Protocol):
+    """A diagonal-Gaussian q(z|x) per row (model.vae.DiagonalGaussian is one)."""
+
+    mean: torch.Tensor
+    variance: torch.Tensor
+    log_variance: torch.Tensor
+    std: torch.Tensor
+
+    def sample(self, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def draws(self, k: int, generator: torch.Generator | None = None) -> torch.Tensor: ...
+    def kl(self) -> torch.Tensor: ...
+
+
+class Backend(Protocol):
+    """One loaded model of some family, as the engine serves it.
+
+    `features` says what it has; the operations it serves follow (`NEEDS`), and any other gets
+    `NotSupported`, naming the model and the missing feature. `encode` returns a `Posterior`
+    ("posterior"), or a plain tensor of latents for a deterministic encoder. `log_likelihood`
+    and `log_weights` ("likelihood") serve the ELBO and the IWAE bound of "score" (Burda et al.,
+    arXiv 1509.00519). Labels are class indices [B] (int64) for a conditional model
+    (`label_names` not empty), else None. `describe` adds family facts to the model's listing.
+    """
+
+    family: str
+    image: ImageSpec
+    label_names: Sequence[str]
+    features: frozenset[Feature]
+    device: torch.device
+    dtype: torch.dtype
+    # Everything that picks kernels (layer shapes), not the weights: models with equal keys
+    # share one calibration of their passes.
+    architecture: Hashable
+
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
+        """The latent shape of an image of this size; without one, None where it follows the size."""
+        ...
+
+    def prior(self, n: int, generator: torch.Generator) -> torch.Tensor: ...
+    def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> Posterior | torch.Tensor: ...
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor: ...
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor: ...
+    def log_weights(self, log_likelihood: torch.Tensor, z: torch.Tensor, posterior: Posterior) -> torch.Tensor: ...
+    def to_input(self, image: Image) -> np.ndarray: ...
+    def describe(self) -> dict[str, Any]: ...
+
+
+@dataclass
+class Loaded:
+    backend: Backend
+    sha256: str  # of the checkpoint's bytes, so clients can tell exactly which weights answered
+
+
+class Family(Protocol):
+    """A family of models: which paths are its checkpoints, and how to load one."""
+
+    name: str
+
+    def model_name(self, path: Path) -> str | None:
+        """The model's name if `path` (a file or folder in the model folder) is this family's checkpoint."""
+        ...
+
+    def load(self, path: Path, device: torch.device) -> Loaded:
+        """The model at `path` on `device`; a problem is a one-line `StartupError` naming the file."""
+        ...

@@ -1,0 +1,85 @@
+"""The engine's errors: what went wrong in domain terms, with a message for the client.
+
+None carries a transport status: each protocol on top maps these classes to its own codes, in
+one place (for HTTP, `app/api/errors.py`).
+"""
+
+from __future__ import annotations
+
+
+class EngineError(Exception):
+    """A request the engine cannot serve; the message is for the client."""
+
+    retry_after: int | None = None  # seconds after which retrying may succeed, where that is known
+
+
+class StartupError(RuntimeError):
+    """Serving cannot start; the message is one line that names the file or setting at fault."""
+
+
+class UnknownModel(EngineError, LookupError):
+    """A request named a model that is not loaded."""
+
+
+class InvalidInput(EngineError, ValueError):
+    """A request's values do not fit the model; the message starts with the field at fault."""
+
+
+class BadLabel(InvalidInput):
+    """A class label the model does not have, or labels where the model takes none (or none where it needs them)."""
+
+
+class BadLatentShape(InvalidInput):
+    """Latents whose shape is not the model's."""
+
+
+class OverLimit(InvalidInput):
+    """A request over a configured limit."""
+
+    def __init__(self, field: str, limit: int, got: int) -> None:
+        super().__init__(f"{field}: at most {limit} allowed, got {got}")
+
+
+class NotSupported(EngineError):
+    """An operation the model's family cannot do."""
+
+    def __init__(self, model: str, operation: str, missing: str) -> None:
+        super().__init__(f"model '{model}' cannot {operation}: {missing}")
+
+
+class Overloaded(EngineError):
+    """Too many requests already wait for this model and operation."""
+
+    def __init__(self, name: str, limit: int, retry_after: int) -> None:
+        super().__init__(f"server busy: {limit} requests are already waiting for {name}; retry in {retry_after} s")
+        self.retry_after = retry_after
+
+
+class TimedOut(EngineError):
+    """A request waited its whole queue timeout without being run."""
+
+    def __init__(self, name: str, seconds: float) -> None:
+        super().__init__(f"server busy: the request waited {seconds:g} s for {name} without being run; retry later")
+
+
+class BatchFailed(EngineError):
+    """The batch a request was in raised; the batcher goes on."""
+
+    def __init__(self, name: str, error: Exception) -> None:
+        super().__init__(f"{name} failed for the batch this request was in ({type(error).__name__}); retry it")
+
+
+class Abandoned(EngineError):
+    """Dropped before its batch ran: its client had gone, so nobody would read the result."""
+
+    def __init__(self, name: str) -> None:
+        super().__init__(f"{name}: the client disconnected before the request ran")
+
+
+class ShuttingDown(EngineError):
+    """The engine is closing; queued and running requests are answered with this."""
+
+    retry_after = 1
+
+    def __init__(self) -> None:
+        super().__init__("server shutting down; retry on another replica")

@@ -1,0 +1,350 @@
+"""The served operations: every model call, batched across requests and run off the event loop.
+
+Callers hand over NumPy arrays (validated by `LoadedModel`) and get NumPy arrays back, images
+as uint8 pixels: torch runs only in the inference thread, where a batch pays each torch call's
+overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the
+event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
+requests queue there and run together, in the one inference thread that all batchers share, as
+batch-invariant passes (app/engine/passes.py). The maths is the model side's (the backend's
+`prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms` and
+`iwae_bound`): each request draws from its own generator seeded by the request, for its own rows,
+so a request's result never depends on what it was batched with (same seed, same bytes, with
+batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give for it alone.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Callable, Hashable, Iterator
+from dataclasses import dataclass, replace
+from functools import partial
+from typing import Any, Protocol
+
+import numpy as np
+import torch
+
+from app.engine.backend import Operation
+from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnQueue, Worker
+from app.engine.latents import interpolate as latent_path
+from app.engine.passes import Passes
+from app.engine.registry import LoadedModel, Registry
+from model.vae import DiagonalGaussian, elbo_terms, iwae_bound, seeded
+
+# A score batch holds at most this many forward passes' worth of decoder rows (images x (k + 1)).
+SCORE_PASSES = 64
+
+
+class MetricsSink(Protocol):
+    """Where the engine reports its batches, queue depth and dropped requests."""
+
+    def observe_batch(self, model: str, op: str, size: int, wait_s: float) -> None: ...
+    def queue_counter(self, model: str) -> Callable[[int], None]: ...
+    def observe_drop(self, model: str, op: str) -> None: ...
+
+
+@dataclass
+class Images:
+    pixels: np.ndarray  # [n, H, W, C] uint8
+    latents: np.ndarray  # [n, *latent shape] float32
+    labels: np.ndarray | None  # [n] class indices (conditional models)
+
+
+@dataclass
+class Encoding:
+    mean: np.ndarray  # [B, *latent shape] float32: the posterior mean, or the latents of a deterministic encoder
+    variance: np.ndarray | None  # None for a deterministic encoder
+    log_variance: np.ndarray | None
+
+
+@dataclass
+class Scores:
+    reconstruction: np.ndarray  # [B] -E_q[log p(x|z)], nats
+    kl: np.ndarray  # [B]
+    elbo: np.ndarray  # [B]
+    nll: np.ndarray  # [B] -(IWAE bound)
+    bits_per_dim: np.ndarray  # [B]
+
+
+@dataclass
+class SampleJob:
+    n: int
+    seed: int
+    temperature: float
+    label: int | None
+
+
+@dataclass
+class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
+    x: np.ndarray  # float32
+    labels: np.ndarray | None  # int64 class indices
+
+
+@dataclass
+class ScoreJob:
+    x: np.ndarray
+    labels: np.ndarray | None
+    k: int
+    seed: int
+
+
+def to_pixels(images: torch.Tensor) -> np.ndarray:
+    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels, once per batch."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+
+
+def tensor(parts: list[np.ndarray], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
+    """The batch's rows of one input: the jobs' arrays, concatenated, on the model's device."""
+    return torch.from_numpy(np.concatenate(parts)).to(device=device, dtype=dtype)
+
+
+def batch_labels(jobs: list[ArrayJob] | list[ScoreJob], device: torch.device) -> torch.Tensor | None:
+    """The batch's class indices; None for unconditional models, whose jobs carry none."""
+    parts = [job.labels for job in jobs]
+    return None if parts[0] is None else tensor(parts, device)  # type: ignore[arg-type]  # all arrays
+
+
+def sizes(jobs: list[ArrayJob] | list[ScoreJob]) -> list[int]:
+    return [len(job.x) for job in jobs]
+
+
+def split(array: np.ndarray, sizes: list[int]) -> list[np.ndarray]:
+    """A batch's output rows, `sizes[i]` of them for job i."""
+    return np.split(array, np.cumsum(sizes)[:-1])
+
+
+def by_shape(run: Callable[[Passes, list[Any]], list[Any]]) -> Callable[[Passes, list[Any]], list[Any]]:
+    """`run` once per group of jobs whose arrays have one shape (images of one size), results
+    back in the jobs' order: rows of different shapes cannot share a pass."""
+
+    def grouped(passes: Passes, jobs: list[Any]) -> list[Any]:
+        groups: dict[Hashable, list[int]] = {}
+        for i, job in enumerate(jobs):
+            groups.setdefault(job.x.shape[1:], []).append(i)
+        if len(groups) == 1:
+            return run(passes, jobs)
+        results: list[Any] = [None] * len(jobs)
+        for members in groups.values():
+            for i, result in zip(members, run(passes, [jobs[i] for i in members]), strict=True):
+                results[i] = result
+        return results
+
+    return grouped
+
+
+@torch.inference_mode()
+def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Images]:
+    """The backend's prior draws per job with `seeded(seed)`, scaled by the temperature; a
+    conditional model without a label first draws each image's class uniformly from the same
+    generator (as `VAE.sample` with those labels)."""
+    backend = passes.backend
+    classes = len(backend.label_names)
+    latents, labels = [], []
+    for job in jobs:
+        generator = seeded(job.seed, backend.device)
+        if classes:
+            if job.label is None:
+                labels.append(torch.randint(classes, (job.n,), generator=generator, device=backend.device))
+            else:
+                labels.append(torch.full((job.n,), job.label, dtype=torch.long, device=backend.device))
+        latents.append(job.temperature * backend.prior(job.n, generator))
+    z = torch.cat(latents)
+    y = torch.cat(labels) if labels else None
+    n = [job.n for job in jobs]
+    images = split(to_pixels(passes.decode(z, y)), n)
+    ys = split(y.cpu().numpy(), n) if y is not None else [None] * len(jobs)
+    return [Images(*parts) for parts in zip(images, split(z.cpu().numpy(), n), ys, strict=True)]
+
+
+@torch.inference_mode()
+def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
+    backend = passes.backend
+    z = tensor([job.x for job in jobs], backend.device, backend.dtype)
+    return split(to_pixels(passes.decode(z, batch_labels(jobs, backend.device))), sizes(jobs))
+
+
+@torch.inference_mode()
+def run_encode(passes: Passes, jobs: list[ArrayJob]) -> list[Encoding]:
+    device = passes.backend.device
+    moments = passes.encode(tensor([job.x for job in jobs], device), batch_labels(jobs, device))
+    parts = [split(t.cpu().numpy(), sizes(jobs)) for t in moments]
+    if len(parts) == 1:  # a deterministic encoder: latents only
+        return [Encoding(mean, None, None) for mean in parts[0]]
+    return [Encoding(*moment) for moment in zip(*parts, strict=True)]
+
+
+@torch.inference_mode()
+def run_reconstruct(passes: Passes, jobs: list[ArrayJob]) -> list[tuple[np.ndarray, np.ndarray]]:
+    """Decode of the posterior mean: (pixels, means) per job."""
+    device = passes.backend.device
+    labels = batch_labels(jobs, device)
+    mean = passes.encode(tensor([job.x for job in jobs], device), labels)[0]
+    images = split(to_pixels(passes.decode(mean, labels)), sizes(jobs))
+    return list(zip(images, split(mean.cpu().numpy(), sizes(jobs)), strict=True))
+
+
+@torch.inference_mode()
+def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
+    """Per image, alone: the ELBO (`elbo_terms` at one `posterior.sample`) and the IWAE bound
+    (`iwae_bound` of the backend's `log_weights` at k `posterior.draws`), each drawing from a
+    fresh `seeded(seed)` as `VAE.elbo` and `VAE.iwae` do, so an image's score depends on nothing
+    else sent or batched with it. Every image's 1 + k likelihood rows go through shared passes."""
+    backend = passes.backend
+    device = backend.device
+    x = tensor([job.x for job in jobs], device)
+    labels = batch_labels(jobs, device)
+    mean, _, log_variance = passes.encode(x, labels)
+    per_image = [(job.k, job.seed) for job in jobs for _ in range(len(job.x))]
+    posteriors = [DiagonalGaussian(mean[i : i + 1], log_variance[i : i + 1]) for i in range(len(per_image))]
+    latents = []  # per image: the ELBO's one draw, then the IWAE's k
+    for q, (k, seed) in zip(posteriors, per_image, strict=True):
+        draws = q.draws(k, seeded(seed, device)).flatten(0, 1)
+        latents.append(torch.cat([q.sample(seeded(seed, device)), draws]))
+    rows = torch.tensor([1 + k for k, _ in per_image], device=device)
+    index = torch.repeat_interleave(torch.arange(len(per_image), device=device), rows)
+    log_likelihood = passes.log_likelihood(torch.cat(latents), index, x, labels).split(rows.tolist())
+    terms = []
+    for q, z, ll in zip(posteriors, latents, log_likelihood, strict=True):
+        elbo = elbo_terms(ll[:1], q)
+        nll = -iwae_bound(backend.log_weights(ll[1:], z[1:], q)).reshape(1)
+        terms.append(torch.cat([elbo.reconstruction, elbo.kl, elbo.elbo, nll]).cpu())
+    pixels = math.prod(x.shape[1:])
+    scores = []
+    for part in split(torch.stack(terms).numpy(), sizes(jobs)):
+        reconstruction, kl, elbo, nll = part.T
+        scores.append(Scores(reconstruction, kl, elbo, nll, nll / (pixels * math.log(2))))
+    return scores
+
+
+RUNS: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
+    "sample": run_sample,
+    "decode": by_shape(run_decode),
+    "encode": by_shape(run_encode),
+    "reconstruct": by_shape(run_reconstruct),
+    "score": by_shape(run_score),
+}
+
+
+class Engine:
+    """The async model operations of the served models; each goes through its (model,
+    operation) batcher. `start` calibrates every model's passes and makes its batchers;
+    `close` answers whatever still waits with `ShuttingDown`."""
+
+    def __init__(
+        self,
+        registry: Registry,
+        *,
+        max_batch: int,
+        max_delay: float,
+        max_queue: int,
+        queue_timeout: float,
+        batching: bool = True,
+        threads: int = 1,
+        metrics: MetricsSink | None = None,
+    ) -> None:
+        self.registry = registry
+        self.worker = Worker(initializer=partial(torch.set_num_threads, threads))
+        self.max_batch = max_batch
+        self.limits = Limits(max_batch, max_delay, max_queue, queue_timeout, batching)
+        self.metrics = metrics
+        self._batchers: dict[str, dict[str, Batcher[Any, Any]]] = {}
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        return iter(self.registry)
+
+    def model(self, name: str | None) -> LoadedModel:
+        """The named model, or the default one; `UnknownModel` otherwise."""
+        return self.registry.get(name)
+
+    async def start(self) -> None:
+        for model in self.registry:
+            await self.serve(model)
+
+    async def serve(self, model: LoadedModel) -> None:
+        """Calibrate `model`'s passes (which also pays every pass shape's first-call costs before
+        the first request) and make its batchers."""
+        passes = Passes(model.backend, self.max_batch)
+        await self.worker.run(passes.calibrate)
+        self._batchers[model.name] = {
+            op: Batcher(
+                f"{model.name} {op}",
+                partial(run, passes),
+                self.worker,
+                self.limits if op != "score" else replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES),
+                *self._observers(model.name, op),
+            )
+            for op, run in RUNS.items()
+        }
+
+    def close(self) -> None:
+        for batchers in self._batchers.values():
+            for batcher in batchers.values():
+                batcher.close()
+        self.worker.close()
+
+    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None]:
+        if self.metrics is None:
+            return None, None, None
+        return (
+            partial(self.metrics.observe_batch, name, op),
+            self.metrics.queue_counter(name),
+            partial(self.metrics.observe_drop, name, op),
+        )
+
+    def _batcher(self, model: LoadedModel, operation: Operation, run: str | None = None) -> Batcher[Any, Any]:
+        model.require(operation)
+        return self._batchers[model.name][run or operation]
+
+    async def sample(
+        self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None
+    ) -> Images:
+        """n images from the prior; the draws are `VAE.sample`'s with `seeded(seed)`."""
+        return await self._batcher(model, "sample").submit(SampleJob(n, seed, temperature, label), n, gone=gone)
+
+    async def encode(
+        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+    ) -> Encoding:
+        return await self._batcher(model, "encode").submit(ArrayJob(x, labels), len(x), gone=gone)
+
+    async def decode(
+        self, model: LoadedModel, z: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+    ) -> np.ndarray:
+        return await self._batcher(model, "decode").submit(ArrayJob(z, labels), len(z), gone=gone)
+
+    async def reconstruct(
+        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+    ) -> tuple[np.ndarray, np.ndarray]:
+        """Decode of the posterior mean: (pixels, means)."""
+        return await self._batcher(model, "reconstruct").submit(ArrayJob(x, labels), len(x), gone=gone)
+
+    async def score(
+        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int, gone: Gone | None = None
+    ) -> Scores:
+        """Per image: ELBO terms and the IWAE bound with k samples, each from a fresh generator
+        seeded with `seed`, so an image's score does not depend on the other images."""
+        job = ScoreJob(x, labels, k, seed)
+        return await self._batcher(model, "score").submit(job, len(x), len(x) * (1 + k), gone=gone)
+
+    async def interpolate(
+        self,
+        model: LoadedModel,
+        steps: int,
+        method: str,
+        ends: np.ndarray,
+        labels: np.ndarray | None,
+        images: bool,
+        gone: Gone | None = None,
+    ) -> Images:
+        """`steps` latents from one end to the other, decoded. `ends` are two images (`images`),
+        encoded to their posterior means, or two latents; `labels`, one class per end: the
+        path switches class at its midpoint, where the latent is as far from both ends."""
+        model.require("interpolate", *(("encoder",) if images else ()))
+        if images:
+            ends = (await self.encode(model, ends, labels, gone)).mean
+        path = latent_path(ends[0], ends[1], steps, method)
+        path_labels = None
+        if labels is not None:
+            path_labels = np.where(np.linspace(0, 1, steps) < 0.5, labels[0], labels[1])
+        pixels = await self._batcher(model, "interpolate", "decode").submit(
+            ArrayJob(path, path_labels), len(path), gone=gone
+        )
+        return Images(pixels, path, path_labels)

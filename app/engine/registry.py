@@ -1,0 +1,173 @@
+"""The served models: every checkpoint loaded once at start-up by the family that claims it,
+with the checks of a request's labels and latents against its model."""
+
+from __future__ import annotations
+
+import logging
+import math
+import reprlib
+from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import numpy as np
+import torch
+
+from app.engine.backend import FEATURES, NEEDS, OPERATIONS, Backend, Family, Operation
+from app.engine.errors import BadLabel, BadLatentShape, NotSupported, StartupError, UnknownModel
+from model.device import resolve_device
+
+log = logging.getLogger(__name__)
+
+
+@dataclass
+class LoadedModel:
+    name: str  # from the checkpoint's file name
+    backend: Backend
+    sha256: str  # of the checkpoint, so clients can tell exactly which weights answered
+
+    @property
+    def conditional(self) -> bool:
+        return bool(self.backend.label_names)
+
+    @property
+    def capabilities(self) -> list[Operation]:
+        return [op for op in OPERATIONS if set(NEEDS[op]) <= self.backend.features]
+
+    def require(self, operation: Operation, *features: str) -> None:
+        """NotSupported unless the model has what `operation` needs (and `features`)."""
+        for feature in (*NEEDS[operation], *features):
+            if feature not in self.backend.features:
+                raise NotSupported(self.name, operation, f"it has no {FEATURES[feature]}")  # type: ignore[index]
+
+    def label_index(self, label: int | str, field: str) -> int:
+        """A class given by index, name (exact, then case-insensitive) or index written as text."""
+        names = list(self.backend.label_names)
+        if isinstance(label, str):
+            folded = [name.casefold() for name in names]
+            if label in names:
+                return names.index(label)
+            if label.casefold() in folded:
+                return folded.index(label.casefold())
+            # isdecimal, not isdigit: int() refuses digits like '²'; and a 5000-digit index is no index.
+            if label.strip().isdecimal() and len(label) <= 18:
+                label = int(label)
+        if isinstance(label, int) and 0 <= label < len(names):
+            return label
+        raise BadLabel(
+            f"{field}: unknown label {reprlib.repr(label)} for model '{self.name}': use a class name "
+            f"({', '.join(names)}) or an index 0-{len(names) - 1}"
+        )
+
+    def one_label(self, label: int | str | None, field: str = "label") -> int | None:
+        """The class index of one label for every image; None when none is given."""
+        if label is None:
+            return None
+        if not self.conditional:
+            raise BadLabel(f"{field}: model '{self.name}' is unconditional; leave {field} out")
+        return self.label_index(label, field)
+
+    def label_array(self, labels: Sequence[int | str] | None, count: int, what: str) -> np.ndarray | None:
+        """Class indices [count] for a conditional model (one label per `what`); None otherwise."""
+        if not self.conditional:
+            if labels:
+                raise BadLabel(f"labels: model '{self.name}' is unconditional; leave labels out")
+            return None
+        if labels is None:
+            raise BadLabel(
+                f"labels: model '{self.name}' is conditional: give one label per {what}, a class name or index "
+                f"({', '.join(self.backend.label_names)})"
+            )
+        if len(labels) != count:
+            raise BadLabel(f"labels: {len(labels)} labels for {count} {what}s; give one per {what}")
+        return np.array([self.label_index(label, f"labels[{i}]") for i, label in enumerate(labels)], dtype=np.int64)
+
+    def latent_array(self, latents: Sequence[Sequence[float]], field: str = "latents") -> np.ndarray:
+        """[B, *latent shape] float32, each row checked against the model's latent shape."""
+        shape = self.backend.latent_shape()
+        if len(shape) == 1 and shape[0] is not None:
+            for i, latent in enumerate(latents):
+                if len(latent) != shape[0]:
+                    raise BadLatentShape(
+                        f"{field}[{i}]: has {len(latent)} values; model '{self.name}' has latent_dim {shape[0]}"
+                    )
+        try:
+            z = np.array(latents, dtype=np.float32)
+        except ValueError:
+            raise BadLatentShape(f"{field}: rows of different shapes; model '{self.name}' has latents {shape}") from None
+        if z.ndim != 1 + len(shape) or any(want not in (None, got) for want, got in zip(shape, z.shape[1:])):
+            raise BadLatentShape(f"{field}: latents of shape {list(z.shape[1:])}; model '{self.name}' has {shape}")
+        return z
+
+
+class Registry:
+    def __init__(self, models: list[LoadedModel], default: str) -> None:
+        self.models = {model.name: model for model in models}
+        self.default = default
+
+    def __iter__(self) -> Iterator[LoadedModel]:
+        return iter(self.models.values())
+
+    def get(self, name: str | None) -> LoadedModel:
+        """The named model, or the default one when `name` is None."""
+        model = self.models.get(self.default if name is None else name)
+        if model is None:
+            # reprlib: a client's 1 MB name is not echoed back whole.
+            raise UnknownModel(f"unknown model {reprlib.repr(name)}; available: {', '.join(self.models)}")
+        return model
+
+
+def device_from_setting(setting: str) -> torch.device:
+    device = resolve_device(setting)
+    if device.type == "cuda":
+        if not torch.cuda.is_available():
+            raise StartupError(f"VAE_DEVICE={setting}, but CUDA is not available on this machine")
+        if (device.index or 0) >= torch.cuda.device_count():
+            raise StartupError(f"VAE_DEVICE={setting}, but this machine has {torch.cuda.device_count()} CUDA devices")
+    return device
+
+
+def claimed(path: Path, families: Sequence[Family]) -> tuple[str, Family] | None:
+    """The model name and family of `path`: the first family that claims it."""
+    for family in families:
+        name = family.model_name(path)
+        if name is not None:
+            return name, family
+    return None
+
+
+def load_registry(
+    families: Sequence[Family],
+    device: torch.device,
+    model_dir: Path,
+    checkpoint: Path | None = None,
+    default: str | None = None,
+) -> Registry:
+    """Every model in `model_dir` (or the one `checkpoint`), each loaded by the first family
+    that claims it; any problem is a one-line StartupError."""
+    if checkpoint is not None:
+        found = claimed(checkpoint, families)
+        if found is None:
+            raise StartupError(f"{checkpoint}: no model family serves this file (VAE_CHECKPOINT, VAE_BACKENDS)")
+        paths = [(checkpoint, found)]
+    else:
+        if not model_dir.is_dir():
+            raise StartupError(f"{model_dir}: model folder does not exist (VAE_MODEL_DIR)")
+        paths = [(path, found) for path in sorted(model_dir.iterdir()) if (found := claimed(path, families))]
+        if not paths:
+            raise StartupError(f"{model_dir}: no *.safetensors checkpoints in the model folder (VAE_MODEL_DIR)")
+    models = []
+    for path, (name, family) in paths:
+        loaded = family.load(path, device)
+        models.append(LoadedModel(name, loaded.backend, loaded.sha256))
+    names = [model.name for model in models]
+    if default is not None:
+        if default not in names:
+            raise StartupError(f"VAE_DEFAULT_MODEL={default!r} is not loaded; loaded: {', '.join(names)}")
+    else:
+        default = next((m.name for m in models if not m.conditional), names[0])
+    for model in models:
+        labels = model.backend.label_names
+        kind = f"conditional on {len(labels)} classes" if labels else "unconditional"
+        log.info("loaded model %s (%s, %s, sha256 %s) on %s", model.name, model.backend.family, kind, model.sha256[:12], device)
+    return Registry(models, default)

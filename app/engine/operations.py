@@ -54,6 +54,7 @@ class Encoding:
     mean: np.ndarray  # [B, *latent shape] float32: the posterior mean, or the latents of a deterministic encoder
     variance: np.ndarray | None  # None for a deterministic encoder
     log_variance: np.ndarray | None
+    sample: np.ndarray | None = None  # a posterior draw with the job's seed, where one was asked
 
 
 @dataclass
@@ -77,6 +78,8 @@ class SampleJob:
 class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
     x: np.ndarray  # float32
     labels: np.ndarray | None  # int64 class indices
+    values: bool = False  # decode: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
+    seed: int | None = None  # encode: also draw a posterior sample from `seeded(seed)`
 
 
 @dataclass
@@ -159,7 +162,12 @@ def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Images]:
 def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
     backend = passes.backend
     z = tensor([job.x for job in jobs], backend.device, backend.dtype)
-    return split(to_pixels(passes.decode(z, batch_labels(jobs, backend.device))), sizes(jobs))
+    images = passes.decode(z, batch_labels(jobs, backend.device))
+    pixels = split(to_pixels(images), sizes(jobs))
+    if not any(job.values for job in jobs):
+        return pixels
+    values = split(images.float().cpu().numpy(), sizes(jobs))
+    return [v if job.values else p for job, p, v in zip(jobs, pixels, values, strict=True)]
 
 
 @torch.inference_mode()
@@ -169,7 +177,15 @@ def run_encode(passes: Passes, jobs: list[ArrayJob]) -> list[Encoding]:
     parts = [split(t.cpu().numpy(), sizes(jobs)) for t in moments]
     if len(parts) == 1:  # a deterministic encoder: latents only
         return [Encoding(mean, None, None) for mean in parts[0]]
-    return [Encoding(*moment) for moment in zip(*parts, strict=True)]
+    encodings = [Encoding(*moment) for moment in zip(*parts, strict=True)]
+    start = 0
+    for job, encoding in zip(jobs, encodings, strict=True):
+        if job.seed is not None:  # the job's rows alone, as the posterior of those images alone draws
+            rows = slice(start, start + len(job.x))
+            q = DiagonalGaussian(moments[0][rows], moments[2][rows])
+            encoding.sample = q.sample(seeded(job.seed, device)).cpu().numpy()
+        start += len(job.x)
+    return encodings
 
 
 @torch.inference_mode()
@@ -301,14 +317,29 @@ class Engine:
         return await self._batcher(model, "sample").submit(SampleJob(n, seed, temperature, label), n, gone=gone)
 
     async def encode(
-        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+        self,
+        model: LoadedModel,
+        x: np.ndarray,
+        labels: np.ndarray | None,
+        gone: Gone | None = None,
+        seed: int | None = None,
     ) -> Encoding:
-        return await self._batcher(model, "encode").submit(ArrayJob(x, labels), len(x), gone=gone)
+        """The posterior (or a deterministic encoder's latents); with `seed`, also one posterior
+        draw per image from `seeded(seed)`, as `posterior.sample` of these images alone."""
+        if seed is not None:
+            model.require("encode", "posterior")
+        return await self._batcher(model, "encode").submit(ArrayJob(x, labels, seed=seed), len(x), gone=gone)
 
     async def decode(
-        self, model: LoadedModel, z: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+        self,
+        model: LoadedModel,
+        z: np.ndarray,
+        labels: np.ndarray | None,
+        gone: Gone | None = None,
+        values: bool = False,
     ) -> np.ndarray:
-        return await self._batcher(model, "decode").submit(ArrayJob(z, labels), len(z), gone=gone)
+        """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1]."""
+        return await self._batcher(model, "decode").submit(ArrayJob(z, labels, values), len(z), gone=gone)
 
     async def reconstruct(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None

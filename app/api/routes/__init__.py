@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from app.api.routes import analyse, generate, health, metrics, models
+from app.api.routes import analyse, generate, health, metrics, models, tensors
 
-ROUTERS = (health.router, models.router, generate.router, analyse.router, metrics.router)
+ROUTERS = (health.router, models.router, tensors.router, generate.router, analyse.router, metrics.router)
 API_ROUTES: list[APIRoute] = [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]

@@ -48,6 +48,17 @@ DoScaling = Annotated[
 ]
 
 
+def to_unit(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Images in the model's own range to the [0, 1] every backend takes."""
+    low, high = value_range
+    return values if (low, high) == (0.0, 1.0) else (values - np.float32(low)) / np.float32(high - low)
+
+
+def from_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    low, high = value_range
+    return images if (low, high) == (0.0, 1.0) else images * np.float32(high - low) + np.float32(low)
+
+
 @dataclass(frozen=True)
 class Scaling:
     """diffusers' latent scaling: the model sees z = latents / scale + shift."""
@@ -63,11 +74,11 @@ class Scaling:
 
 
 def scaling(model: LoadedModel, factor: float | None, shift: float | None, do_scaling: bool | None) -> Scaling:
+    """The factors the request gives; with neither but `do_scaling` (what diffusers' client sends
+    when given none), the model's own, as diffusers' hosted endpoints do; else none."""
     if factor is None and shift is None and do_scaling:
         facts = model.backend.describe()
-        if facts.get("scaling_factor") is None:
-            raise unprocessable(f"do_scaling: model '{model.name}' has no scaling_factor of its own; pass one")
-        return Scaling(facts["scaling_factor"], facts.get("shift_factor") or 0.0)
+        return Scaling(facts.get("scaling_factor") or 1.0, facts.get("shift_factor") or 0.0)
     return Scaling(1.0 if factor is None else factor, 0.0 if shift is None else shift)
 
 
@@ -181,9 +192,11 @@ async def decode_tensor(
     latents = scaling(model, scaling_factor, shift_factor, do_scaling).to_model(
         await body_tensor(request, batch, dtype)
     )
-    raw = output_type == "pt" and not partial_postprocess
-    images = await service.engine.decode(model, latents, None, client_gone(request), raw=raw)
-    if raw or output_type == "pt":
+    values = output_type == "pt" and not partial_postprocess
+    images = await service.engine.decode(model, latents, None, client_gone(request), values=values)
+    if values:
+        return tensor_response(from_unit(images, model.backend.image.value_range), model)
+    if output_type == "pt":
         return tensor_response(images, model)
     data = await anyio.to_thread.run_sync(image_file, images[0], image_format)
     return Response(data, media_type=IMAGE_MEDIA[image_format], headers={"X-Model": model.name})
@@ -214,7 +227,7 @@ async def encode_tensor(
     else:
         batch = image_shape(model, shape, settings)
         x = await body_tensor(request, batch, dtype)
-        x = x / np.float32(255) if dtype == "uint8" else model.backend.image.from_range(x)
+        x = x / np.float32(255) if dtype == "uint8" else to_unit(x, model.backend.image.value_range)
     encoding = await service.engine.encode(model, x, None, client_gone(request), seed=seed if sample else None)
     latents = encoding.sample if sample else encoding.mean
     return tensor_response(scaling(model, scaling_factor, shift_factor, do_scaling).from_model(latents), model)

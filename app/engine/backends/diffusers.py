@@ -25,14 +25,18 @@ import numpy as np
 import torch
 from PIL.Image import Image
 
+from app.engine.backend import Feature, ImageSpec, LatentShape, Loaded
+from app.engine.errors import StartupError
 from model import DiagonalGaussian
 
 CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model.safetensors"
 CLASSES = ("AutoencoderKL", "AutoencoderTiny")
-# Sides (pixels) above which images are encoded and decoded in overlapping tiles by default;
-# see docs/benchmarks.md for the memory this bounds.
+# Sides (pixels) above which images are encoded and decoded in overlapping tiles, as diffusers'
+# enable_tiling does for SD at 512: a tile of SD's VAE takes ~1 GiB in float32 (docs/benchmarks.md).
 DEFAULT_TILE = 512
+# Rows per forward pass: with tiles, a pass's memory is at most this many tiles' worth.
+MAX_ROWS = 8
 
 
 class DiffusersError(ValueError):
@@ -81,11 +85,12 @@ def compute_dtype(device: torch.device, force_upcast: bool) -> torch.dtype:
     return torch.float16 if device.type == "cuda" and not force_upcast else torch.float32
 
 
-class DiffusersVAE:
-    """One diffusers autoencoder, loaded and ready: encode, decode, prior, with diffusers' maths."""
+class DiffusersBackend:
+    """One diffusers autoencoder as a backend: encode, decode and prior with diffusers' maths."""
 
     family = "diffusers"
     label_names: tuple[str, ...] = ()
+    max_rows = MAX_ROWS
 
     def __init__(self, model: torch.nn.Module, tile: int = DEFAULT_TILE) -> None:
         self.model = model.eval()
@@ -102,6 +107,10 @@ class DiffusersVAE:
         self.force_upcast = bool(getattr(config, "force_upcast", False))
         self.tile = tile
         self.architecture: Hashable = (self.kind, json.dumps(dict(config), sort_keys=True, default=str))
+        self.image = ImageSpec(3, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0))
+        # AutoencoderTiny's encoder is deterministic and it has no prior (docs/api.md).
+        gaussian: tuple[Feature, ...] = ("prior", "posterior") if self.gaussian else ()
+        self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
 
     @property
     def device(self) -> torch.device:
@@ -111,8 +120,10 @@ class DiffusersVAE:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def latent_shape(self) -> tuple[int | None, ...]:
-        return (self.latent_channels, None, None)
+    def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
+        if height is None or width is None:
+            return (self.latent_channels, None, None)
+        return (self.latent_channels, height // self.factor, width // self.factor)
 
     def _tiling(self, side: int, latent: bool) -> None:
         """Tile when a side is over `tile` pixels: diffusers' enable_tiling with our tile size
@@ -144,6 +155,12 @@ class DiffusersVAE:
         shape = (n, self.latent_channels, side, side)
         return torch.randn(shape, generator=generator, device=generator.device).to(self.device, self.dtype)
 
+    def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
+        raise NotImplementedError(f"{self.kind} defines no likelihood p(x|z)")
+
+    def log_weights(self, log_likelihood: torch.Tensor, z: torch.Tensor, posterior: object) -> torch.Tensor:
+        raise NotImplementedError(f"{self.kind} defines no likelihood p(x|z)")
+
     def to_input(self, image: Image) -> np.ndarray:
         """An RGB image as [3, H, W] float32 in [0, 1] (VaeImageProcessor's pil_to_numpy); its
         sides must be multiples of the downsampling factor."""
@@ -168,10 +185,13 @@ class DiffusersVAE:
         }
 
 
-def load_diffusers(folder: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersVAE:
+def load_diffusers(folder: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
     """The autoencoder saved in `folder`, on `device`, never downloading anything."""
     config = read_config(folder)
-    import diffusers  # an optional extra: imported only when a diffusers folder is served
+    try:
+        import diffusers  # an optional extra: imported only when a diffusers folder is served
+    except ImportError:
+        raise DiffusersError(f"{folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'") from None
 
     cls = getattr(diffusers, config["_class_name"])
     dtype = compute_dtype(device, bool(config.get("force_upcast", False)))
@@ -180,4 +200,21 @@ def load_diffusers(folder: Path, device: torch.device, tile: int = DEFAULT_TILE)
         model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
     except (OSError, ValueError, RuntimeError) as e:
         raise DiffusersError(f"{folder}: cannot load the {config['_class_name']} ({e})") from None
-    return DiffusersVAE(model.to(device), tile)
+    return DiffusersBackend(model.to(device), tile)
+
+
+class DiffusersFamily:
+    name = "diffusers"
+
+    def model_name(self, path: Path) -> str | None:
+        """Folders with a config.json and diffusers' weights file; the folder's name."""
+        return path.name if (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else None
+
+    def load(self, path: Path, device: torch.device) -> Loaded:
+        try:
+            return Loaded(load_diffusers(path, device), folder_sha256(path))
+        except DiffusersError as e:
+            raise StartupError(f"cannot load model {e}") from None
+
+
+family = DiffusersFamily()

@@ -38,7 +38,8 @@ NEEDS: dict[Operation, tuple[Feature, ...]] = {
     "encode": ("encoder",),
     "decode": ("decoder",),
     "reconstruct": ("encoder", "decoder"),
-    "score": ("encoder", "posterior", "likelihood"),
+    # With a likelihood: the ELBO and IWAE bound; without: the reconstruction error (and a posterior's KL).
+    "score": ("encoder", "decoder"),
     "interpolate": ("decoder",),
 }
 

@@ -59,11 +59,16 @@ class Encoding:
 
 @dataclass
 class Scores:
-    reconstruction: np.ndarray  # [B] -E_q[log p(x|z)], nats
-    kl: np.ndarray  # [B]
-    elbo: np.ndarray  # [B]
-    nll: np.ndarray  # [B] -(IWAE bound)
-    bits_per_dim: np.ndarray  # [B]
+    """Per image; None where the model does not define the quantity (no likelihood: no
+    reconstruction nats, ELBO or NLL; a deterministic encoder: no KL either)."""
+
+    reconstruction: np.ndarray | None  # [B] -E_q[log p(x|z)], nats
+    kl: np.ndarray | None  # [B]
+    elbo: np.ndarray | None  # [B]
+    nll: np.ndarray | None  # [B] -(IWAE bound)
+    bits_per_dim: np.ndarray | None  # [B]
+    mse: np.ndarray | None = None  # [B] models without a likelihood: the reconstruction's error
+    psnr_db: np.ndarray | None = None  # [B] 10 log10(1 / mse)
 
 
 @dataclass
@@ -351,9 +356,30 @@ class Engine:
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int, gone: Gone | None = None
     ) -> Scores:
         """Per image: ELBO terms and the IWAE bound with k samples, each from a fresh generator
-        seeded with `seed`, so an image's score does not depend on the other images."""
+        seeded with `seed`, so an image's score does not depend on the other images. A model
+        without a likelihood gets `distortion` instead."""
+        model.require("score")
+        if "likelihood" not in model.backend.features:
+            return await self.distortion(model, x, labels, gone)
         job = ScoreJob(x, labels, k, seed)
         return await self._batcher(model, "score").submit(job, len(x), len(x) * (1 + k), gone=gone)
+
+    async def distortion(
+        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+    ) -> Scores:
+        """What a model without a likelihood defines: the error of its reconstruction from the
+        posterior mean (mean squared error of pixel values in [0, 1], the decoded image clamped
+        as it is shown; PSNR from it), and KL(q(z|x) || N(0, I)) where its encoder is Gaussian."""
+        encoding = await self.encode(model, x, labels, gone)
+        images = await self.decode(model, encoding.mean, labels, gone, values=True)
+        rows = (len(x), -1)
+        mse = ((np.clip(images, 0, 1) - x) ** 2).reshape(rows).mean(axis=1)
+        psnr = 10 * np.log10(1 / np.maximum(mse, 1e-12))  # finite for a perfect reconstruction
+        kl = None
+        if encoding.variance is not None and encoding.log_variance is not None:
+            terms = encoding.mean**2 + encoding.variance - 1 - encoding.log_variance
+            kl = 0.5 * terms.reshape(rows).sum(axis=1)  # Kingma & Welling, appendix B
+        return Scores(None, kl, None, None, None, mse, psnr)
 
     async def interpolate(
         self,

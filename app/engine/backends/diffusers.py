@@ -181,7 +181,6 @@ class DiffusersBackend:
             "force_upcast": self.force_upcast,
             "dtype": str(self.dtype).removeprefix("torch."),
             "tile": self.tile,
-            "likelihood": None,
         }
 
 

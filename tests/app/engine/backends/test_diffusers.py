@@ -1,14 +1,20 @@
-"""The diffusers backend computes what diffusers computes, in-process, bit for bit."""
+"""The diffusers backend computes what diffusers computes, in-process, bit for bit; served, it
+answers every endpoint with what its family defines."""
 
 from __future__ import annotations
 
+import io
+from collections.abc import Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
+from app.config import Settings
+from app.main import create_app
 from app.engine.backends.diffusers import DiffusersError, LatentGaussian, load_diffusers, read_config
 from tests.diffusers_models import save_autoencoders
 
@@ -83,3 +89,65 @@ def test_folders_that_are_no_autoencoder_say_why(tmp_path: Path) -> None:
     (tmp_path / "config.json").write_text('{"_class_name": "UNet2DModel"}')
     with pytest.raises(DiffusersError, match="_class_name is 'UNet2DModel'; served classes: AutoencoderKL"):
         read_config(tmp_path)
+
+
+@pytest.fixture(scope="module")
+def client(folders: dict[str, Path]) -> Iterator[TestClient]:
+    settings = Settings(model_dir=folders["tiny-kl"].parent, device="cpu", torch_threads=1, max_files=4)
+    with TestClient(create_app(settings)) as client:
+        yield client
+
+
+def png(pixels: np.ndarray) -> bytes:
+    buffer = io.BytesIO()
+    Image.fromarray(pixels).save(buffer, format="PNG")
+    return buffer.getvalue()
+
+
+PHOTO = np.random.default_rng(0).integers(0, 256, (12, 16, 3), dtype=np.uint8)
+
+
+def test_served_like_the_shipped_models(client: TestClient) -> None:
+    models = {m["name"]: m for m in client.get("/v1/models").json()["models"]}
+    kl, tiny = models["tiny-kl"], models["tiny-taesd"]
+    assert kl["family"] == tiny["family"] == "diffusers"
+    assert kl["capabilities"] == ["sample", "encode", "decode", "reconstruct", "score", "interpolate"]
+    assert tiny["capabilities"] == ["encode", "decode", "reconstruct", "score", "interpolate"]  # no prior
+    assert kl["latent_shape"] == [4, None, None] and kl["image_multiple"] == 2 and kl["likelihood"] is None
+    assert kl["details"]["class"] == "AutoencoderKL" and kl["details"]["shift_factor"] == 0.25
+    files = [("files", ("photo.png", png(PHOTO), "image/png"))]
+    encoded = client.post("/v1/encode", data={"model": "tiny-kl"}, files=files).json()["latents"][0]
+    assert np.array(encoded["mean"]).shape == (4, 6, 8) and np.array(encoded["variance"]).shape == (4, 6, 8)
+    assert client.post("/v1/encode", data={"model": "tiny-taesd"}, files=files).json()["latents"][0]["variance"] is None
+    reconstructed = client.post("/v1/reconstruct", data={"model": "tiny-kl"}, files=files)
+    assert Image.open(io.BytesIO(reconstructed.content)).size == (16, 12)
+    path = client.post("/v1/interpolate", data={"model": "tiny-taesd", "steps": 3}, files=files * 2)
+    assert Image.open(io.BytesIO(path.content)).size == (3 * 16, 12)
+    sample = client.get("/v1/sample", params={"model": "tiny-kl", "n": 2, "seed": 1, "nrow": 2})
+    assert Image.open(io.BytesIO(sample.content)).size == (64, 32)  # sample_size 32, the prior's native size
+
+
+def test_scores_are_what_each_family_defines(client: TestClient, folders: dict[str, Path]) -> None:
+    files = [("files", ("photo.png", png(PHOTO), "image/png"))]
+    kl = client.post("/v1/score", data={"model": "tiny-kl"}, files=files).json()["scores"][0]
+    assert set(kl) == {"kl_nats", "mse", "psnr_db"}  # no likelihood: no nats, ELBO, NLL
+    backend = load_diffusers(folders["tiny-kl"], CPU)
+    x = torch.from_numpy(backend.to_input(Image.fromarray(PHOTO)))[None]
+    with torch.inference_mode():
+        q = backend.encode(x)
+        mse = ((backend.decode(q.mean).clamp(0, 1) - x) ** 2).mean().item()
+        assert kl["kl_nats"] == pytest.approx(q.kl().item(), rel=1e-5)
+    assert kl["mse"] == pytest.approx(mse, rel=1e-4) and kl["psnr_db"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-4)
+    tiny = client.post("/v1/score", data={"model": "tiny-taesd"}, files=files).json()["scores"][0]
+    assert set(tiny) == {"mse", "psnr_db"}  # deterministic encoder: no KL either
+    asked = client.post("/v1/score", data={"model": "tiny-kl", "k": "10"}, files=files)
+    assert asked.status_code == 422 and "defines no likelihood p(x|z), so no NLL, ELBO or IWAE" in asked.json()["detail"]
+
+
+def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
+    no_prior = client.get("/v1/sample", params={"model": "tiny-taesd"})
+    assert no_prior.status_code == 422 and "has no prior p(z)" in no_prior.json()["detail"]
+    as_json = client.post("/v1/decode", json={"model": "tiny-kl", "latents": [[0.0] * 4]})
+    assert as_json.status_code == 422 and "[4, ?, ?]" in as_json.json()["detail"]
+    odd = client.post("/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))])
+    assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]

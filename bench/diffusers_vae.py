@@ -11,7 +11,7 @@ temporary folder and served from it by `python -m app.serve`. Latents are [4, h,
 - peak memory (VmHWM) of this process after the in-process runs, and of the server.
 - with `--big 256`: one 2048x2048 decode (256x256 latent) through the server, tiled.
 
-`python bench/diffusers.py [--side 32] [--rounds 3] [--threads 2] [--big 256]` prints a Markdown table.
+`python bench/diffusers_vae.py [--side 32] [--rounds 3] [--threads 2] [--big 256]` prints a Markdown table.
 """
 
 from __future__ import annotations

@@ -21,7 +21,7 @@ $(VENV)/.installed: $(BIN)/activate pyproject.toml
 install: $(VENV)/.installed
 
 serve: install
-	$(BIN)/uvicorn app.main:create_app --factory --http app.protocol:BoundedHttpToolsProtocol --host $(HOST) --port $(PORT)
+	VAE_HOST=$(HOST) VAE_PORT=$(PORT) $(BIN)/python -m app.serve
 
 system-deps:
 	bash scripts/system-deps.sh $(SYSTEM_PACKAGES)

@@ -5,13 +5,19 @@ from __future__ import annotations
 import math
 import os
 from pathlib import Path
-from typing import Annotated, Literal
+from typing import Annotated, Any, Literal
 
 from pydantic import Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "checkpoints"
 MiB = 1 << 20
+
+
+def limit(default: int, description: str, bounds: tuple[str, ...], minimum: int = 1) -> Any:
+    """A setting that bounds the request fields named in `bounds`: the one statement of the
+    limit, from which the request check and the OpenAPI maxima come (app/api/limits.py)."""
+    return Field(default, ge=minimum, description=description, json_schema_extra={"bounds": list(bounds)})
 
 
 class Settings(BaseSettings):
@@ -28,21 +34,26 @@ class Settings(BaseSettings):
     cors_origins: Annotated[list[str], NoDecode] = Field(
         default_factory=list, description="Comma-separated origins allowed by CORS; * for any; empty: no CORS"
     )
-    max_n: int = Field(64, ge=1, description="Most images per sample or decode request")
-    max_files: int = Field(16, ge=2, description="Most images per encode, reconstruct, score or interpolate request")
+    max_n: int = limit(64, "Most images per sample or decode request", bounds=("n", "latents"))
+    max_files: int = limit(
+        16, "Most images per encode, reconstruct, score or interpolate request", bounds=("images", "files"), minimum=2
+    )
     max_upload_bytes: int = Field(32 * MiB, ge=1024, description="Largest request body in bytes (else 413)")
     body_timeout: float = Field(
         30.0, gt=0, description="Seconds a request body may stall, no byte arriving, before a 408 (as nginx's)"
     )
     max_pixels: int = Field(25_000_000, ge=1, description="Largest image in pixels, checked before decoding (else 413)")
-    max_k: int = Field(1000, ge=1, description="Largest importance-sample count k for score")
+    max_k: int = limit(1000, "Largest importance-sample count k for score", bounds=("k",))
     default_k: int = Field(100, ge=1, description="k for score when the request gives none")
-    max_steps: int = Field(64, ge=2, description="Most points on an interpolation path")
-    max_scale: int = Field(16, ge=1, description="Largest nearest-neighbour enlargement of output images")
+    max_steps: int = limit(64, "Most points on an interpolation path", bounds=("steps",), minimum=2)
+    max_scale: int = limit(16, "Largest nearest-neighbour enlargement of output images", bounds=("scale",))
     image_threads: int = Field(2, ge=1, description="Images decoded/encoded at once (bounds memory per process)")
     # Throughput: dynamic batching and threads (app/batcher.py, docs/benchmarks.md).
     batching: bool = Field(True, description="Run concurrent requests of one model and operation as one batch")
     max_batch: int = Field(64, ge=1, description="Most images or latents per forward pass and per batch")
+    batch_invariant: bool = Field(
+        True, description="Pad passes so a request's bytes never depend on its batch (false: faster lone requests)"
+    )
     max_delay_ms: float = Field(
         1.0, ge=0, le=1000, description="Under load, ms a batch that is not full may wait for more (idle: none)"
     )
@@ -88,6 +99,16 @@ class Settings(BaseSettings):
         if self.default_k > self.max_k:
             raise ValueError(f"default_k ({self.default_k}) must not exceed max_k ({self.max_k})")
         return self
+
+
+def request_limits() -> dict[str, str]:
+    """Each bounded request field, and the setting that bounds it."""
+    limits = {}
+    for setting, field in Settings.model_fields.items():
+        extra = field.json_schema_extra if isinstance(field.json_schema_extra, dict) else {}
+        for bounded in extra.get("bounds", ()):  # type: ignore[union-attr]
+            limits[str(bounded)] = setting
+    return limits
 
 
 def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:

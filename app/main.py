@@ -27,7 +27,7 @@ from app.engine.operations import Engine
 from app.engine.registry import Registry, device_from_setting, load_registry
 from app.server import observability
 from app.server.middleware import install_middleware
-from app.server.security import install_api_keys
+from app.server.security import key_schemes, protected_path
 
 log = logging.getLogger("app")
 STATIC_DIR = Path(__file__).parent / "static"
@@ -62,6 +62,7 @@ def make_engine(settings: Settings, registry: Registry, metrics: observability.M
         max_queue=settings.max_queue,
         queue_timeout=settings.queue_timeout,
         batching=settings.batching,
+        batch_invariant=settings.batch_invariant,
         threads=torch_threads(settings),
         metrics=metrics,
     )
@@ -108,11 +109,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app.state.ready = False
     install_error_handlers(app)
     for router in ROUTERS:
-        app.include_router(router)
+        app.include_router(router, dependencies=key_schemes(settings.api_keys) if protected_path(router.prefix) else [])
     app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)
-    install_api_keys(app, settings.api_keys)
     install_middleware(app, settings, API_ROUTES)
     return app

@@ -1,4 +1,5 @@
-"""Request fields whose upper bound is a setting: the check, and the bound in the OpenAPI schema."""
+"""Request fields bounded by a setting (`limit(...)` in app/config.py): the check, and the
+bounds in the OpenAPI document, both from that one declaration."""
 
 from __future__ import annotations
 
@@ -7,37 +8,29 @@ from typing import Any
 
 from pydantic import BaseModel
 
-from app.config import Settings
+from app.config import Settings, request_limits
 from app.engine.errors import OverLimit
 
-# Request fields whose upper bound is a setting: the JSON Schema keyword that states it, and the setting.
-SETTING_LIMITS = {
-    "n": ("maximum", "max_n"),
-    "latents": ("maxItems", "max_n"),
-    "scale": ("maximum", "max_scale"),
-    "k": ("maximum", "max_k"),
-    "steps": ("maximum", "max_steps"),
-    "images": ("maxItems", "max_files"),
-    "files": ("maxItems", "max_files"),
-}
+LIMITS = request_limits()
 
 
 def check_limits(body: BaseModel, settings: Settings, *fields: str) -> None:
-    """OverLimit for the first of `fields` (default: every bounded field) over its setting's bound."""
-    for name in fields or SETTING_LIMITS:
+    """OverLimit for the first bounded field of `body` (or of `fields`) over its setting's bound."""
+    for name in fields or LIMITS:
         value = getattr(body, name, None)
-        if value is None or name not in SETTING_LIMITS:
+        if value is None or name not in LIMITS:
             continue
         size = len(value) if isinstance(value, list) else value
-        limit = getattr(settings, SETTING_LIMITS[name][1])
-        if size > limit:
-            raise OverLimit(name, limit, size)
+        bound = getattr(settings, LIMITS[name])
+        if size > bound:
+            raise OverLimit(name, bound, size)
 
 
 def with_limits(openapi: Callable[[], dict[str, Any]], settings: Settings) -> Callable[[], dict[str, Any]]:
-    """The OpenAPI schema with the limits the settings put on request fields (n <= VAE_MAX_N,
-    ...) as their maximum, so clients and schema-driven tools know them: the models declare
-    only what does not depend on settings."""
+    """The app's OpenAPI document (FastAPI's `app.openapi`, its documented extension point) with
+    each bounded request field's bound (n <= VAE_MAX_N, ...) as its maximum, or maxItems for a
+    list, so clients and schema-driven tools know them: the request models state only what
+    does not depend on settings."""
 
     def schema() -> dict[str, Any]:
         document = openapi()
@@ -52,9 +45,9 @@ def with_limits(openapi: Callable[[], dict[str, Any]], settings: Settings) -> Ca
                 requests.append({"properties": {p["name"]: p["schema"] for p in query}})
         for request in requests:
             for name, field in request.get("properties", {}).items():
-                if name in SETTING_LIMITS:
-                    keyword, setting = SETTING_LIMITS[name]
-                    field[keyword] = getattr(settings, setting)
+                if name in LIMITS:
+                    array = any(option.get("type") == "array" for option in [field, *field.get("anyOf", [])])
+                    field["maxItems" if array else "maximum"] = getattr(settings, LIMITS[name])
         return document
 
     return schema

@@ -259,12 +259,14 @@ class Engine:
         max_queue: int,
         queue_timeout: float,
         batching: bool = True,
+        batch_invariant: bool = True,
         threads: int = 1,
         metrics: MetricsSink | None = None,
     ) -> None:
         self.registry = registry
         self.worker = Worker(initializer=partial(torch.set_num_threads, threads))
         self.max_batch = max_batch
+        self.batch_invariant = batch_invariant
         self.limits = Limits(max_batch, max_delay, max_queue, queue_timeout, batching)
         self.metrics = metrics
         self._batchers: dict[str, dict[str, Batcher[Any, Any]]] = {}
@@ -283,7 +285,7 @@ class Engine:
     async def serve(self, model: LoadedModel) -> None:
         """Calibrate `model`'s passes (which also pays every pass shape's first-call costs before
         the first request) and make its batchers."""
-        passes = Passes(model.backend, self.max_batch)
+        passes = Passes(model.backend, self.max_batch, self.batch_invariant)
         await self.worker.run(passes.calibrate)
         self._batchers[model.name] = {
             op: Batcher(

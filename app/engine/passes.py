@@ -2,13 +2,17 @@
 rows it is computed with, so a batched request gets the same bytes as one run alone.
 
 That does not come for free. BLAS and oneDNN choose kernels and blockings by matrix shape, so
-on CPU a Linear layer's row can round differently at 1, 2 or 3 rows than at 4 and more, and
-PyTorch's vectorised elementwise loops (GELU, sigmoid, exp) finish a tensor's last few elements
-with scalar code whose results can differ in the last bit. So every pass here runs at most
-`max_rows` rows, zero-padded to a multiple of a `quantum`, and `calibrate` picks the smallest
-quantum whose passes it finds to be row-independent on this machine, device and thread count:
-it computes probe rows alone and inside passes of every size and position and compares the
-bits. Where no quantum passes, every row runs alone (slow, but exact by construction).
+on CPU a Linear layer's row can round differently below some row count than above it (MKL's
+SGEMM on Intel AVX-512 switches at 16 rows; on AMD EPYC at 1..3), the thread count changes
+the split again, and PyTorch's vectorised elementwise loops (GELU, sigmoid, exp) finish a
+tensor's last few elements with scalar code whose results can differ in the last bit. So every
+pass here runs at most `max_rows` rows, zero-padded to a multiple of a `quantum` (never past
+`max_rows`), and `calibrate` picks the smallest quantum under which it finds every pass shape
+that setting can produce row-independent, on the device and thread count that serves: it
+computes probe rows alone and at every position of a pass of every such shape and compares the
+bits. Where no quantum passes, every row runs alone (slow, but exact by construction), and the
+log says so. The promise is per deployment (machine, torch build, threads, `max_rows`); across
+those, rows agree to rounding only (docs/api.md, "Reproducibility").
 """
 
 from __future__ import annotations
@@ -28,8 +32,8 @@ PassFn = Callable[..., tuple[torch.Tensor, ...]]
 # property of the kernels, and a large model at its native size would take minutes per probe.
 PROBE_SIDE = 4
 
-# What calibrate found, by everything that picks kernels (shapes, device, dtype, threads) but
-# not the weights, so every app in a process with the same kind of model calibrates once.
+# What calibrate found, by everything that picks kernels (model class and shapes, device, dtype,
+# threads) but not the weights, so every app in a process with the same kind of model calibrates once.
 _calibrated: dict[tuple[object, ...], tuple[int, int]] = {}
 
 
@@ -43,10 +47,20 @@ def padded(t: torch.Tensor, rows: int) -> torch.Tensor:
 class Passes:
     """The batched model calls of one model: decode, encode and the decoder log-likelihood."""
 
-    def __init__(self, backend: Backend, max_rows: int) -> None:
+    def __init__(self, backend: Backend, max_rows: int, batch_invariant: bool = True) -> None:
         self.backend = backend
         self.max_rows = min(max_rows, getattr(backend, "max_rows", max_rows))  # rows per forward pass
         self.quantum = max_rows  # set by calibrate(); a full-size shape until then
+        self.batch_invariant = batch_invariant  # False: unpadded passes, bits may follow the batch
+
+    def shape(self, rows: int) -> int:
+        """The rows a pass of `rows` (<= max_rows) real rows runs with: the next multiple of
+        the quantum, at most max_rows."""
+        return min(self.max_rows, -(-rows // self.quantum) * self.quantum)
+
+    def shapes(self) -> list[int]:
+        """Every pass shape this setting can run."""
+        return sorted({self.shape(rows) for rows in range(1, self.max_rows + 1)})
 
     def run(self, fn: PassFn, columns: Sequence[torch.Tensor | None]) -> tuple[torch.Tensor, ...]:
         """`fn` over every row of `columns` (row-aligned tensors, None passed through), in passes
@@ -55,8 +69,7 @@ class Passes:
         outputs: list[tuple[torch.Tensor, ...]] = []
         for start in range(0, rows, self.max_rows):
             stop = min(rows, start + self.max_rows)
-            shape = -(-(stop - start) // self.quantum) * self.quantum
-            chunk = [None if c is None else padded(c[start:stop], shape) for c in columns]
+            chunk = [None if c is None else padded(c[start:stop], self.shape(stop - start)) for c in columns]
             outputs.append(tuple(out[: stop - start] for out in fn(*chunk)))
         return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
@@ -91,11 +104,18 @@ class Passes:
         """[rows] log p(x[index[r]] | z[r]), nats."""
         return self.run(self.log_likelihood_fn(x, labels), [z, index])[0]
 
+    @torch.inference_mode()
     def calibrate(self) -> None:
         """Pick the smallest padding quantum (a power of two below max_rows, then max_rows) under
-        which a row's results do not depend on the batch; else run every row alone."""
+        which a row's results do not depend on the batch; else run every row alone. Run it in
+        the thread that will serve (torch's thread count is part of what picks the kernels)."""
+        if not self.batch_invariant:
+            self.quantum = 1
+            log.warning("batch-invariant passes off: a request's bits may depend on what it is batched with")
+            return
         backend = self.backend
-        key = (backend.architecture, str(backend.device), backend.dtype, torch.get_num_threads(), self.max_rows)
+        shapes = (type(backend), backend.architecture, self.max_rows)
+        key = (*shapes, str(backend.device), backend.dtype, torch.get_num_threads())
         if key not in _calibrated:
             _calibrated[key] = self._search()
         self.quantum, self.max_rows = _calibrated[key]
@@ -107,9 +127,16 @@ class Passes:
         for quantum in candidates:
             self.quantum = quantum
             if all(self._row_independent(fn, columns) for fn, columns in probes):
-                log.info("batch-invariant passes: at most %d rows, padded to a multiple of %d", self.max_rows, quantum)
+                log.info(
+                    "batch-invariant passes on %s, %d threads: at most %d rows, padded to a multiple of %d",
+                    self.backend.device, torch.get_num_threads(), self.max_rows, quantum,
+                )  # fmt: skip
                 return quantum, self.max_rows
-        log.warning("no batch-invariant pass shape found on this machine: every row runs alone (slow but exact)")
+        log.warning(
+            "no padding quantum makes passes of up to %d rows batch-invariant on %s with %d threads: "
+            "every row runs alone (exact, but no batching speed-up)",
+            self.max_rows, self.backend.device, torch.get_num_threads(),
+        )  # fmt: skip
         return 1, 1
 
     def _probes(self) -> list[tuple[PassFn, list[torch.Tensor | None]]]:
@@ -136,14 +163,13 @@ class Passes:
 
     def _row_independent(self, fn: PassFn, columns: list[torch.Tensor | None]) -> bool:
         """Every row computed alone equals, bit for bit, the same row at every position of a
-        pass of every padded size this quantum makes."""
+        pass of every shape this quantum makes."""
 
         def rows(selection: slice) -> list[torch.Tensor | None]:
             return [None if c is None else c[selection] for c in columns]
 
-        count = self.max_rows
-        alone = [self.run(fn, rows(slice(i, i + 1))) for i in range(count)]
-        for size in sorted({*range(self.quantum, count + 1, self.quantum), count}):
+        alone = [self.run(fn, rows(slice(i, i + 1))) for i in range(self.max_rows)]
+        for size in self.shapes():
             together = self.run(fn, rows(slice(0, size)))
             for i in range(size):
                 if not all(torch.equal(t[i : i + 1], a) for t, a in zip(together, alone[i], strict=True)):

@@ -9,10 +9,9 @@ from __future__ import annotations
 
 import hashlib
 import hmac
-from collections.abc import Callable
-from typing import Any
 
-from fastapi import FastAPI
+from fastapi import Security, params
+from fastapi.security import APIKeyHeader, HTTPBearer
 from pydantic import SecretStr
 from starlette.datastructures import Headers
 from starlette.responses import JSONResponse
@@ -24,10 +23,6 @@ PROTECTED_PREFIX = "/v1"
 MISSING = "missing API key: send `Authorization: Bearer <key>` or `X-API-Key: <key>`"
 NOT_BEARER = "the Authorization header must be `Bearer <key>`; or send the key as `X-API-Key: <key>`"
 INVALID = "invalid API key"
-SECURITY_SCHEMES = {
-    "bearer": {"type": "http", "scheme": "bearer", "description": "An API key as a bearer token"},
-    "apiKey": {"type": "apiKey", "in": "header", "name": "X-API-Key", "description": "An API key"},
-}
 
 
 def digest(key: str) -> bytes:
@@ -57,8 +52,7 @@ def given_key(headers: Headers) -> str | None:
     return headers.get("x-api-key") or None
 
 
-def protected(scope: Scope) -> bool:
-    path = route_path(scope)
+def protected_path(path: str) -> bool:
     return path == PROTECTED_PREFIX or path.startswith(PROTECTED_PREFIX + "/")
 
 
@@ -73,7 +67,7 @@ class ApiKeyMiddleware:
         self.key_digests = [digest(key.get_secret_value()) for key in keys]
 
     async def __call__(self, scope: Scope, receive: Receive, send: Send) -> None:
-        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not protected(scope):
+        if scope["type"] != "http" or scope["method"] == "OPTIONS" or not protected_path(route_path(scope)):
             await self.app(scope, receive, send)  # CORS preflights carry no credentials
             return
         try:
@@ -89,23 +83,12 @@ class ApiKeyMiddleware:
             await self.app(scope, receive, send)
 
 
-def with_security(openapi: Callable[[], dict[str, Any]]) -> Callable[[], dict[str, Any]]:
-    """The app's OpenAPI schema with the two key schemes on every /v1 operation, so /docs
-    shows them and its Authorize button sends the key."""
-
-    def schema() -> dict[str, Any]:
-        document = openapi()
-        document.setdefault("components", {})["securitySchemes"] = SECURITY_SCHEMES
-        for path, operations in document.get("paths", {}).items():
-            if path.startswith(PROTECTED_PREFIX + "/"):
-                for operation in operations.values():
-                    operation["security"] = [{"bearer": []}, {"apiKey": []}]
-        return document
-
-    return schema
-
-
-def install_api_keys(app: FastAPI, keys: list[SecretStr]) -> None:
-    """Document the key schemes when `keys` are set (ApiKeyMiddleware checks them)."""
-    if keys:
-        app.openapi = with_security(app.openapi)  # type: ignore[method-assign]
+def key_schemes(keys: list[SecretStr]) -> list[params.Depends]:
+    """The two ways to send a key, as dependencies of the /v1 routers when keys are set, so
+    FastAPI documents them on every /v1 operation and /docs's Authorize button sends the key.
+    They only read the headers; `ApiKeyMiddleware` has checked the key before routing."""
+    if not keys:
+        return []
+    bearer = HTTPBearer(scheme_name="bearer", description="An API key as a bearer token", auto_error=False)
+    header = APIKeyHeader(name="X-API-Key", scheme_name="apiKey", description="An API key", auto_error=False)
+    return [Security(bearer), Security(header)]

@@ -24,15 +24,13 @@ ROOT = Path(__file__).resolve().parents[2]
 README = ROOT / "README.md"
 
 
-def uvicorn(port: int) -> list[str]:
-    """`make serve`'s command."""
-    command = [sys.executable, "-m", "uvicorn", "app.main:create_app", "--factory"]
-    return [*command, "--http", "app.protocol:BoundedHttpToolsProtocol", "--port", str(port)]
+# `make serve`'s command.
+SERVE = [sys.executable, "-m", "app.serve"]
 
 
-def server_env(**variables: str) -> dict[str, str]:
+def server_env(port: int, **variables: str) -> dict[str, str]:
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    return {**env, **variables}
+    return {**env, "VAE_PORT": str(port), **variables}
 
 
 @pytest.mark.parametrize(
@@ -47,8 +45,8 @@ def test_bad_start_up_prints_one_line_and_exits_non_zero(
 ) -> None:
     corrupt = tmp_path / "corrupt.safetensors"
     corrupt.write_bytes((model_dir / "tiny-vae.safetensors").read_bytes()[:500])
-    env = server_env(**{k: v.format(corrupt=corrupt) for k, v in variables.items()})
-    done = subprocess.run(uvicorn(free_port()), cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
+    env = server_env(free_port(), **{k: v.format(corrupt=corrupt) for k, v in variables.items()})
+    done = subprocess.run(SERVE, cwd=ROOT, env=env, capture_output=True, text=True, timeout=120)
     output = done.stdout + done.stderr
     assert done.returncode != 0
     assert "Traceback" not in output
@@ -59,8 +57,8 @@ def test_bad_start_up_prints_one_line_and_exits_non_zero(
 def server() -> Iterator[str]:
     """`make serve`'s command on the shipped checkpoints, on a free port."""
     port = free_port()
-    env = server_env()
-    process = subprocess.Popen(uvicorn(port), cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
+    env = server_env(port)
+    process = subprocess.Popen(SERVE, cwd=ROOT, env=env, stdout=subprocess.PIPE, stderr=subprocess.STDOUT)
     url = f"http://127.0.0.1:{port}"
     try:
         deadline = time.monotonic() + 120

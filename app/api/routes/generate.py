@@ -83,7 +83,7 @@ async def interpolate(
 ) -> Response:
     body, uploads = await read_body(request, InterpolateRequest, service.settings)
     model = service.engine.model(body.model)
-    check_limits(body, service.settings)
+    check_limits(body, service.settings, "steps", "scale")  # its two ends are counted below
     if bool(uploads) == (body.latents is not None):
         raise unprocessable("body: give either two images (`files` or `images`) or two `latents`, not both")
     count = len(uploads) if uploads else len(body.latents or [])

@@ -26,6 +26,9 @@ from PIL import Image
 
 from app.tensors import tensor_bytes
 from tests.deploy.support import Replica
+
+# Start-up loads and calibrates every model; generous, for a busy CI machine.
+START_TIMEOUT = 300.0
 from tests.diffusers_models import save_autoencoders
 
 diffusers = pytest.importorskip("diffusers")
@@ -54,7 +57,7 @@ def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) ->
     settings = {"VAE_TORCH_THREADS": "1", "VAE_MAX_PIXELS": str(MAX_PIXELS), "VAE_MAX_N": "4", "HF_HUB_OFFLINE": "1"}
     replica = Replica(folder, tmp_path_factory.mktemp("logs") / "server.log", settings)
     try:
-        replica.wait_ready()
+        replica.wait_ready(timeout=START_TIMEOUT)
         yield replica.url
     finally:
         replica.stop()

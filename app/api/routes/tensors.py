@@ -105,12 +105,14 @@ def latent_shape(model: LoadedModel, given: list[int], settings: Settings) -> tu
         if len(given) < 3:
             raise BadLatentShape(f"shape: model '{model.name}' takes latents [B, C, h, w]; got {given}")
         h, w = given[-2:]
-        if h * w * spec.multiple**2 > settings.max_pixels:
-            raise OverLimit("shape: pixels of the decoded image", settings.max_pixels, h * w * spec.multiple**2)
         item = model.backend.latent_shape(h * spec.multiple, w * spec.multiple)
     shape = batch_shape(given, item, "latents", model)
     if shape[0] > settings.max_n:
         raise OverLimit("shape[0]: latents", settings.max_n, shape[0])
+    if not spec.fixed_size:
+        pixels = shape[0] * h * w * spec.multiple**2
+        if pixels > settings.max_pixels:
+            raise OverLimit("shape: pixels of the decoded images in all (VAE_MAX_PIXELS)", settings.max_pixels, pixels)
     return shape
 
 
@@ -125,11 +127,11 @@ def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tup
         h, w = spec.height, spec.width
     elif h % spec.multiple or w % spec.multiple:
         raise BadLatentShape(f"shape: model '{model.name}' needs image sides that are multiples of {spec.multiple}")
-    if h * w > settings.max_pixels:
-        raise OverLimit("shape: image pixels", settings.max_pixels, h * w)
     shape = batch_shape(given, (spec.channels, h, w), "images", model)
     if shape[0] > settings.max_files:
         raise OverLimit("shape[0]: images", settings.max_files, shape[0])
+    if shape[0] * h * w > settings.max_pixels:
+        raise OverLimit("shape: pixels of the images in all (VAE_MAX_PIXELS)", settings.max_pixels, shape[0] * h * w)
     return shape
 
 

@@ -17,7 +17,8 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable
+from collections.abc import Hashable, Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
@@ -133,20 +134,33 @@ class DiffusersBackend:
         self.model.tile_sample_min_size = self.tile
         self.model.tile_latent_min_size = self.tile // self.factor
 
+    @contextmanager
+    def _memory(self) -> Iterator[None]:
+        """A GPU out-of-memory fails this batch (its requests get the error) and hands the
+        cached blocks back, so the next batch starts with the memory free."""
+        try:
+            yield
+        except torch.OutOfMemoryError:
+            if self.device.type == "cuda":
+                torch.cuda.empty_cache()
+            raise
+
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
         """x: [B, 3, H, W] in [0, 1]. AutoencoderKL: q(z|x); AutoencoderTiny: its latents."""
         self._tiling(max(x.shape[-2:]), latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
-        if not self.gaussian:
-            return self.model.encode(x).latents
-        q = self.model.encode(x).latent_dist
+        with self._memory():
+            if not self.gaussian:
+                return self.model.encode(x).latents
+            q = self.model.encode(x).latent_dist
         return LatentGaussian(q.mean, q.logvar)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, C, h, w] unscaled latents -> [B, 3, h*f, w*f] images in [0, 1] (not clamped:
         VaeImageProcessor.denormalize's clamp comes with the conversion to pixels)."""
         self._tiling(max(z.shape[-2:]), latent=True)
-        return (self.model.decode(z.to(self.dtype)).sample * 0.5 + 0.5).float()
+        with self._memory():
+            return (self.model.decode(z.to(self.dtype)).sample * 0.5 + 0.5).float()
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n draws of the N(0, I) prior of AutoencoderKL's KL term, at the native size. Valid, but

@@ -151,3 +151,23 @@ def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
     assert as_json.status_code == 422 and "[4, ?, ?]" in as_json.json()["detail"]
     odd = client.post("/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))])
     assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]
+
+
+def test_an_out_of_memory_fails_its_batch_and_the_next_one_works(
+    client: TestClient, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    model = client.app.state.service.engine.registry.get("tiny-taesd").backend.model
+    decode = model.decode
+    calls = []
+
+    def once_out_of_memory(*args: object, **kwargs: object) -> object:
+        calls.append(1)
+        if len(calls) == 1:
+            raise torch.OutOfMemoryError("CUDA out of memory (simulated)")
+        return decode(*args, **kwargs)
+
+    monkeypatch.setattr(model, "decode", once_out_of_memory)
+    body, params = np.zeros((1, 4, 4, 4), "<f4").tobytes(), {"shape": [1, 4, 4, 4], "output_type": "pt"}
+    failed = client.post("/v1/models/tiny-taesd/decode", content=body, params=params)
+    assert failed.status_code == 500 and "failed for the batch this request was in (OutOfMemoryError)" in failed.text
+    assert client.post("/v1/models/tiny-taesd/decode", content=body, params=params).status_code == 200

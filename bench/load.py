@@ -85,13 +85,13 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(command: list[str], env: dict[str, str], url: str, cpu: int) -> Iterator[None]:
-    """`command` pinned to `cpu`, until it answers `url` with 200; stopped on exit. Its output
+def server(command: list[str], env: dict[str, str], url: str, cpu: int, cwd: Path = ROOT) -> Iterator[None]:
+    """`command` pinned to `cpu`, run in `cwd`, until it answers `url` with 200; stopped on exit. Its output
     goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
     run make it log errors that say nothing about the run)."""
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
-            ["taskset", "-c", str(cpu), *command], cwd=ROOT, env=env, stdout=output, stderr=subprocess.STDOUT
+            ["taskset", "-c", str(cpu), *command], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT
         )
 
         def fail(why: str) -> SystemExit:

@@ -4,6 +4,7 @@ bounds in the OpenAPI document, both from that one declaration."""
 from __future__ import annotations
 
 from collections.abc import Callable
+from functools import cache
 from typing import Any
 
 from pydantic import BaseModel
@@ -14,11 +15,16 @@ from app.engine.errors import OverLimit
 LIMITS = request_limits()
 
 
+@cache
+def bounded_fields(model: type[BaseModel]) -> tuple[str, ...]:
+    return tuple(name for name in LIMITS if name in model.model_fields)
+
+
 def check_limits(body: BaseModel, settings: Settings, *fields: str) -> None:
     """OverLimit for the first bounded field of `body` (or of `fields`) over its setting's bound."""
-    for name in fields or LIMITS:
-        value = getattr(body, name, None)
-        if value is None or name not in LIMITS:
+    for name in fields or bounded_fields(type(body)):
+        value = getattr(body, name)
+        if value is None:
             continue
         size = len(value) if isinstance(value, list) else value
         bound = getattr(settings, LIMITS[name])

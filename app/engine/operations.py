@@ -15,7 +15,7 @@ batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give
 from __future__ import annotations
 
 import math
-from collections.abc import Callable, Hashable, Iterator
+from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from functools import partial
 from typing import Any, Protocol
@@ -270,9 +270,6 @@ class Engine:
         self.limits = Limits(max_batch, max_delay, max_queue, queue_timeout, batching)
         self.metrics = metrics
         self._batchers: dict[str, dict[str, Batcher[Any, Any]]] = {}
-
-    def __iter__(self) -> Iterator[LoadedModel]:
-        return iter(self.registry)
 
     def model(self, name: str | None) -> LoadedModel:
         """The named model, or the default one; `UnknownModel` otherwise."""

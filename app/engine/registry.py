@@ -13,7 +13,7 @@ from pathlib import Path
 import numpy as np
 import torch
 
-from app.engine.backend import FEATURES, NEEDS, OPERATIONS, Backend, Family, Operation
+from app.engine.backend import FEATURES, NEEDS, OPERATIONS, Backend, Family, Feature, Operation
 from app.engine.errors import BadLabel, BadLatentShape, NotSupported, StartupError, UnknownModel
 from model.device import resolve_device
 
@@ -34,11 +34,11 @@ class LoadedModel:
     def capabilities(self) -> list[Operation]:
         return [op for op in OPERATIONS if set(NEEDS[op]) <= self.backend.features]
 
-    def require(self, operation: Operation, *features: str) -> None:
+    def require(self, operation: Operation, *features: Feature) -> None:
         """NotSupported unless the model has what `operation` needs (and `features`)."""
         for feature in (*NEEDS[operation], *features):
             if feature not in self.backend.features:
-                raise NotSupported(self.name, operation, f"it has no {FEATURES[feature]}")  # type: ignore[index]
+                raise NotSupported(self.name, operation, f"it has no {FEATURES[feature]}")
 
     def label_index(self, label: int | str, field: str) -> int:
         """A class given by index, name (exact, then case-insensitive) or index written as text."""

@@ -20,7 +20,7 @@ from PIL import Image
 from app.config import Settings
 from tests.deploy.support import free_port
 
-ROOT = Path(__file__).resolve().parents[2]
+ROOT = Path(__file__).resolve().parents[3]
 README = ROOT / "README.md"
 
 

@@ -1,0 +1,75 @@
+"""Before/after load comparison of two checkouts on this machine, for a change that must not cost
+throughput: `python bench/ab.py --before /path/to/other/checkout`.
+
+Starts `python -m app.serve` from this checkout (after) and from `--before`, both with the same
+settings and both pinned to one CPU, and drives them in turn with wrk pinned to another, run by
+run (before, after, before, after, ...), so a slow spell of a shared machine hits both alike. For
+each scenario of bench/load.py and each concurrency it prints the median requests/s and p50 of
+each side over `--rounds` runs, and after/before. Loopback only.
+"""
+
+from __future__ import annotations
+
+import argparse
+import logging
+import statistics
+import sys
+from contextlib import ExitStack
+from pathlib import Path
+
+from load import ROOT, Result, free_port, scenarios, serve_env, server, wrk  # bench/ is on sys.path
+
+log = logging.getLogger("bench")
+
+
+def ratio(after: float, before: float) -> str:
+    return f"{after / before:.3f}" if before else "n/a"  # no request finished in a run: a stalled machine
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p.add_argument("--before", type=Path, required=True, help="the checkout to compare with (its own app/)")
+    p.add_argument("--rounds", type=int, default=3, help="runs per side, scenario and concurrency")
+    p.add_argument("--duration", type=int, default=3, help="seconds per measured run")
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    p.add_argument("--server-cpu", type=int, default=0)
+    p.add_argument("--client-cpu", type=int, default=1)
+    args = p.parse_args(argv)
+    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
+    logging.getLogger("httpx").setLevel(logging.WARNING)
+    sides = {"before": args.before.resolve(), "after": ROOT}
+    load = scenarios(64)  # the shipped fashion-vae's latent size
+    results: dict[tuple[str, str, int], list[Result]] = {}
+    with ExitStack() as servers:
+        bases = {}
+        for side, checkout in sides.items():
+            port = free_port()
+            bases[side] = f"http://127.0.0.1:{port}"
+            # PYTHONPATH: the checkout's own app/, whatever package the interpreter has installed.
+            env = serve_env(VAE_PORT=str(port), PYTHONPATH=str(checkout))
+            command = [sys.executable, "-m", "app.serve"]
+            servers.enter_context(server(command, env, bases[side] + "/readyz", args.server_cpu, cwd=checkout))
+        for scenario in load:
+            for c in args.concurrency:
+                for side, base in bases.items():
+                    wrk(base, scenario, c, 1, args.client_cpu)  # warm-up
+                for _ in range(args.rounds):
+                    for side, base in bases.items():
+                        result = wrk(base, scenario, c, args.duration, args.client_cpu)
+                        results.setdefault((scenario.name, side, c), []).append(result)
+                        log.info("%s %s c=%d: %.0f req/s, p50 %.2f ms", side, scenario.name, c, result.rps, result.p50_ms)
+    print(f"Command: python bench/ab.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
+    print("| operation | conc. | before: req/s | p50 ms | after: req/s | p50 ms | after/before req/s | p50 |")
+    print("|---|--:|--:|--:|--:|--:|--:|--:|")
+    for scenario in load:
+        for c in args.concurrency:
+            rps = {side: statistics.median(r.rps for r in results[scenario.name, side, c]) for side in sides}
+            p50 = {side: statistics.median(r.p50_ms for r in results[scenario.name, side, c]) for side in sides}
+            print(
+                f"| {scenario.name} | {c} | {rps['before']:.0f} | {p50['before']:.2f} | {rps['after']:.0f} | "
+                f"{p50['after']:.2f} | {ratio(rps['after'], rps['before'])} | {ratio(p50['after'], p50['before'])} |"
+            )
+
+
+if __name__ == "__main__":
+    main()

@@ -7,11 +7,14 @@ temporary folder and served from it by `python -m app.serve`. Latents are [4, h,
 - in-process: `vae.decode(z)` on a batch of B latents, B = 1 and 8: images/s.
 - served: diffusers' own client, `remote_decode(output_type="pt", partial_postprocess=True)`
   (uint8 pixels back) from 1 and from 8 client threads against the server: images/s, and the
-  lone-request latency at c=1 against the in-process batch-1 time.
+  lone-request latency at c=1 against the in-process batch-1 time; then c=1 again against a
+  server with VAE_BATCH_INVARIANT=false (passes unpadded: a lone request decodes one row, not a
+  padded pass).
+(Not bench/diffusers.py: a script of that name would shadow the package it imports.)
 - peak memory (VmHWM) of this process after the in-process runs, and of the server.
 - with `--big 256`: one 2048x2048 decode (256x256 latent) through the server, tiled.
 
-`python bench/diffusers_vae.py [--side 32] [--rounds 3] [--threads 2] [--big 256]` prints a Markdown table.
+`python bench/diffusers_vae.py [--side 32] [--rounds 2] [--threads 2] [--big 256]` prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -29,10 +32,8 @@ from concurrent.futures import ThreadPoolExecutor
 from contextlib import contextmanager
 from pathlib import Path
 
-import httpx
 import torch
-
-from load import free_port  # bench/ is the script's folder, so on sys.path
+from load import free_port, server  # bench/ is the script's folder, so on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -53,7 +54,7 @@ NAME = "sd-vae"
 
 
 def cpu_model() -> str:
-    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True).stdout
+    lscpu = subprocess.run(["lscpu"], capture_output=True, text=True, check=False).stdout
     model = next((line.split(":", 1)[1].strip() for line in lscpu.splitlines() if line.startswith("Model name")), "?")
     return f"{model}, {os.cpu_count()} CPUs"
 
@@ -66,9 +67,10 @@ def peak_rss_mib(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def timed(fn: Callable[[], object], rounds: int) -> float:
-    """Median seconds of `rounds` calls after one warm-up call."""
-    fn()
+def timed(fn: Callable[[], object], rounds: int, warm_up: bool = True) -> float:
+    """Median seconds of `rounds` calls, after one warm-up call unless that shape ran already."""
+    if warm_up:
+        fn()
     times = []
     for _ in range(rounds):
         start = time.perf_counter()
@@ -78,8 +80,8 @@ def timed(fn: Callable[[], object], rounds: int) -> float:
 
 
 @contextmanager
-def served(folder: Path, threads: int) -> Iterator[tuple[str, int]]:
-    """`python -m app.serve` on `folder`; yields (base URL, pid) once ready."""
+def served(folder: Path, threads: int, **settings: str) -> Iterator[tuple[str, int]]:
+    """`python -m app.serve` on `folder`, on every CPU; yields (base URL, pid) once ready."""
     port = free_port()
     env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
     env.update(
@@ -88,33 +90,20 @@ def served(folder: Path, threads: int) -> Iterator[tuple[str, int]]:
         VAE_DEVICE="cpu",
         VAE_TORCH_THREADS=str(threads),
         VAE_MAX_BATCH="8",
+        VAE_QUEUE_TIMEOUT="3600",  # a batch of 8 takes minutes on a CPU; queued requests wait for it
         HF_HUB_OFFLINE="1",
+        **{f"VAE_{name.upper()}": value for name, value in settings.items()},
     )
-    process = subprocess.Popen([sys.executable, "-m", "app.serve"], cwd=ROOT, env=env)
     url = f"http://127.0.0.1:{port}"
-    try:
-        deadline = time.monotonic() + 1800  # start-up calibrates the passes of a large model
-        while True:
-            if process.poll() is not None:
-                raise SystemExit(f"server exited with {process.returncode}")
-            try:
-                if httpx.get(f"{url}/readyz").status_code == 200:
-                    break
-            except httpx.TransportError:
-                pass
-            if time.monotonic() > deadline:
-                raise SystemExit("server not ready")
-            time.sleep(1)
+    cpus = f"0-{(os.cpu_count() or 1) - 1}"
+    with server([sys.executable, "-m", "app.serve"], env, f"{url}/readyz", cpus) as process:
         yield url, process.pid
-    finally:
-        process.terminate()
-        process.wait(timeout=60)
 
 
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--side", type=int, default=32, help="latent side (32: 256x256 images)")
-    p.add_argument("--rounds", type=int, default=3, help="timed rounds per measurement")
+    p.add_argument("--rounds", type=int, default=2, help="timed rounds per measurement (batch 8: half as many)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, in-process and served")
     p.add_argument("--big", type=int, default=0, help="also decode one latent this side (256: 2048x2048), served")
     args = p.parse_args(argv)
@@ -135,26 +124,19 @@ def main(argv: list[str] | None = None) -> None:
         in_process = {}
         with torch.inference_mode():
             for b, z in latents.items():
-                in_process[b] = timed(lambda z=z: vae.decode(z), args.rounds)
+                in_process[b] = timed(lambda z=z: vae.decode(z), max(1, args.rounds // b), warm_up=b == 1)
                 log.info("in-process batch %d: %.2f s", b, in_process[b])
         own_peak = peak_rss_mib()
-        del vae
+
+        def one(endpoint: str) -> object:
+            return remote_decode(endpoint, latents[1], output_type="pt", partial_postprocess=True, return_type="pt")
+
         with served(folder, args.threads) as (url, pid):
             endpoint = f"{url}/v1/models/{NAME}/decode"
-
-            def one() -> object:
-                return remote_decode(
-                    endpoint, latents[1], output_type="pt", partial_postprocess=True, return_type="pt"
-                )
-
-            lone = timed(one, args.rounds)
+            lone = timed(lambda: one(endpoint), args.rounds)
             log.info("served c=1: %.2f s", lone)
             with ThreadPoolExecutor(8) as pool:
-
-                def eight() -> object:
-                    return list(pool.map(lambda _: one(), range(8)))
-
-                wave = timed(eight, args.rounds)
+                wave = timed(lambda: list(pool.map(lambda _: one(endpoint), range(8))), max(1, args.rounds // 8), False)
             log.info("served c=8: %.2f s per 8", wave)
             big = ""
             if args.big:
@@ -163,9 +145,15 @@ def main(argv: list[str] | None = None) -> None:
                 image = remote_decode(endpoint, z, output_type="pt", partial_postprocess=True, return_type="pt")
                 big = f"{tuple(image.shape)} in {time.perf_counter() - start:.0f} s"
             server_peak = peak_rss_mib(pid)
+        with served(folder, args.threads, batch_invariant="false") as (url, _):
+            unpadded = timed(lambda: one(f"{url}/v1/models/{NAME}/decode"), args.rounds)
+            log.info("served c=1, unpadded: %.2f s", unpadded)
         side = args.side * 8
         rows.append(("c=1 / batch 1", 1 / lone, 1 / in_process[1], lone, in_process[1]))
         rows.append(("c=8 / batch 8", 8 / wave, 8 / in_process[8], wave, in_process[8]))
+        rows.append(
+            ("c=1 / batch 1, VAE_BATCH_INVARIANT=false", 1 / unpadded, 1 / in_process[1], unpadded, in_process[1])
+        )
     out = sys.stdout
     out.write(f"\nSD-VAE decode, {side}x{side} images ({args.side}x{args.side} latents), float32, CPU\n\n")
     out.write("| load | served images/s | in-process images/s | served / in-process | served s | in-process s |\n")

@@ -85,8 +85,10 @@ def free_port() -> int:
 
 
 @contextmanager
-def server(command: list[str], env: dict[str, str], url: str, cpu: int, cwd: Path = ROOT) -> Iterator[None]:
-    """`command` pinned to `cpu`, run in `cwd`, until it answers `url` with 200; stopped on exit. Its output
+def server(
+    command: list[str], env: dict[str, str], url: str, cpu: int | str, cwd: Path = ROOT
+) -> Iterator[subprocess.Popen[bytes]]:
+    """`command` pinned to `cpu` (taskset's list: 0, or 0-1), run in `cwd`, until it answers `url` with 200; stopped on exit. Its output
     goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
     run make it log errors that say nothing about the run)."""
     with tempfile.TemporaryFile() as output:
@@ -111,7 +113,7 @@ def server(command: list[str], env: dict[str, str], url: str, cpu: int, cwd: Pat
                 if time.monotonic() > deadline:
                     raise fail("not ready after 180 s")
                 time.sleep(0.2)
-            yield
+            yield process
         finally:
             process.terminate()
             process.wait(timeout=60)

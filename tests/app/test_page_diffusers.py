@@ -85,7 +85,9 @@ def test_a_diffusers_model_encodes_and_reconstructs_an_upload(open_page: OpenPag
     before = src(page, "#encode-reconstruction")
     page.set_input_files("#file", str(png_file(tmp_path / "photo.png")))
     wait_src_change(page, "#encode-reconstruction", before)
-    page.wait_for_function("() => document.getElementById('encode-status').textContent.startsWith('Encoded “photo.png”')")
+    page.wait_for_function(
+        "() => document.getElementById('encode-status').textContent.startsWith('Encoded “photo.png”')"
+    )
     # 60x90 scaled to 256 pixels high, each side cut to a multiple of 2; reconstructed at that size.
     size = "i => [i.naturalWidth, i.naturalHeight]"
     assert page.eval_on_selector("#encode-view", size) == [170, 256]

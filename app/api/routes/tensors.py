@@ -160,7 +160,9 @@ def image_file(pixels: np.ndarray, image_format: str) -> bytes:
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
     response_class=Response,
-    openapi_extra={"requestBody": {"required": True, "content": {TENSOR_MEDIA: {"schema": {"type": "string", "format": "binary"}}}}},
+    openapi_extra={
+        "requestBody": {"required": True, "content": {TENSOR_MEDIA: {"schema": {"type": "string", "format": "binary"}}}}
+    },
 )
 async def decode_tensor(
     name: str,

@@ -32,8 +32,8 @@ START_TIMEOUT = 300.0
 from tests.diffusers_models import save_autoencoders
 
 diffusers = pytest.importorskip("diffusers")
-from diffusers.image_processor import VaeImageProcessor  # noqa: E402
-from diffusers.utils.remote_utils import remote_decode, remote_encode  # noqa: E402
+from diffusers.image_processor import VaeImageProcessor
+from diffusers.utils.remote_utils import remote_decode, remote_encode
 
 # Floats (latents, decoded images in [-1, 1]) and 8-bit pixels: served against in-process.
 FLOAT_TOLERANCE = 1e-5
@@ -211,7 +211,13 @@ def post(server: str, name: str, op: str, body: bytes, **params: object) -> http
 @pytest.mark.parametrize(
     ("name", "body", "params", "status", "message"),
     [
-        ("tiny-kl", b"\0" * 10, {"shape": [1, 4, 2, 2], "dtype": "float32"}, 422, "body: 10 bytes, but shape [1, 4, 2, 2]"),
+        (
+            "tiny-kl",
+            b"\0" * 10,
+            {"shape": [1, 4, 2, 2], "dtype": "float32"},
+            422,
+            "body: 10 bytes, but shape [1, 4, 2, 2]",
+        ),
         ("tiny-kl", b"", {"shape": [1, 4, 2000, 2000], "dtype": "float32"}, 422, "at most 4096 allowed"),
         ("tiny-kl", b"", {"shape": [100, 4, 2, 2], "dtype": "float32"}, 422, "shape[0]: latents: at most 4 allowed"),
         ("tiny-kl", b"\0" * 64, {"shape": [1, 4, 2, 2], "dtype": "float64"}, 422, "dtype: 'float64' is not one of"),
@@ -226,7 +232,13 @@ def test_hostile_tensors_get_4xx_and_the_server_stays_fine(
 ) -> None:
     answer = post(server, name, "decode", body, **params)
     assert answer.status_code == status and message in answer.json()["detail"], answer.text
-    healthy = remote_decode(f"{server}/v1/models/tiny-kl/decode", latents(1, 4, 2, 2), output_type="pt", partial_postprocess=True, return_type="pt")
+    healthy = remote_decode(
+        f"{server}/v1/models/tiny-kl/decode",
+        latents(1, 4, 2, 2),
+        output_type="pt",
+        partial_postprocess=True,
+        return_type="pt",
+    )
     assert tuple(healthy.shape) == (1, 4, 4, 3)
 
 

@@ -14,8 +14,8 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.main import create_app
 from app.engine.backends.diffusers import DiffusersError, LatentGaussian, load_diffusers, read_config
+from app.main import create_app
 from tests.diffusers_models import save_autoencoders
 
 diffusers = pytest.importorskip("diffusers")
@@ -29,7 +29,11 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 def reference(folder: Path) -> torch.nn.Module:
     config = read_config(folder)
-    return getattr(diffusers, config["_class_name"]).from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False).eval()
+    return (
+        getattr(diffusers, config["_class_name"])
+        .from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+        .eval()
+    )
 
 
 def images(seed: int, height: int = 16, width: int = 24) -> torch.Tensor:
@@ -137,11 +141,15 @@ def test_scores_are_what_each_family_defines(client: TestClient, folders: dict[s
         q = backend.encode(x)
         mse = ((backend.decode(q.mean).clamp(0, 1) - x) ** 2).mean().item()
         assert kl["kl_nats"] == pytest.approx(q.kl().item(), rel=1e-5)
-    assert kl["mse"] == pytest.approx(mse, rel=1e-4) and kl["psnr_db"] == pytest.approx(10 * np.log10(1 / mse), rel=1e-4)
+    assert kl["mse"] == pytest.approx(mse, rel=1e-4) and kl["psnr_db"] == pytest.approx(
+        10 * np.log10(1 / mse), rel=1e-4
+    )
     tiny = client.post("/v1/score", data={"model": "tiny-taesd"}, files=files).json()["scores"][0]
     assert set(tiny) == {"mse", "psnr_db"}  # deterministic encoder: no KL either
     asked = client.post("/v1/score", data={"model": "tiny-kl", "k": "10"}, files=files)
-    assert asked.status_code == 422 and "defines no likelihood p(x|z), so no NLL, ELBO or IWAE" in asked.json()["detail"]
+    assert (
+        asked.status_code == 422 and "defines no likelihood p(x|z), so no NLL, ELBO or IWAE" in asked.json()["detail"]
+    )
 
 
 def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
@@ -149,7 +157,9 @@ def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
     assert no_prior.status_code == 422 and "has no prior p(z)" in no_prior.json()["detail"]
     as_json = client.post("/v1/decode", json={"model": "tiny-kl", "latents": [[0.0] * 4]})
     assert as_json.status_code == 422 and "[4, ?, ?]" in as_json.json()["detail"]
-    odd = client.post("/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))])
+    odd = client.post(
+        "/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))]
+    )
     assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]
 
 

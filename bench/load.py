@@ -63,6 +63,7 @@ class Result:
     p50_ms: float
     p99_ms: float
     errors: int
+    requests: int = 0
 
 
 def scenarios(latent_dim: int) -> list[Scenario]:
@@ -88,8 +89,8 @@ def free_port() -> int:
 def server(
     command: list[str], env: dict[str, str], url: str, cpu: int | str, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`command` pinned to `cpu` (taskset's list: 0, or 0-1), run in `cwd`, until it answers `url` with 200; stopped on exit. Its output
-    goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
+    """`command` pinned to `cpu` (taskset's list: 0, or 0-1), run in `cwd`, until it answers `url`
+    with 200, as a process (taskset runs it in its own); stopped on exit. Its output goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
     run make it log errors that say nothing about the run)."""
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
@@ -139,6 +140,7 @@ def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int)
         p50_ms=stats["p50_us"] / 1000,
         p99_ms=stats["p99_us"] / 1000,
         errors=stats["status_errors"] + stats["socket_errors"],
+        requests=stats["requests"],
     )
 
 

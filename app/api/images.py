@@ -1,8 +1,9 @@
 """Images in and out: upload checks and decoding, PNG grids, nearest-neighbour scaling, base64.
 
 Uploads become model input only through the model's own conversion (`Backend.to_input`; the
-project's VAE: `model.data.image_to_array`). Decoding is bounded: the format is sniffed from the bytes, and the pixel count is
-read from the header and checked before any pixel is decoded (decompression bombs).
+project's VAE: `model.data.image_to_array`). Decoding is bounded: the format is sniffed from the
+bytes, and the pixel count is read from the header and checked before any pixel is decoded
+(decompression bombs).
 """
 
 from __future__ import annotations
@@ -142,7 +143,9 @@ class ImageCodec:
     async def to_array(self, uploads: list[Upload], backend: Backend) -> np.ndarray:
         if sum(declared_pixels(upload) for upload in uploads) <= INLINE_PIXELS:
             return uploads_to_array(uploads, backend, self.max_pixels)
-        return await anyio.to_thread.run_sync(uploads_to_array, uploads, backend, self.max_pixels, limiter=self._limiter)
+        return await anyio.to_thread.run_sync(
+            uploads_to_array, uploads, backend, self.max_pixels, limiter=self._limiter
+        )
 
     async def grid_png(self, pixels: np.ndarray, nrow: int, scale: int) -> bytes:
         if output_pixels(pixels, scale) <= INLINE_PIXELS:

@@ -76,6 +76,17 @@ class Pending(Generic[In, Out]):
     taken: bool = False
 
 
+def abandoned(pending: Pending[In, Out]) -> bool:
+    """Whether nobody waits for `pending` any more; a `gone` that fails counts as someone waiting."""
+    if pending.gone is None:
+        return False
+    try:
+        return pending.gone()
+    except Exception:
+        log.exception("asking whether a request's client is still there failed")
+        return False
+
+
 def fail(pendings: Iterable[Pending[In, Out]], error: EngineError) -> None:
     for pending in pendings:
         if not pending.future.done():
@@ -195,7 +206,7 @@ class Batcher(Generic[In, Out]):
             self._queue.popleft()
             pending.taken = True
             self._uncount(pending)
-            if pending.gone is not None and pending.gone():
+            if abandoned(pending):
                 pending.future.set_exception(Abandoned(self.name))
                 if self._on_drop:
                     self._on_drop()

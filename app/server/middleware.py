@@ -41,8 +41,13 @@ class BodyLimitMiddleware:
         if scope["type"] != "http":
             await self.app(scope, receive, send)
             return
+        headers = Headers(scope=scope)
+        length = headers.get("content-length", "")
+        if length in ("", "0") and "transfer-encoding" not in headers:
+            # No body (RFC 9112, 6.3): nothing to count or wait for; receive passes straight through.
+            await self.app(scope, receive, send)
+            return
         message = f"request body is larger than the {self.max_bytes}-byte limit"
-        length = Headers(scope=scope).get("content-length", "")
         if length.isdigit() and int(length) > self.max_bytes:
             await JSONResponse({"detail": message}, status_code=413, headers=CLOSE)(scope, receive, send)
             return

@@ -11,7 +11,14 @@ from app.api.bodies import read_body
 from app.api.deps import FormatQueryOnly, JsonOnly, Service, ServiceDep, client_gone, unprocessable
 from app.api.limits import check_limits
 from app.api.responses import image_response
-from app.api.schemas import IMAGE_RESPONSES, MAX_SEED, DecodeRequest, InterpolateRequest, SampleRequest, images_request_body
+from app.api.schemas import (
+    IMAGE_RESPONSES,
+    MAX_SEED,
+    DecodeRequest,
+    InterpolateRequest,
+    SampleRequest,
+    images_request_body,
+)
 
 router = APIRouter(prefix="/v1", tags=["generate"], responses=IMAGE_RESPONSES)
 
@@ -100,4 +107,6 @@ async def interpolate(
     path = await service.engine.interpolate(
         model, body.steps, body.method, ends, labels, images=bool(uploads), gone=client_gone(request)
     )
-    return await image_response(request, service.codec, body, model, path.pixels, path.latents, path.labels, nrow=body.steps)
+    return await image_response(
+        request, service.codec, body, model, path.pixels, path.latents, path.labels, nrow=body.steps
+    )

@@ -48,7 +48,7 @@ async def list_models(service: ServiceDep) -> ModelList:
     )
 
 
-@router.get("/{name}", summary="One model: family, capabilities, shape, latent size, classes, evaluation, device, sha256")
+@router.get("/{name}", summary="One model: family, capabilities, shape, latents, classes, evaluation, device, sha256")
 async def get_model(name: str, service: ServiceDep) -> ModelInfo:
     registry = service.engine.registry
     return model_info(registry.get(name), name == registry.default)

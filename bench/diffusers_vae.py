@@ -160,7 +160,8 @@ def main(argv: list[str] | None = None) -> None:
     out.write("|---|---|---|---|---|---|\n")
     for name, served_rate, own_rate, served_s, own_s in rows:
         out.write(
-            f"| {name} | {served_rate:.3f} | {own_rate:.3f} | {served_rate / own_rate:.0%} | {served_s:.2f} | {own_s:.2f} |\n"
+            f"| {name} | {served_rate:.3f} | {own_rate:.3f} | {served_rate / own_rate:.0%} "
+            f"| {served_s:.2f} | {own_s:.2f} |\n"
         )
     out.write(f"\npeak memory: in-process {own_peak:.0f} MiB, server {server_peak:.0f} MiB\n")
     if big:

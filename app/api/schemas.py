@@ -222,13 +222,17 @@ class Score(BaseModel):
     without a likelihood has no nats, ELBO or NLL, but a reconstruction error; docs/api.md)."""
 
     reconstruction_nats: float | None = Field(None, description="-E_q[log p(x|z)] >= 0, one-sample estimate")
-    kl_nats: float | None = Field(None, description="KL(q(z|x) || p(z)) >= 0, exact; absent for a deterministic encoder")
+    kl_nats: float | None = Field(
+        None, description="KL(q(z|x) || p(z)) >= 0, exact; absent for a deterministic encoder"
+    )
     elbo_nats: float | None = Field(None, description="-(reconstruction_nats + kl_nats)")
     nll_nats: float | None = Field(None, description="-(IWAE bound with k samples): an upper bound on -log p(x)")
     bits_per_dim: float | None = Field(None, description="nll_nats / (pixels * ln 2)")
     k: int | None = Field(None, description="Importance samples of nll_nats")
     mse: float | None = Field(
-        None, description="No likelihood: mean squared error of the reconstruction from the posterior mean, pixel values in [0, 1]"
+        None,
+        description="No likelihood: mean squared error of the reconstruction from the posterior mean, "
+        "pixel values in [0, 1]",
     )
     psnr_db: float | None = Field(None, description="No likelihood: 10 log10(1 / mse), decibels")
 

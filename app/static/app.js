@@ -706,7 +706,8 @@ function renderChannels({ mean, variance }) {
       pixels.data.set([grey, grey, grey, 255], i * 4);
     });
     context.putImageData(pixels, 0, 0);
-    const spread = variance ? `, mean variance ${format(variance[c].flat().reduce((a, b) => a + b, 0) / values.length, 3)}` : "";
+    const meanVariance = variance ? variance[c].flat().reduce((a, b) => a + b, 0) / values.length : null;
+    const spread = variance ? `, mean variance ${format(meanVariance, 3)}` : "";
     const caption = `channel ${c}: ${format(lo, 2)} to ${format(hi, 2)}${spread}`;
     const image = el("img", { src: canvas.toDataURL("image/png"), class: "px", alt: `Latent ${caption}` });
     return el("figure", { class: "channel" }, image, el("figcaption", { text: caption }));

@@ -15,7 +15,8 @@ from PIL import Image
 
 from app.config import Settings
 from app.engine.backends.diffusers import DiffusersError, LatentGaussian, load_diffusers, read_config
-from app.main import create_app
+from app.engine.errors import StartupError
+from app.main import create_app, load_models
 from tests.diffusers_models import save_autoencoders
 
 diffusers = pytest.importorskip("diffusers")
@@ -181,3 +182,14 @@ def test_an_out_of_memory_fails_its_batch_and_the_next_one_works(
     failed = client.post("/v1/models/tiny-taesd/decode", content=body, params=params)
     assert failed.status_code == 500 and "failed for the batch this request was in (OutOfMemoryError)" in failed.text
     assert client.post("/v1/models/tiny-taesd/decode", content=body, params=params).status_code == 200
+
+
+def test_one_folder_as_vae_checkpoint_and_a_bad_one_stops_start_up(folders: dict[str, Path], tmp_path: Path) -> None:
+    registry = load_models(Settings(checkpoint=folders["tiny-taesd"], device="cpu"))
+    assert list(registry.models) == ["tiny-taesd"] and registry.get(None).backend.family == "diffusers"
+    bad = tmp_path / "unet"
+    bad.mkdir()
+    (bad / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    (bad / "diffusion_pytorch_model.safetensors").write_bytes(b"")
+    with pytest.raises(StartupError, match="^cannot load model .*unet/config.json: _class_name is 'UNet2DModel'"):
+        load_models(Settings(checkpoint=bad, device="cpu"))

@@ -9,9 +9,11 @@ Shapes and limits are checked from the query, before the body is read.
 
 from __future__ import annotations
 
+import inspect
 import io
 import json
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
 from typing import Annotated, Literal
 
@@ -135,6 +137,14 @@ def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tup
     return shape
 
 
+def known_parameters(request: Request, route: Callable[..., object]) -> None:
+    """As every POST: a query parameter the endpoint does not take is a 422, never ignored."""
+    taken = set(inspect.signature(route).parameters) - {"name", "request", "service"}
+    extra = sorted(set(request.query_params) - taken)
+    if extra:
+        raise unprocessable(f"{extra[0]}: unknown query parameter; this endpoint takes {', '.join(sorted(taken))}")
+
+
 async def body_tensor(request: Request, shape: tuple[int, ...], dtype: str) -> np.ndarray:
     try:
         return read_tensor(await request.body(), shape, dtype, max_elements=math.prod(shape))
@@ -183,6 +193,7 @@ async def decode_tensor(
     height: Annotated[int | None, Query(description="Packed latents' height: not supported")] = None,
     width: Annotated[int | None, Query(description="Packed latents' width: not supported")] = None,
 ) -> Response:
+    known_parameters(request, decode_tensor)
     model = service.engine.model(name)
     if shape is None:
         raise unprocessable("shape: required; give the latent tensor's shape as repeated shape parameters")
@@ -223,6 +234,7 @@ async def encode_tensor(
     sample: Annotated[bool, Query(description="true: a posterior sample drawn with `seed`; false: the mean")] = False,
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="Seeds the posterior sample")] = 0,
 ) -> Response:
+    known_parameters(request, encode_tensor)
     model = service.engine.model(name)
     settings = service.settings
     if shape is None:  # an image file, as remote_encode sends a PIL image

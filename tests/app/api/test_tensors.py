@@ -275,3 +275,8 @@ def test_do_scaling_alone_applies_the_models_own_factors(server: str) -> None:
     own = remote_decode(f"{server}/v1/models/tiny-kl/decode", z, **options)
     explicit = remote_decode(f"{server}/v1/models/tiny-kl/decode", z, scaling_factor=0.5, shift_factor=0.25, **options)
     assert torch.equal(own, explicit)
+
+
+def test_unknown_query_parameters_are_refused(server: str) -> None:
+    answer = post(server, "tiny-kl", "decode", b"\0" * 64, shape=[1, 4, 2, 2], sclaing_factor=0.5)
+    assert answer.status_code == 422 and answer.json()["detail"].startswith("sclaing_factor: unknown query parameter")

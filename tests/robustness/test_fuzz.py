@@ -47,7 +47,18 @@ PNG = encoded_png()
 def steer(case: Case) -> Case:
     """`case` with the fields a generator cannot guess made valid, the rest as generated: the
     default model (unconditional: no labels), latents of its length, real images, and for
-    interpolate exactly two ends."""
+    interpolate exactly two ends; for the binary endpoints, tiny-vae with one latent of zeros
+    or a PNG to encode."""
+    if case.operation.path.startswith("/v1/models/{name}/"):
+        case.path_parameters = {"name": "tiny-vae"}
+        query = case.query if isinstance(case.query, dict) else {}
+        for name in ("shape", "dtype", "height", "width"):
+            query.pop(name, None)
+        if case.operation.path.endswith("/decode"):
+            query.update(shape=[1, 4], dtype="float32")
+        case.query = query
+        case.body = bytes(16) if case.operation.path.endswith("/decode") else PNG
+        return case
     for fields in (case.query, case.body):
         if not isinstance(fields, dict):
             continue
@@ -84,8 +95,8 @@ def operations() -> list[tuple[str, str, str]]:
 
 
 def no_leak(ctx: CheckContext, response: Response, case: Case) -> None:
-    """No stack trace or server path in any answer but the images."""
-    if not response.headers.get("content-type", [""])[0].startswith("image/"):
+    """No stack trace or server path in any answer but the images and binary tensors."""
+    if not response.headers.get("content-type", [""])[0].startswith(("image/", "tensor/")):
         assert_no_leak(response.text)
 
 

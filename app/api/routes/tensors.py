@@ -30,7 +30,7 @@ from app.engine.errors import BadLatentShape, OverLimit
 from app.engine.registry import LoadedModel
 from app.tensors import TensorError, read_tensor, tensor_bytes
 
-router = APIRouter(prefix="/v1/models", tags=["tensors"], responses=ERROR_RESPONSES)
+router = APIRouter(prefix="/v1/models", tags=["tensors"])
 
 TENSOR_MEDIA = "tensor/binary"
 IMAGE_MEDIA = {"png": "image/png", "jpg": "image/jpeg"}
@@ -166,13 +166,28 @@ def image_file(pixels: np.ndarray, image_format: str) -> bytes:
     return buffer.getvalue()
 
 
+# The body: raw bytes, whatever Content-Type says (diffusers' client sends tensor/binary, or
+# none for an image file); documented as octet-stream, which schema tools can generate.
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}}
+TENSOR_HEADERS = {
+    "shape": {"description": "The answer tensor's shape, a JSON list", "schema": {"type": "string"}},
+    "dtype": {"description": "The answer tensor's element type", "schema": {"type": "string"}},
+}
+
+
+def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
+    media = [TENSOR_MEDIA, *(IMAGE_MEDIA[kind] for kind in images)]
+    ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image file" if images else "")}
+    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
+
+
 @router.post(
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
     response_class=Response,
-    openapi_extra={
-        "requestBody": {"required": True, "content": {TENSOR_MEDIA: {"schema": {"type": "string", "format": "binary"}}}}
-    },
+    responses=tensor_answers("png", "jpg"),
+    openapi_extra=BINARY_BODY,
 )
 async def decode_tensor(
     name: str,
@@ -221,6 +236,8 @@ async def decode_tensor(
     "/{name}/encode",
     summary="Encode an image file or a binary image tensor: diffusers' remote_encode endpoint",
     response_class=Response,
+    responses=tensor_answers(),
+    openapi_extra=BINARY_BODY,
 )
 async def encode_tensor(
     name: str,

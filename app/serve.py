@@ -23,7 +23,7 @@ def main() -> None:
         proxy_headers=True,
         forwarded_allow_ips=settings.forwarded_allow_ips,
         timeout_graceful_shutdown=settings.shutdown_timeout,
-        access_log=False,  # the app writes its own request line (app.observability)
+        access_log=False,  # the app writes its own request line (app.server.observability)
         server_header=False,
     )
 

@@ -111,28 +111,84 @@ def image_to_tensor(image: Image.Image, config: VAEConfig) -> torch.Tensor:
     return torch.from_numpy(image_to_array(image, config))
 
 
-def load_image_folder(root: str | Path, config: VAEConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
-    """Images under `root`, optionally one subfolder per class, converted with `image_to_array`.
+class TensorImages(torch.utils.data.Dataset):
+    """Images [N, C, H, W] and labels [N] held in memory; a batch is one indexing operation."""
 
-    Returns images [N, C, H, W], labels [N] (all 0 without subfolders) and class names
-    (empty without subfolders).
-    """
+    def __init__(self, images: torch.Tensor, labels: torch.Tensor) -> None:
+        self.images, self.labels = images, labels
+
+    def __len__(self) -> int:
+        return self.images.shape[0]
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        return self.images[index], self.labels[index]
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        """A whole batch (the DataLoader calls this when it exists; `batch_as_is` collates)."""
+        index = torch.as_tensor(indices, dtype=torch.long)
+        return self.images[index], self.labels[index]
+
+    def subset(self, indices: torch.Tensor) -> TensorImages:
+        return TensorImages(self.images[indices], self.labels[indices])
+
+
+class ImageFiles(torch.utils.data.Dataset):
+    """Image files read and converted with `image_to_tensor` only when a batch asks for them,
+    so a folder larger than memory streams through the DataLoader's worker processes."""
+
+    def __init__(self, files: list[Path], labels: list[int], config: VAEConfig) -> None:
+        self.files, self.labels, self.config = files, labels, config
+
+    def __len__(self) -> int:
+        return len(self.files)
+
+    def __getitem__(self, index: int) -> tuple[torch.Tensor, torch.Tensor]:
+        file = self.files[index]
+        try:
+            with Image.open(file) as image:
+                return image_to_tensor(image, self.config), torch.tensor(self.labels[index])
+        except (OSError, Image.DecompressionBombError) as e:
+            raise DataError(f"{file}: not a readable image: {e}") from e
+
+    def __getitems__(self, indices: list[int]) -> tuple[torch.Tensor, torch.Tensor]:
+        if not indices:  # an empty split: the shape still says what an image is
+            config = self.config
+            return torch.empty(0, config.channels, config.height, config.width), torch.empty(0, dtype=torch.long)
+        images, labels = zip(*(self[i] for i in indices))
+        return torch.stack(images), torch.stack(labels)
+
+    def subset(self, indices: torch.Tensor) -> ImageFiles:
+        return ImageFiles([self.files[i] for i in indices], [self.labels[i] for i in indices], self.config)
+
+
+def batch_as_is(batch: tuple[torch.Tensor, torch.Tensor]) -> tuple[torch.Tensor, torch.Tensor]:
+    """The DataLoader's collate_fn for datasets whose `__getitems__` already returns a batch."""
+    return batch
+
+
+def image_folder(root: str | Path, config: VAEConfig) -> tuple[ImageFiles, list[str]]:
+    """The images under `root`, optionally one subfolder per class, as a dataset that reads
+    each file when asked (labels all 0 without subfolders), and the class names (empty
+    without subfolders). Only the file names are read here."""
     root = Path(root)
     if not root.is_dir():
         raise DataError(f"image folder {root} does not exist")
     classes = sorted(p.name for p in root.iterdir() if p.is_dir())
     groups = [(i, root / name) for i, name in enumerate(classes)] or [(0, root)]
-    images, labels = [], []
+    files, labels = [], []
     for label, folder in groups:
         for file in sorted(folder.iterdir()):
-            if file.suffix.lower() not in IMAGE_SUFFIXES:
-                continue
-            try:
-                with Image.open(file) as image:
-                    images.append(image_to_tensor(image, config))
-            except (OSError, Image.DecompressionBombError) as e:
-                raise DataError(f"{file}: not a readable image: {e}") from e
-            labels.append(label)
-    if not images:
+            if file.suffix.lower() in IMAGE_SUFFIXES:
+                files.append(file)
+                labels.append(label)
+    if not files:
         raise DataError(f"no images ({', '.join(sorted(IMAGE_SUFFIXES))}) found under {root}")
-    return torch.stack(images), torch.tensor(labels), classes
+    return ImageFiles(files, labels, config), classes
+
+
+def load_image_folder(root: str | Path, config: VAEConfig) -> tuple[torch.Tensor, torch.Tensor, list[str]]:
+    """Every image of `image_folder(root, config)` in memory: images [N, C, H, W], labels [N]
+    and the class names."""
+    files, classes = image_folder(root, config)
+    images, labels = files.__getitems__(list(range(len(files))))
+    return images, labels, classes

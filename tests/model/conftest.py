@@ -1,5 +1,8 @@
+from pathlib import Path
+
 import pytest
 import torch
+from PIL import Image
 
 from model import VAE, VAEConfig
 
@@ -24,3 +27,18 @@ def cvae() -> VAE:
 @pytest.fixture
 def images() -> torch.Tensor:
     return torch.bernoulli(torch.rand(6, 1, 28, 28, generator=torch.Generator().manual_seed(1)))
+
+
+@pytest.fixture
+def image_folder(tmp_path: Path) -> Path:
+    """Two classes of tiny synthetic images: bright squares and bright bars."""
+    g = torch.Generator().manual_seed(0)
+    for name in ("squares", "bars"):
+        (tmp_path / "data" / name).mkdir(parents=True)
+        for i in range(24):
+            image = Image.new("L", (28, 28), 0)
+            offset = int(torch.randint(4, 12, (1,), generator=g))
+            box = (offset, offset, offset + 12, offset + 12) if name == "squares" else (offset, 2, offset + 4, 26)
+            image.paste(255, box)
+            image.save(tmp_path / "data" / name / f"{i}.png")
+    return tmp_path / "data"

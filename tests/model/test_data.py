@@ -9,7 +9,15 @@ import torch
 from PIL import Image
 
 from model import VAEConfig
-from model.data import DataError, image_to_array, image_to_tensor, load_fashion_mnist, load_image_folder, read_idx
+from model.data import (
+    DataError,
+    image_folder,
+    image_to_array,
+    image_to_tensor,
+    load_fashion_mnist,
+    load_image_folder,
+    read_idx,
+)
 
 
 def write_idx(path: Path, array: np.ndarray) -> None:
@@ -90,3 +98,16 @@ def test_load_image_folder_errors(tmp_path: Path) -> None:
     (tmp_path / "broken.png").write_bytes(b"not a png")
     with pytest.raises(DataError, match="broken.png: not a readable image"):
         load_image_folder(tmp_path, VAEConfig())
+
+
+def test_image_folder_reads_each_file_only_when_asked(tmp_path: Path) -> None:
+    for name, shade in (("a", 40), ("b", 200)):
+        (tmp_path / name).mkdir()
+        Image.new("L", (32, 32), shade).save(tmp_path / name / "0.png")
+    files, classes = image_folder(tmp_path, VAEConfig())
+    (tmp_path / "a" / "0.png").write_bytes(b"broken after listing")
+    x, y = files.__getitems__([1])
+    assert classes == ["a", "b"] and len(files) == 2 and x.shape == (1, 1, 28, 28) and y.tolist() == [1]
+    assert x.mean().item() == pytest.approx(200 / 255, abs=0.01)
+    with pytest.raises(DataError, match="0.png: not a readable image"):
+        files[0]

@@ -1,3 +1,5 @@
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 
 import pytest
@@ -10,25 +12,13 @@ from model.data import DataError
 from model.train import learning_rate, parse_args, train
 
 
-@pytest.fixture
-def image_folder(tmp_path: Path) -> Path:
-    """Two classes of tiny synthetic images: bright squares and bright bars."""
-    g = torch.Generator().manual_seed(0)
-    for name in ("squares", "bars"):
-        (tmp_path / "data" / name).mkdir(parents=True)
-        for i in range(24):
-            image = Image.new("L", (28, 28), 0)
-            offset = int(torch.randint(4, 12, (1,), generator=g))
-            box = (offset, offset, offset + 12, offset + 12) if name == "squares" else (offset, 2, offset + 4, 26)
-            image.paste(255, box)
-            image.save(tmp_path / "data" / name / f"{i}.png")
-    return tmp_path / "data"
+# A tiny model and recipe for the 48 images of `image_folder`.
+TINY = ["--latent-dim", "4", "--conv-channels", "4", "--hidden", "32", "--val-size", "8", "--kl-warmup-epochs", "1",
+        "--lr", "3e-3"]  # fmt: skip
 
 
 def run(folder: Path, out: Path, *extra: str) -> dict:
-    argv = ["--data", str(folder), "--out", str(out), "--latent-dim", "4", "--conv-channels", "4", "--hidden", "32",
-            "--batch-size", "8", "--val-size", "8", "--kl-warmup-epochs", "1", "--lr", "3e-3", *extra]  # fmt: skip
-    return train(parse_args(argv))
+    return train(parse_args(["--data", str(folder), "--out", str(out), *TINY, "--batch-size", "8", *extra]))
 
 
 def test_training_lowers_the_loss_and_keeps_the_best(image_folder: Path, tmp_path: Path) -> None:
@@ -44,22 +34,31 @@ def test_training_lowers_the_loss_and_keeps_the_best(image_folder: Path, tmp_pat
     assert training["command"].startswith("python -m model.train --data ")
 
 
-def test_resume_continues_bit_exactly(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
-    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
-    run(image_folder, straight, "--epochs", "3")
-    # Interrupt the second run while it validates epoch 3, after epoch 2's state was saved.
+@contextmanager
+def interrupted_at_validation(at: int) -> Iterator[None]:
+    """The training run inside stops with KeyboardInterrupt at its `at`-th validation, counted
+    from 0: one per epoch for image folders (no test split), after the epoch before it was saved."""
     real = model.train.mean_negative_elbo
-    calls = iter(range(100))
+    calls = iter(range(1 << 30))
 
     def interrupting(*args: object, **kwargs: object) -> float:
-        if next(calls) == 2:  # one call per epoch for image folders (validation; no test split)
+        if next(calls) == at:
             raise KeyboardInterrupt
         return real(*args, **kwargs)
 
-    monkeypatch.setattr(model.train, "mean_negative_elbo", interrupting)
-    with pytest.raises(KeyboardInterrupt):
+    model.train.mean_negative_elbo = interrupting
+    try:
+        with pytest.raises(KeyboardInterrupt):
+            yield
+    finally:
+        model.train.mean_negative_elbo = real
+
+
+def test_resume_continues_bit_exactly(image_folder: Path, tmp_path: Path) -> None:
+    straight, resumed = tmp_path / "a.safetensors", tmp_path / "b.safetensors"
+    run(image_folder, straight, "--epochs", "3")
+    with interrupted_at_validation(2):  # while it validates epoch 3, after epoch 2's state was saved
         run(image_folder, resumed, "--epochs", "3")
-    monkeypatch.setattr(model.train, "mean_negative_elbo", real)
     record = run(image_folder, resumed, "--epochs", "3", "--resume")
     assert [row["epoch"] for row in record["history"]] == [1, 2, 3]
     sa, sb = load_checkpoint(straight).state_dict(), load_checkpoint(resumed).state_dict()
@@ -88,3 +87,17 @@ def test_learning_rate_schedule() -> None:
     assert learning_rate(0, 100, 1e-3) == pytest.approx(1e-3)
     assert learning_rate(50, 100, 1e-3) == pytest.approx(0.505e-3)
     assert learning_rate(100, 100, 1e-3) == pytest.approx(1e-5)
+
+
+def test_worker_processes_read_the_same_batches(image_folder: Path, tmp_path: Path) -> None:
+    """Image folders stream from disk; DataLoader workers change where they are read, not what is trained."""
+    run(image_folder, tmp_path / "a.safetensors", "--epochs", "2")
+    run(image_folder, tmp_path / "b.safetensors", "--epochs", "2", "--workers", "2")
+    sa, sb = load_checkpoint(tmp_path / "a.safetensors").state_dict(), load_checkpoint(tmp_path / "b.safetensors").state_dict()
+    assert all(torch.equal(sa[k], sb[k]) for k in sa)
+
+
+def test_batch_size_must_cover_the_processes(image_folder: Path, tmp_path: Path, monkeypatch: pytest.MonkeyPatch) -> None:
+    monkeypatch.setattr(model.train, "start_process", lambda device: (model.train.Process(0, 4, 0), torch.device("cpu")))
+    with pytest.raises(DataError, match="--batch-size 2 is smaller than the 4 processes"):
+        run(image_folder, tmp_path / "m.safetensors", "--epochs", "1", "--batch-size", "2")

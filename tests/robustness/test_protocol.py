@@ -127,7 +127,7 @@ def test_clients_trickling_headers_do_not_hold_up_others(server: Replica) -> Non
 def test_request_heads_over_16_kb_end_the_connection_with_400(server: Replica, headers: list[int]) -> None:
     # uvicorn times out only idle keep-alive connections, not a request's headers (the gateway
     # does: client_header_timeout). What bounds a header trickler on the bare app is size:
-    # app.protocol keeps h11's 16 kB bound on httptools, which has none, for many headers or one.
+    # app.server.protocol keeps h11's 16 kB bound on httptools, which has none, for many headers or one.
     with connect(server) as sock:
         sock.sendall(b"GET /healthz HTTP/1.1\r\nHost: x\r\n")
         try:

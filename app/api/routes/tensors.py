@@ -40,10 +40,9 @@ Shape = Annotated[
     Query(description="The tensor's shape, one parameter per dimension (`shape=1&shape=4&shape=64&shape=64`)"),
 ]
 Dtype = Annotated[str, Query(description="float32, float16, bfloat16 or uint8: the body's element type")]
-Factor = Annotated[
-    float | None, Query(allow_inf_nan=False, description="diffusers' scaling_factor (SD 1.x: 0.18215)", gt=0)
-]
-Shift = Annotated[float | None, Query(allow_inf_nan=False, description="diffusers' shift_factor (Flux: 0.1159)")]
+# Published factors are between 0.1 and 2; the bounds keep float32 latents finite once scaled.
+Factor = Annotated[float | None, Query(ge=1e-3, le=1e3, description="diffusers' scaling_factor (SD 1.x: 0.18215)")]
+Shift = Annotated[float | None, Query(ge=-1e3, le=1e3, description="diffusers' shift_factor (Flux: 0.1159)")]
 DoScaling = Annotated[
     bool | None,
     Query(description="Deprecated by diffusers: true without scaling_factor uses the model's own factors"),
@@ -222,6 +221,8 @@ async def decode_tensor(
     latents = scaling(model, scaling_factor, shift_factor, do_scaling).to_model(
         await body_tensor(request, batch, dtype)
     )
+    if not np.isfinite(latents).all():
+        raise unprocessable("body: latents / scaling_factor + shift_factor overflow float32")
     values = output_type == "pt" and not partial_postprocess
     images = await service.engine.decode(model, latents, None, client_gone(request), values=values)
     if values:

@@ -248,6 +248,9 @@ def test_nan_and_inf_latents_are_refused(server: str) -> None:
     data, shape, dtype = tensor_bytes(z)
     answer = post(server, "tiny-kl", "decode", data, shape=shape, dtype=dtype)
     assert answer.status_code == 422 and "1 values are NaN or infinite" in answer.json()["detail"]
+    huge = np.full((1, 4, 2, 2), 1e38, "<f4").tobytes()
+    overflow = post(server, "tiny-kl", "decode", huge, shape=[1, 4, 2, 2], scaling_factor=0.001)
+    assert overflow.status_code == 422 and "overflow float32" in overflow.json()["detail"]
     odd = post(server, "tiny-kl", "encode", png(photo(15, 12)))
     assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]
 

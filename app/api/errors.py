@@ -15,11 +15,11 @@ from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
-from app.server.proxy import route_path
 
 from app.api.images import ImageError, ImageTooLarge
 from app.api.routes import API_ROUTES
 from app.engine import errors
+from app.server.proxy import route_path
 
 # Most specific first: the first class an error is an instance of gives its status.
 STATUS: list[tuple[type[Exception], int]] = [

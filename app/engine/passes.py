@@ -146,8 +146,8 @@ class Passes:
         generator = torch.Generator().manual_seed(0)
         height, width = (image.height, image.width) if image.fixed_size else (PROBE_SIDE * image.multiple,) * 2
         x = torch.rand(rows, image.channels, height, width, generator=generator).to(device)
-        z = torch.randn(rows, *backend.latent_shape(height, width), generator=generator)  # type: ignore[misc]
-        z = z.to(device, backend.dtype)
+        latent = backend.latent_shape(height, width)  # a concrete shape, given the size
+        z = torch.randn(rows, *latent, generator=generator).to(device, backend.dtype)  # type: ignore[misc]
         labels = None
         if classes:
             labels = torch.randint(classes, (rows,), generator=generator).to(device)

@@ -4,7 +4,6 @@ with the checks of a request's labels and latents against its model."""
 from __future__ import annotations
 
 import logging
-import math
 import reprlib
 from collections.abc import Iterator, Sequence
 from dataclasses import dataclass
@@ -94,7 +93,8 @@ class LoadedModel:
         try:
             z = np.array(latents, dtype=np.float32)
         except ValueError:
-            raise BadLatentShape(f"{field}: rows of different shapes; model '{self.name}' has latents {shape}") from None
+            message = f"{field}: rows of different shapes; model '{self.name}' has latents {shape}"
+            raise BadLatentShape(message) from None
         if None in shape:
             raise BadLatentShape(
                 f"{field}: model '{self.name}' has latents of shape [{', '.join(str(s or '?') for s in shape)}] "
@@ -174,5 +174,6 @@ def load_registry(
     for model in models:
         labels = model.backend.label_names
         kind = f"conditional on {len(labels)} classes" if labels else "unconditional"
-        log.info("loaded model %s (%s, %s, sha256 %s) on %s", model.name, model.backend.family, kind, model.sha256[:12], device)
+        family, sha = model.backend.family, model.sha256[:12]
+        log.info("loaded model %s (%s, %s, sha256 %s) on %s", model.name, family, kind, sha, device)
     return Registry(models, default)

@@ -79,7 +79,8 @@ def test_a_queued_request_whose_client_left_is_dropped_and_counted(
         holding = pool.submit(httpx.post, f"{url}/v1/decode", json=decode_body(HOLD), timeout=30)
         until(url, "vae_batch_size_count", 1, model="tiny-vae", op="decode")  # the worker is held
         body = json.dumps(decode_body(0.0)).encode()
-        head = f"POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\nContent-Length: {len(body)}\r\n\r\n"
+        head = "POST /v1/decode HTTP/1.1\r\nHost: x\r\nContent-Type: application/json\r\n"
+        head += f"Content-Length: {len(body)}\r\n\r\n"
         with socket.create_connection(("127.0.0.1", int(url.rsplit(":", 1)[1]))) as leaving:
             leaving.sendall(head.encode() + body)
             until(url, "vae_queue_depth", 1, model="tiny-vae")  # read, parsed and queued

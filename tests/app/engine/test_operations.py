@@ -27,7 +27,8 @@ def engine_for(settings: Settings, models: list[LoadedModel]) -> Callable[..., A
 
     def go(main: Callable[[Engine], Awaitable[Any]], **overrides: object) -> Any:
         async def scoped() -> Any:
-            engine = make_engine(settings.model_copy(update=overrides), Registry(models, models[0].name), Metrics(State()))
+            registry = Registry(models, models[0].name)
+            engine = make_engine(settings.model_copy(update=overrides), registry, Metrics(State()))
             try:
                 await engine.start()
                 return await main(engine)
@@ -41,7 +42,8 @@ def engine_for(settings: Settings, models: list[LoadedModel]) -> Callable[..., A
 
 @pytest.fixture(scope="module")
 def serve(settings: Settings, vae: VAE, cvae: VAE) -> Callable[..., Any]:
-    return engine_for(settings, [LoadedModel("tiny-vae", VAEBackend(vae), ""), LoadedModel("tiny-cvae", VAEBackend(cvae), "")])
+    models = [LoadedModel("tiny-vae", VAEBackend(vae), ""), LoadedModel("tiny-cvae", VAEBackend(cvae), "")]
+    return engine_for(settings, models)
 
 
 def flat(result: object) -> list[np.ndarray]:

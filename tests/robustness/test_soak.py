@@ -126,7 +126,9 @@ def test_soak_no_5xx_below_the_queue_bound_503_beyond_and_bounded_memory(soaked:
         assert busy.headers["retry-after"] == "1"
         detail = f"server busy: {MAX_QUEUE} requests are already waiting for tiny-vae score; retry in 1 s"
         assert busy.json() == {"detail": detail}
-    assert beyond.statuses[200] >= 20  # the bound sheds the excess, and the work goes on
+    # The bound sheds the excess and the work goes on: at least a full queue's worth answered. Not a
+    # throughput bound (how many finish in 8 s depends on the machine and its load).
+    assert beyond.statuses[200] >= MAX_QUEUE
     assert growth < RSS_GROWTH_MIB, f"RSS grew {growth:.1f} MiB after warm-up"
     # The server still answers normally once the load is gone.
     assert httpx.post(soaked.url + "/v1/decode", json=LATENTS, timeout=10).status_code == 200

@@ -17,7 +17,7 @@ $(BIN)/activate:
 # comes from requirements.lock (`make lock` refreshes it).
 $(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[test]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[test,diffusers]'
 	touch $@
 
 install: $(VENV)/.installed

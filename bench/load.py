@@ -88,12 +88,12 @@ def free_port() -> int:
 
 @contextmanager
 def server(
-    command: list[str], env: dict[str, str], url: str, cpu: int, cwd: Path = ROOT
+    command: list[str], env: dict[str, str], url: str, cpu: int | str, cwd: Path = ROOT
 ) -> Iterator[subprocess.Popen[bytes]]:
-    """`command` pinned to `cpu`, run in `cwd`, until it answers `url` with 200, as a process
-    (taskset runs it in its own); stopped on exit. Its output
-    goes to a file, shown only if it fails to start (wrk's dropped connections at the end of a
-    run make it log errors that say nothing about the run)."""
+    """`command` pinned to `cpu` (taskset's list: 0, or 0-1), run in `cwd`, until it answers `url`
+    with 200, as a process (taskset runs it in its own); stopped on exit. Its output goes to a
+    file, shown only if it fails to start (wrk's dropped connections at the end of a run make it
+    log errors that say nothing about the run)."""
     with tempfile.TemporaryFile() as output:
         process = subprocess.Popen(
             ["taskset", "-c", str(cpu), *command], cwd=cwd, env=env, stdout=output, stderr=subprocess.STDOUT

@@ -146,10 +146,15 @@ class Ready(BaseModel):
 class ModelInfo(BaseModel):
     name: str = Field(description="The checkpoint's file name without .safetensors")
     default: bool = Field(description="Whether requests without `model` use it")
-    family: str = Field(description="The model family (backend) that serves it: vae, the project's own")
+    family: str = Field(description="The model family (backend) that serves it: vae, the project's own; diffusers")
     capabilities: list[Operation] = Field(description="The operations it serves; others answer 422 saying why")
     image_shape: list[int] = Field(description="[channels, height, width]")
-    latent_dim: int = Field(description="Numbers in one latent")
+    latent_dim: int = Field(description="Numbers in one latent (of an image_shape image)")
+    latent_shape: list[int | None] = Field(description="A latent's shape; null where it follows the image size")
+    image_multiple: int | None = Field(
+        description="null: images are image_shape; else any size whose sides are multiples of this"
+    )
+    details: dict[str, Any] = Field(description="Family facts (diffusers: class, scaling_factor, shift_factor, ...)")
     likelihood: str | None = Field(description="p(x|z): bernoulli, independent per pixel; null: none (no score)")
     conditional: bool
     labels: list[str] | None = Field(description="Class names of a conditional model, in index order; else null")
@@ -168,6 +173,9 @@ class ModelInfo(BaseModel):
                     "capabilities": ["sample", "encode", "decode", "reconstruct", "score", "interpolate"],
                     "image_shape": [1, 28, 28],
                     "latent_dim": 64,
+                    "latent_shape": [64],
+                    "image_multiple": None,
+                    "details": {},
                     "likelihood": "bernoulli",
                     "conditional": False,
                     "labels": None,
@@ -189,9 +197,11 @@ class ModelList(BaseModel):
 class Posterior(BaseModel):
     """q(z|x) = N(mean, diag(variance)) of one image."""
 
-    mean: list[float]
-    variance: list[float] | None = Field(description="null where the model's encoder is deterministic")
-    log_variance: list[float] | None = Field(description="null where the model's encoder is deterministic")
+    mean: list[Any] = Field(
+        description="Floats nested as the latent's shape: [latent_dim], or [C][h][w] for a convolutional latent"
+    )
+    variance: list[Any] | None = Field(description="As mean; null where the model's encoder is deterministic")
+    log_variance: list[Any] | None = Field(description="As mean; null where the model's encoder is deterministic")
 
 
 class EncodeResponse(BaseModel):
@@ -208,12 +218,23 @@ class EncodeResponse(BaseModel):
 
 
 class Score(BaseModel):
-    reconstruction_nats: float = Field(description="-E_q[log p(x|z)] >= 0, one-sample estimate")
-    kl_nats: float = Field(description="KL(q(z|x) || p(z)) >= 0, exact")
-    elbo_nats: float = Field(description="-(reconstruction_nats + kl_nats)")
-    nll_nats: float = Field(description="-(IWAE bound with k samples): an upper bound on -log p(x)")
-    bits_per_dim: float = Field(description="nll_nats / (pixels * ln 2)")
-    k: int
+    """What the model defines, and only that: fields it does not define are left out (a model
+    without a likelihood has no nats, ELBO or NLL, but a reconstruction error; docs/api.md)."""
+
+    reconstruction_nats: float | None = Field(None, description="-E_q[log p(x|z)] >= 0, one-sample estimate")
+    kl_nats: float | None = Field(
+        None, description="KL(q(z|x) || p(z)) >= 0, exact; absent for a deterministic encoder"
+    )
+    elbo_nats: float | None = Field(None, description="-(reconstruction_nats + kl_nats)")
+    nll_nats: float | None = Field(None, description="-(IWAE bound with k samples): an upper bound on -log p(x)")
+    bits_per_dim: float | None = Field(None, description="nll_nats / (pixels * ln 2)")
+    k: int | None = Field(None, description="Importance samples of nll_nats")
+    mse: float | None = Field(
+        None,
+        description="No likelihood: mean squared error of the reconstruction from the posterior mean, "
+        "pixel values in [0, 1]",
+    )
+    psnr_db: float | None = Field(None, description="No likelihood: 10 log10(1 / mse), decibels")
 
 
 class ScoreResponse(BaseModel):
@@ -244,7 +265,7 @@ class ScoreResponse(BaseModel):
 class ImagesResponse(BaseModel):
     model: str
     images: list[str] = Field(description="Base64 PNGs, one per image")
-    latents: list[list[float]] = Field(description="The latent vector of each image")
+    latents: list[list[Any]] = Field(description="The latent of each image: floats nested as its shape")
     labels: list[str] | None = Field(description="Class of each image for conditional models; else null")
     seed: int | None = Field(description="The seed used (sample); null where nothing is random")
 

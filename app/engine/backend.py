@@ -38,7 +38,8 @@ NEEDS: dict[Operation, tuple[Feature, ...]] = {
     "encode": ("encoder",),
     "decode": ("decoder",),
     "reconstruct": ("encoder", "decoder"),
-    "score": ("encoder", "posterior", "likelihood"),
+    # With a likelihood: the ELBO and IWAE bound; without: the reconstruction error (and a posterior's KL).
+    "score": ("encoder", "decoder"),
     "interpolate": ("decoder",),
 }
 
@@ -55,6 +56,9 @@ class ImageSpec:
     width: int
     fixed_size: bool = True  # False: any size whose sides are multiples of `multiple`
     multiple: int = 1
+    # The values the model itself works in (diffusers' autoencoders: [-1, 1]): float image
+    # tensors on the binary endpoints are in this range, as the family's own tools make them.
+    value_range: tuple[float, float] = (0.0, 1.0)
 
 
 @runtime_checkable
@@ -80,6 +84,8 @@ class Backend(Protocol):
     and `log_weights` ("likelihood") serve the ELBO and the IWAE bound of "score" (Burda et al.,
     arXiv 1509.00519). Labels are class indices [B] (int64) for a conditional model
     (`label_names` not empty), else None. `describe` adds family facts to the model's listing.
+    A backend may set `max_rows`, the most rows one pass may hold (large images: memory); the
+    passes of a variable-size model are calibrated on small images (app/engine/passes.py).
     """
 
     family: str

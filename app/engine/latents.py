@@ -1,4 +1,4 @@
-"""Paths between two latent vectors."""
+"""Paths between two latents (vectors, or tensors such as [C, h, w], taken as flat vectors)."""
 
 from __future__ import annotations
 
@@ -9,14 +9,15 @@ PARALLEL_SIN = 1e-6
 
 
 def interpolate(start: np.ndarray, end: np.ndarray, steps: int, method: str = "slerp") -> np.ndarray:
-    """`steps` points from `start` to `end`, both included: [steps, latent_dim].
+    """`steps` points from `start` to `end`, both included: [steps, *start.shape].
 
     slerp (Shoemake 1985) follows the great circle, sin((1-t)θ)/sin θ · a + sin(tθ)/sin θ · b,
     so points keep the norm typical of a Gaussian latent rather than cutting through the
     low-density centre as a straight line does (White 2016, "Sampling Generative Networks").
     """
-    t = np.linspace(0.0, 1.0, steps, dtype=start.dtype)[:, None]
-    cos = np.dot(start, end) / max(np.linalg.norm(start) * np.linalg.norm(end), np.finfo(start.dtype).tiny)
+    t = np.linspace(0.0, 1.0, steps, dtype=start.dtype).reshape(-1, *[1] * start.ndim)
+    a, b = start.reshape(-1), end.reshape(-1)
+    cos = np.dot(a, b) / max(np.linalg.norm(a) * np.linalg.norm(b), np.finfo(start.dtype).tiny)
     theta = np.arccos(np.clip(cos, -1.0, 1.0))
     if method == "lerp" or np.sin(theta) < PARALLEL_SIN:
         return start + t * (end - start)

@@ -54,15 +54,21 @@ class Encoding:
     mean: np.ndarray  # [B, *latent shape] float32: the posterior mean, or the latents of a deterministic encoder
     variance: np.ndarray | None  # None for a deterministic encoder
     log_variance: np.ndarray | None
+    sample: np.ndarray | None = None  # a posterior draw with the job's seed, where one was asked
 
 
 @dataclass
 class Scores:
-    reconstruction: np.ndarray  # [B] -E_q[log p(x|z)], nats
-    kl: np.ndarray  # [B]
-    elbo: np.ndarray  # [B]
-    nll: np.ndarray  # [B] -(IWAE bound)
-    bits_per_dim: np.ndarray  # [B]
+    """Per image; None where the model does not define the quantity (no likelihood: no
+    reconstruction nats, ELBO or NLL; a deterministic encoder: no KL either)."""
+
+    reconstruction: np.ndarray | None  # [B] -E_q[log p(x|z)], nats
+    kl: np.ndarray | None  # [B]
+    elbo: np.ndarray | None  # [B]
+    nll: np.ndarray | None  # [B] -(IWAE bound)
+    bits_per_dim: np.ndarray | None  # [B]
+    mse: np.ndarray | None = None  # [B] models without a likelihood: the reconstruction's error
+    psnr_db: np.ndarray | None = None  # [B] 10 log10(1 / mse)
 
 
 @dataclass
@@ -77,6 +83,8 @@ class SampleJob:
 class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
     x: np.ndarray  # float32
     labels: np.ndarray | None  # int64 class indices
+    values: bool = False  # decode: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
+    seed: int | None = None  # encode: also draw a posterior sample from `seeded(seed)`
 
 
 @dataclass
@@ -159,7 +167,12 @@ def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Images]:
 def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
     backend = passes.backend
     z = tensor([job.x for job in jobs], backend.device, backend.dtype)
-    return split(to_pixels(passes.decode(z, batch_labels(jobs, backend.device))), sizes(jobs))
+    images = passes.decode(z, batch_labels(jobs, backend.device))
+    pixels = split(to_pixels(images), sizes(jobs))
+    if not any(job.values for job in jobs):
+        return pixels
+    values = split(images.float().cpu().numpy(), sizes(jobs))
+    return [v if job.values else p for job, p, v in zip(jobs, pixels, values, strict=True)]
 
 
 @torch.inference_mode()
@@ -169,7 +182,15 @@ def run_encode(passes: Passes, jobs: list[ArrayJob]) -> list[Encoding]:
     parts = [split(t.cpu().numpy(), sizes(jobs)) for t in moments]
     if len(parts) == 1:  # a deterministic encoder: latents only
         return [Encoding(mean, None, None) for mean in parts[0]]
-    return [Encoding(*moment) for moment in zip(*parts, strict=True)]
+    encodings = [Encoding(*moment) for moment in zip(*parts, strict=True)]
+    start = 0
+    for job, encoding in zip(jobs, encodings, strict=True):
+        if job.seed is not None:  # the job's rows alone, as the posterior of those images alone draws
+            rows = slice(start, start + len(job.x))
+            q = DiagonalGaussian(moments[0][rows], moments[2][rows])
+            encoding.sample = q.sample(seeded(job.seed, device)).cpu().numpy()
+        start += len(job.x)
+    return encodings
 
 
 @torch.inference_mode()
@@ -300,14 +321,29 @@ class Engine:
         return await self._batcher(model, "sample").submit(SampleJob(n, seed, temperature, label), n, gone=gone)
 
     async def encode(
-        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+        self,
+        model: LoadedModel,
+        x: np.ndarray,
+        labels: np.ndarray | None,
+        gone: Gone | None = None,
+        seed: int | None = None,
     ) -> Encoding:
-        return await self._batcher(model, "encode").submit(ArrayJob(x, labels), len(x), gone=gone)
+        """The posterior (or a deterministic encoder's latents); with `seed`, also one posterior
+        draw per image from `seeded(seed)`, as `posterior.sample` of these images alone."""
+        if seed is not None:
+            model.require("encode", "posterior")
+        return await self._batcher(model, "encode").submit(ArrayJob(x, labels, seed=seed), len(x), gone=gone)
 
     async def decode(
-        self, model: LoadedModel, z: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+        self,
+        model: LoadedModel,
+        z: np.ndarray,
+        labels: np.ndarray | None,
+        gone: Gone | None = None,
+        values: bool = False,
     ) -> np.ndarray:
-        return await self._batcher(model, "decode").submit(ArrayJob(z, labels), len(z), gone=gone)
+        """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1]."""
+        return await self._batcher(model, "decode").submit(ArrayJob(z, labels, values), len(z), gone=gone)
 
     async def reconstruct(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
@@ -319,9 +355,30 @@ class Engine:
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int, gone: Gone | None = None
     ) -> Scores:
         """Per image: ELBO terms and the IWAE bound with k samples, each from a fresh generator
-        seeded with `seed`, so an image's score does not depend on the other images."""
+        seeded with `seed`, so an image's score does not depend on the other images. A model
+        without a likelihood gets `distortion` instead."""
+        model.require("score")
+        if "likelihood" not in model.backend.features:
+            return await self.distortion(model, x, labels, gone)
         job = ScoreJob(x, labels, k, seed)
         return await self._batcher(model, "score").submit(job, len(x), len(x) * (1 + k), gone=gone)
+
+    async def distortion(
+        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+    ) -> Scores:
+        """What a model without a likelihood defines: the error of its reconstruction from the
+        posterior mean (mean squared error of pixel values in [0, 1], the decoded image clamped
+        as it is shown; PSNR from it), and KL(q(z|x) || N(0, I)) where its encoder is Gaussian."""
+        encoding = await self.encode(model, x, labels, gone)
+        images = await self.decode(model, encoding.mean, labels, gone, values=True)
+        rows = (len(x), -1)
+        mse = ((np.clip(images, 0, 1) - x) ** 2).reshape(rows).mean(axis=1)
+        psnr = 10 * np.log10(1 / np.maximum(mse, 1e-12))  # finite for a perfect reconstruction
+        kl = None
+        if encoding.variance is not None and encoding.log_variance is not None:
+            terms = encoding.mean**2 + encoding.variance - 1 - encoding.log_variance
+            kl = 0.5 * terms.reshape(rows).sum(axis=1)  # Kingma & Welling, appendix B
+        return Scores(None, kl, None, None, None, mse, psnr)
 
     async def interpolate(
         self,

@@ -28,6 +28,10 @@ log = logging.getLogger(__name__)
 
 PassFn = Callable[..., tuple[torch.Tensor, ...]]
 
+# Variable-size models calibrate on images this many latent cells a side: row-independence is a
+# property of the kernels, and a large model at its native size would take minutes per probe.
+PROBE_SIDE = 4
+
 # What calibrate found, by everything that picks kernels (model class and shapes, device, dtype,
 # threads) but not the weights, so every app in a process with the same kind of model calibrates once.
 _calibrated: dict[tuple[object, ...], tuple[int, int]] = {}
@@ -45,7 +49,7 @@ class Passes:
 
     def __init__(self, backend: Backend, max_rows: int, batch_invariant: bool = True) -> None:
         self.backend = backend
-        self.max_rows = max_rows  # rows per forward pass
+        self.max_rows = min(max_rows, getattr(backend, "max_rows", max_rows))  # rows per forward pass
         self.quantum = max_rows  # set by calibrate(); a full-size shape until then
         self.batch_invariant = batch_invariant  # False: unpadded passes, bits may follow the batch
 
@@ -140,8 +144,9 @@ class Passes:
         backend, rows = self.backend, self.max_rows
         image, device, classes = backend.image, backend.device, len(backend.label_names)
         generator = torch.Generator().manual_seed(0)
-        x = torch.rand(rows, image.channels, image.height, image.width, generator=generator).to(device)
-        latent = backend.latent_shape(image.height, image.width)  # a concrete shape, given the size
+        height, width = (image.height, image.width) if image.fixed_size else (PROBE_SIDE * image.multiple,) * 2
+        x = torch.rand(rows, image.channels, height, width, generator=generator).to(device)
+        latent = backend.latent_shape(height, width)  # a concrete shape, given the size
         z = torch.randn(rows, *latent, generator=generator).to(device, backend.dtype)  # type: ignore[misc]
         labels = None
         if classes:

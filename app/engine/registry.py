@@ -95,6 +95,11 @@ class LoadedModel:
         except ValueError:
             message = f"{field}: rows of different shapes; model '{self.name}' has latents {shape}"
             raise BadLatentShape(message) from None
+        if None in shape:
+            raise BadLatentShape(
+                f"{field}: model '{self.name}' has latents of shape [{', '.join(str(s or '?') for s in shape)}] "
+                "(? follows the image size), which JSON does not carry: send them as a binary tensor (docs/api.md)"
+            )
         if z.ndim != 1 + len(shape) or any(want not in (None, got) for want, got in zip(shape, z.shape[1:])):
             raise BadLatentShape(f"{field}: latents of shape {list(z.shape[1:])}; model '{self.name}' has {shape}")
         return z

@@ -8,6 +8,7 @@
 const SLIDER_LIMIT = 4; // slider range: ±4 prior standard deviations
 const VISIBLE_DIMS = 12; // sliders shown before "Show all dimensions"
 const MAX_STEPS = 64;
+const TENSOR_SIDE = 256; // images for models of any size (diffusers' autoencoders) are sent this long
 
 // ---------------------------------------------------------------- API client
 
@@ -204,6 +205,21 @@ async function modelView(blob, width, height) {
   return { src: canvas.toDataURL("image/png"), size };
 }
 
+/** An image as a model of any size takes it (`multiple` from GET v1/models): RGB, scaled so its
+ *  longer side is TENSOR_SIDE pixels, each side then cut down to a multiple of `multiple`. */
+async function fittedView(blob, multiple) {
+  const bitmap = await createImageBitmap(blob, { imageOrientation: "from-image" });
+  const scale = TENSOR_SIDE / Math.max(bitmap.width, bitmap.height);
+  const side = (length) => Math.max(multiple, Math.floor((length * scale) / multiple) * multiple);
+  const canvas = el("canvas", { width: side(bitmap.width), height: side(bitmap.height) });
+  const context = canvas.getContext("2d");
+  context.imageSmoothingEnabled = true;
+  context.imageSmoothingQuality = "high";
+  context.drawImage(bitmap, 0, 0, canvas.width, canvas.height);
+  bitmap.close();
+  return { src: canvas.toDataURL("image/png"), size: { width: canvas.width, height: canvas.height } };
+}
+
 const format = (value, digits = 1) => (Number.isFinite(value) ? value.toFixed(digits) : String(value));
 
 // ---------------------------------------------------------------- state
@@ -226,6 +242,10 @@ const state = {
 };
 
 const conditional = () => Boolean(state.model?.conditional);
+// Models of any image size with [C, h, w] latents (diffusers' autoencoders): no sliders or JSON
+// latent paths for thousands of numbers; the Encode section shows their latent channels instead.
+const tensorModel = () => state.model?.image_multiple != null;
+const can = (operation) => Boolean(state.model?.capabilities.includes(operation));
 const labelsFor = (...labels) => (conditional() ? labels : undefined);
 
 // ---------------------------------------------------------------- models
@@ -250,6 +270,11 @@ async function loadModels() {
 }
 
 function describeModel(model) {
+  if (model.image_multiple != null) {
+    const f = model.image_multiple;
+    return `${model.name}: ${model.details.class ?? model.family}, ${model.latent_shape[0]}-channel latents at ` +
+      `1/${f} of the image's width and height, RGB images with sides a multiple of ${f}, on ${model.device}.`;
+  }
   const kind = model.conditional ? `conditional on ${model.labels.length} classes` : "unconditional";
   return `${model.name}: ${kind}, ${model.latent_dim} latent dimensions, ` +
     `${model.image_shape.slice(1).join("×")} images, on ${model.device}.`;
@@ -261,7 +286,9 @@ function renderModelInfo(model) {
     ["Name", model.name + (model.default ? " (default)" : "")],
     ["Image shape", model.image_shape.join(" × ")],
     ["Latent dimensions", model.latent_dim],
-    ["Likelihood p(x|z)", model.likelihood],
+    ["Latent shape", model.latent_shape.map((size) => size ?? "?").join(" × ")],
+    ["Operations", model.capabilities.join(", ")],
+    ["Likelihood p(x|z)", model.likelihood ?? "none"],
     ["Classes", model.conditional ? model.labels.join(", ") : "none (unconditional)"],
     ["Device", model.device],
     ["Checkpoint sha256", model.sha256],
@@ -269,6 +296,7 @@ function renderModelInfo(model) {
   const text = (value) => (typeof value === "string" ? value : JSON.stringify(value));
   for (const [key, value] of Object.entries(model.evaluation ?? {})) rows.push([`Evaluation: ${key}`, text(value)]);
   for (const [key, value] of Object.entries(model.training ?? {})) rows.push([`Training: ${key}`, text(value)]);
+  for (const [key, value] of Object.entries(model.details ?? {})) rows.push([key, text(value)]);
   $("model-info").replaceChildren(
     ...rows.flatMap(([key, value]) => [el("dt", { text: key }), el("dd", { text: String(value) })]),
   );
@@ -294,17 +322,52 @@ async function useModel(name) {
   state.chosen = {};
   state.interpolated = "";
   renderModelInfo(state.model);
+  showSections();
   fillLabelSelect($("sample-label"), $("sample-label-field"), { random: true });
   fillLabelSelect($("encode-label"), $("encode-label-field"));
   fillLabelSelect($("explore-label"), $("explore-label-field"));
   buildSliders();
   refreshPickers();
   requestSamples();
-  encodeExamples(generation);
+  if (!tensorModel()) encodeExamples(generation);
   const current = state.current ?? (state.examples.length ? exampleImage(state.examples[0]) : null);
   if (current) {
     if (current.example && conditional()) $("encode-label").value = current.example.label;
     encodeImage(current);
+  }
+}
+
+/** Show the sections the chosen model can serve; each hidden one says why in its place. */
+function showSections() {
+  const tensors = tensorModel();
+  const why = {
+    sample: can("sample") ? "" : `${state.model.name} has no prior p(z) to sample from.`,
+    explore: tensors ? `${state.model.name}'s latents have ${state.model.latent_shape[0]} channels per ` +
+      "image position: too many numbers for sliders. Its channels show in Encode." : "",
+    interpolate: tensors ? `Interpolating ${state.model.name}'s latents needs the binary tensor API ` +
+      "(docs/api.md), which this page does not use." : "",
+  };
+  for (const [id, reason] of Object.entries(why)) {
+    const section = $(id);
+    for (const child of section.children) {
+      if (!child.matches("h2, .unavailable, .error")) child.hidden = Boolean(reason);
+    }
+    let note = section.querySelector(".unavailable");
+    if (!note) {
+      note = el("p", { class: "unavailable" });
+      section.querySelector("h2").after(note);
+    }
+    note.textContent = reason;
+    note.hidden = !reason;
+  }
+  $("posterior-title").textContent = tensors
+    ? "The encoding: each latent channel's mean, as an image"
+    : "The encoding q(z|x) = N(mean, variance)";
+  $("posterior-legend").hidden = tensors;
+  $("posterior-numbers").hidden = tensors;
+  for (const id of ["score-mse-row", "score-psnr-row"]) $(id).hidden = Boolean(state.model.likelihood);
+  for (const id of ["score-reconstruction-row", "score-elbo-row", "score-nll-row", "score-bpd-row"]) {
+    $(id).hidden = !state.model.likelihood;
   }
 }
 
@@ -313,7 +376,7 @@ async function useModel(name) {
 const sampleRunner = latestOnly(120);
 
 function requestSamples() {
-  if (!state.model) return;
+  if (!state.model || !can("sample")) return;
   const form = $("sample-form");
   const errorNode = sectionError("sample");
   if (!form.checkValidity()) {
@@ -469,12 +532,17 @@ function encodeImage(image) {
       const blob = image.blob ?? (await exampleBlob(image.example));
       const dataURL = await readAsDataURL(blob);
       const [height, width] = state.model.image_shape.slice(1);
+      const tensors = tensorModel();
       let view = null;
       try {
-        view = await modelView(blob, width, height);
+        view = tensors ? await fittedView(blob, state.model.image_multiple) : await modelView(blob, width, height);
       } catch {
         // The browser cannot draw this file; the service will say whether it can read it.
       }
+      $("encode-view-caption").textContent = tensors
+        ? `As sent to the model: ${view ? `${view.size.width}×${view.size.height}` : "?"} RGB, sides a multiple of ` +
+          `${state.model.image_multiple}`
+        : `As the model sees it: ${width}×${height} grey (preview drawn by your browser)`;
       const original = $("encode-original");
       original.classList.toggle("px", Boolean(view && view.size.width <= 2 * width));
       if (view) original.src = dataURL;
@@ -486,7 +554,9 @@ function encodeImage(image) {
 
       // The service reads base64 images (a data: URL is fine) or multipart uploads; one JSON
       // body serves all three calls. Conditional models need the image's class.
-      const body = { model: state.model.name, images: [dataURL], labels: labelsFor(label) };
+      // A model of any size gets the fitted image itself: it does no fitting of its own.
+      const sent = tensors && view ? view.src : dataURL;
+      const body = { model: state.model.name, images: [sent], labels: labelsFor(label) };
       let reconstruction, encoding, scores;
       try {
         [reconstruction, encoding, scores] = await Promise.all([
@@ -502,7 +572,8 @@ function encodeImage(image) {
       $("encode-reconstruction").src = pngSrc(reconstruction.images[0]);
       $("encode-reconstruction").alt = `The model's reconstruction of ${image.name}`;
       const posterior = encoding.latents[0];
-      renderPosterior(posterior);
+      if (tensors) renderChannels(posterior);
+      else renderPosterior(posterior);
       renderScores(scores.scores[0]);
       state.points.set("encoded", {
         id: "encoded",
@@ -511,7 +582,7 @@ function encodeImage(image) {
         latent: posterior.mean,
         label,
       });
-      for (const id of ["encode-explore", "encode-a", "encode-b"]) $(id).disabled = false;
+      for (const id of ["encode-explore", "encode-a", "encode-b"]) $(id).disabled = tensors;
       refreshPickers();
       followPickers();
       const size = view ? ` (${view.size.width}×${view.size.height} pixels)` : "";
@@ -534,9 +605,7 @@ function clearEncodeResults() {
   $("encode-reconstruction").removeAttribute("src");
   $("posterior-chart").replaceChildren();
   $("posterior-table").replaceChildren();
-  for (const id of ["score-reconstruction", "score-kl", "score-elbo", "score-nll", "score-bpd"]) {
-    $(id).textContent = "–";
-  }
+  for (const id of SCORES) $(id).textContent = "–";
   $("score-k").textContent = "";
   $("encode-status").textContent = "";
   state.points.delete("encoded");
@@ -604,13 +673,47 @@ function renderPosterior({ mean, variance }) {
   );
 }
 
+const SCORES = ["score-reconstruction", "score-kl", "score-elbo", "score-nll", "score-bpd", "score-mse", "score-psnr"];
+
+/** The scores the model defines; the others stay "–" (a model without a likelihood has no
+ *  nats, ELBO or NLL, a deterministic encoder no KL: the service leaves them out). */
 function renderScores(score) {
-  $("score-reconstruction").textContent = format(score.reconstruction_nats);
-  $("score-kl").textContent = format(score.kl_nats);
-  $("score-elbo").textContent = format(score.elbo_nats);
-  $("score-nll").textContent = format(score.nll_nats);
-  $("score-k").textContent = `(k = ${score.k})`;
-  $("score-bpd").textContent = format(score.bits_per_dim, 4);
+  const show = (id, value, digits = 1) => {
+    $(id).textContent = value === undefined ? "–" : format(value, digits);
+  };
+  show("score-reconstruction", score.reconstruction_nats);
+  show("score-kl", score.kl_nats);
+  show("score-elbo", score.elbo_nats);
+  show("score-nll", score.nll_nats);
+  $("score-k").textContent = score.k ? `(k = ${score.k})` : "";
+  show("score-bpd", score.bits_per_dim, 4);
+  show("score-mse", score.mse, 5);
+  show("score-psnr", score.psnr_db, 2);
+}
+
+/** A [C][h][w] encoding as C grey images, one per latent channel, each stretched from its own
+ *  minimum (black) to maximum (white); and, for a Gaussian posterior, the mean variance. */
+function renderChannels({ mean, variance }) {
+  const figures = mean.map((channel, c) => {
+    const values = channel.flat();
+    const lo = Math.min(...values);
+    const hi = Math.max(...values);
+    const canvas = el("canvas", { width: channel[0].length, height: channel.length });
+    const context = canvas.getContext("2d");
+    const pixels = context.createImageData(canvas.width, canvas.height);
+    values.forEach((value, i) => {
+      const grey = hi > lo ? Math.round(((value - lo) / (hi - lo)) * 255) : 128;
+      pixels.data.set([grey, grey, grey, 255], i * 4);
+    });
+    context.putImageData(pixels, 0, 0);
+    const meanVariance = variance ? variance[c].flat().reduce((a, b) => a + b, 0) / values.length : null;
+    const spread = variance ? `, mean variance ${format(meanVariance, 3)}` : "";
+    const caption = `channel ${c}: ${format(lo, 2)} to ${format(hi, 2)}${spread}`;
+    const image = el("img", { src: canvas.toDataURL("image/png"), class: "px", alt: `Latent ${caption}` });
+    return el("figure", { class: "channel" }, image, el("figcaption", { text: caption }));
+  });
+  $("posterior-chart").replaceChildren(el("div", { class: "channels" }, ...figures));
+  $("posterior-table").replaceChildren();
 }
 
 // ---------------------------------------------------------------- pickers shared by Explore and Interpolate
@@ -649,6 +752,7 @@ function refreshPickers() {
 /** Restart Explore and Interpolate where the pickers now name other points, or, after new
  *  samples, where they start from a sample (whose latent just changed). */
 function followPickers(samplesChanged = false) {
+  if (tensorModel()) return; // no Explore or Interpolate for these (showSections)
   const fromSample = (id) => id.startsWith("sample-");
   const from = $("explore-from").value;
   if (from && (from !== state.explore.id || (samplesChanged && fromSample(from)))) startExplore(from);
@@ -674,6 +778,10 @@ const exploreRunner = latestOnly(40);
 
 function buildSliders() {
   const container = $("sliders");
+  if (tensorModel()) {
+    container.replaceChildren();
+    return;
+  }
   const dims = state.model.latent_dim;
   const order = state.order ?? [...Array(dims).keys()];
   container.dataset.order = state.order ? "activity" : "index";

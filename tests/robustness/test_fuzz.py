@@ -47,7 +47,8 @@ PNG = encoded_png()
 def steer(case: Case) -> Case:
     """`case` with the fields a generator cannot guess made valid, the rest as generated: the
     default model (unconditional: no labels), latents of its length, real images, and for
-    interpolate exactly two ends; a v2 inference, a decode of one latent of the default model."""
+    interpolate exactly two ends; for the binary endpoints, tiny-vae with one latent of zeros
+    or a PNG to encode; a v2 inference, a decode of one latent of the default model."""
     if case.operation.path.endswith("/infer"):
         version = {"version": "1"} if "{version}" in case.operation.path else {}
         case.path_parameters = {**(case.path_parameters or {}), "name": "tiny-vae.decode", **version}
@@ -55,6 +56,16 @@ def steer(case: Case) -> Case:
         latents = {"name": "latents", "shape": [1, 4], "datatype": "FP32", "data": [0.0] * 4}
         case.body = {"inputs": [latents], **({"id": given["id"]} if isinstance(given.get("id"), str) else {})}
         case.media_type = "application/json"
+        return case
+    if case.operation.path.startswith("/v1/models/{name}/"):
+        case.path_parameters = {"name": "tiny-vae"}
+        query = case.query if isinstance(case.query, dict) else {}
+        for name in ("shape", "dtype", "height", "width"):
+            query.pop(name, None)
+        if case.operation.path.endswith("/decode"):
+            query.update(shape=[1, 4], dtype="float32")
+        case.query = query
+        case.body = bytes(16) if case.operation.path.endswith("/decode") else PNG
         return case
     for fields in (case.query, case.body):
         if not isinstance(fields, dict):
@@ -92,8 +103,8 @@ def operations() -> list[tuple[str, str, str]]:
 
 
 def no_leak(ctx: CheckContext, response: Response, case: Case) -> None:
-    """No stack trace or server path in any answer but the images."""
-    if not response.headers.get("content-type", [""])[0].startswith("image/"):
+    """No stack trace or server path in any answer but the images and binary tensors."""
+    if not response.headers.get("content-type", [""])[0].startswith(("image/", "tensor/")):
         assert_no_leak(response.text)
 
 

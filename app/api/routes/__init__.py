@@ -4,8 +4,17 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
+from app.api.routes import analyse, generate, health, metrics, models, tensors
 from app.api.v2 import routes as v2
-from app.api.routes import analyse, generate, health, metrics, models
 
-ROUTERS = (health.router, models.router, generate.router, analyse.router, metrics.router, v2.health, v2.router)
+ROUTERS = (
+    health.router,
+    models.router,
+    tensors.router,
+    generate.router,
+    analyse.router,
+    metrics.router,
+    v2.health,
+    v2.router,
+)
 API_ROUTES: list[APIRoute] = [route for router in ROUTERS for route in router.routes if isinstance(route, APIRoute)]

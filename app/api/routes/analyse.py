@@ -2,11 +2,10 @@
 
 from __future__ import annotations
 
-import numpy as np
 from fastapi import APIRouter, Request, Response
 
 from app.api.bodies import EncodeInput, ReconstructInput, ScoreInput
-from app.api.deps import FormatQueryOnly, ServiceDep, client_gone
+from app.api.deps import FormatQueryOnly, ServiceDep, client_gone, unprocessable
 from app.api.limits import check_limits
 from app.api.responses import image_response
 from app.api.schemas import (
@@ -67,20 +66,34 @@ async def reconstruct(request: Request, data: ReconstructInput, service: Service
     description="Grey levels are read as Bernoulli means: `reconstruction_nats` is the expected negative "
     "log-likelihood over binarisations of the image, so a binary (black and white) image gets its exact "
     "likelihood. Each image is scored alone with a generator seeded by `seed` (default 0): deterministic. "
-    "See docs/api.md.",
+    "A model without a likelihood (diffusers' autoencoders) gets its reconstruction error, mse and psnr_db, "
+    "and its KL where its posterior is Gaussian; fields a model does not define are left out. See docs/api.md.",
     responses=ERROR_RESPONSES,
+    response_model_exclude_none=True,
     openapi_extra=images_request_body(ScoreRequest),
 )
 async def score(request: Request, data: ScoreInput, response: Response, service: ServiceDep) -> ScoreResponse:
     check_limits(data.body, service.settings)
+    model = data.model
+    likelihood = "likelihood" in model.backend.features
+    if data.body.k is not None and not likelihood:
+        raise unprocessable(
+            f"k: model '{model.name}' defines no likelihood p(x|z), so no NLL, ELBO or IWAE bound; "
+            "leave k out for its reconstruction error (and KL)"
+        )
     k = service.settings.default_k if data.body.k is None else data.body.k
-    scores = await service.engine.score(data.model, data.images, data.labels, k, data.body.seed, client_gone(request))
-    response.headers["X-Seed"] = str(data.body.seed)
-    rows = np.stack([scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim], axis=1)
-    return ScoreResponse(
-        model=data.model.name,
-        scores=[
-            Score(reconstruction_nats=r, kl_nats=kl, elbo_nats=e, nll_nats=nll, bits_per_dim=bpd, k=k)
-            for r, kl, e, nll, bpd in rows.tolist()
-        ],
-    )
+    scores = await service.engine.score(model, data.images, data.labels, k, data.body.seed, client_gone(request))
+    if likelihood:
+        response.headers["X-Seed"] = str(data.body.seed)
+    columns = {
+        "reconstruction_nats": scores.reconstruction,
+        "kl_nats": scores.kl,
+        "elbo_nats": scores.elbo,
+        "nll_nats": scores.nll,
+        "bits_per_dim": scores.bits_per_dim,
+        "mse": scores.mse,
+        "psnr_db": scores.psnr_db,
+    }
+    given = {name: values.tolist() for name, values in columns.items() if values is not None}
+    rows = [dict(zip(given, row, strict=True)) for row in zip(*given.values(), strict=True)]
+    return ScoreResponse(model=model.name, scores=[Score(**row, k=k if likelihood else None) for row in rows])

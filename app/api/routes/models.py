@@ -10,6 +10,9 @@ from app.api.deps import ServiceDep
 from app.api.schemas import ERROR_RESPONSES, ModelInfo, ModelList
 from app.engine.registry import LoadedModel
 
+# What `describe` may say that has a field of its own in ModelInfo.
+SHOWN = ("likelihood", "evaluation", "training")
+
 router = APIRouter(prefix="/v1/models", tags=["models"], responses=ERROR_RESPONSES)
 
 
@@ -24,6 +27,9 @@ def model_info(model: LoadedModel, default: bool) -> ModelInfo:
         capabilities=model.capabilities,
         image_shape=[image.channels, image.height, image.width],
         latent_dim=math.prod(backend.latent_shape(image.height, image.width)),  # type: ignore[arg-type]
+        latent_shape=list(backend.latent_shape()),
+        image_multiple=None if image.fixed_size else image.multiple,
+        details={key: value for key, value in facts.items() if key not in SHOWN},
         likelihood=facts.get("likelihood"),
         conditional=model.conditional,
         labels=list(backend.label_names) if model.conditional else None,

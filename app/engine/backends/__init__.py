@@ -13,7 +13,7 @@ from collections.abc import Sequence
 from app.engine.backend import Family
 from app.engine.errors import StartupError
 
-BUILTIN = ("app.engine.backends.vae:family",)
+BUILTIN = ("app.engine.backends.vae:family", "app.engine.backends.diffusers:family")
 
 
 def load_family(path: str) -> Family:

@@ -43,7 +43,7 @@ def test_each_checkpoint_goes_to_the_family_that_claims_it(toy_client: TestClien
     assert body["default_model"] == "painter"  # the first unconditional model by name
     painter = models["painter"]
     assert painter["family"] == "toy" and models["tiny-vae"]["family"] == "vae"
-    assert painter["capabilities"] == ["sample", "encode", "decode", "reconstruct", "interpolate"]
+    assert painter["capabilities"] == ["sample", "encode", "decode", "reconstruct", "score", "interpolate"]
     assert painter["image_shape"] == [3, 8, 8] and painter["latent_dim"] == 3
     assert painter["likelihood"] is None and painter["training"] == {"by": "hand"}
 
@@ -73,11 +73,13 @@ def test_the_family_serves_every_operation_it_has(toy_client: TestClient) -> Non
 def test_an_operation_the_family_lacks_is_a_422_naming_model_and_feature(toy_client: TestClient) -> None:
     png = io.BytesIO()
     Image.new("RGB", (8, 8)).save(png, format="PNG")
-    response = toy_client.post("/v1/score", data={"model": "painter"}, files={"files": ("x.png", png.getvalue())})
+    files = {"files": ("x.png", png.getvalue())}
+    response = toy_client.post("/v1/score", data={"model": "painter", "k": "5"}, files=files)
     assert response.status_code == 422
-    assert response.json() == {
-        "detail": "model 'painter' cannot score: it has no Gaussian posterior q(z|x) (its encoder is deterministic)"
-    }
+    assert response.json()["detail"].startswith("k: model 'painter' defines no likelihood p(x|z), so no NLL")
+    # What it does define: the reconstruction's error, and no KL without a Gaussian posterior.
+    scores = toy_client.post("/v1/score", data={"model": "painter"}, files=files).json()["scores"]
+    assert set(scores[0]) == {"mse", "psnr_db"}
     # The project's VAE beside it is untouched.
     vae = toy_client.post("/v1/score", files={"files": ("x.png", png.getvalue())}, data={"model": "tiny-vae"})
     assert vae.status_code == 200

@@ -1,0 +1,267 @@
+"""Binary tensors in and out, per model: the endpoints diffusers' `remote_decode` and
+`remote_encode` call (their `endpoint` argument is one of these URLs).
+
+The body is the tensor's raw little-endian bytes (app/tensors.py); `shape` (repeated), `dtype`
+and the options are query parameters, as that client sends them; a tensor answer carries
+`shape` (a JSON list) and `dtype` headers. Every model has them, the project's own included.
+Shapes and limits are checked from the query, before the body is read.
+"""
+
+from __future__ import annotations
+
+import inspect
+import io
+import json
+import math
+from collections.abc import Callable
+from dataclasses import dataclass
+from typing import Annotated, Literal
+
+import anyio
+import numpy as np
+from fastapi import APIRouter, Query, Request, Response
+from PIL import Image
+
+from app.api.deps import ServiceDep, client_gone, unprocessable
+from app.api.images import Upload
+from app.api.schemas import ERROR_RESPONSES, MAX_SEED
+from app.config import Settings
+from app.engine.errors import BadLatentShape, OverLimit
+from app.engine.registry import LoadedModel
+from app.tensors import TensorError, read_tensor, tensor_bytes
+
+router = APIRouter(prefix="/v1/models", tags=["tensors"])
+
+TENSOR_MEDIA = "tensor/binary"
+IMAGE_MEDIA = {"png": "image/png", "jpg": "image/jpeg"}
+
+Shape = Annotated[
+    list[int] | None,
+    Query(description="The tensor's shape, one parameter per dimension (`shape=1&shape=4&shape=64&shape=64`)"),
+]
+Dtype = Annotated[str, Query(description="float32, float16, bfloat16 or uint8: the body's element type")]
+# Published factors are between 0.1 and 2; the bounds keep float32 latents finite once scaled.
+Factor = Annotated[float | None, Query(ge=1e-3, le=1e3, description="diffusers' scaling_factor (SD 1.x: 0.18215)")]
+Shift = Annotated[float | None, Query(ge=-1e3, le=1e3, description="diffusers' shift_factor (Flux: 0.1159)")]
+DoScaling = Annotated[
+    bool | None,
+    Query(description="Deprecated by diffusers: true without scaling_factor uses the model's own factors"),
+]
+
+
+def to_unit(values: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    """Images in the model's own range to the [0, 1] every backend takes."""
+    low, high = value_range
+    return values if (low, high) == (0.0, 1.0) else (values - np.float32(low)) / np.float32(high - low)
+
+
+def from_unit(images: np.ndarray, value_range: tuple[float, float]) -> np.ndarray:
+    low, high = value_range
+    return images if (low, high) == (0.0, 1.0) else images * np.float32(high - low) + np.float32(low)
+
+
+@dataclass(frozen=True)
+class Scaling:
+    """diffusers' latent scaling: the model sees z = latents / scale + shift."""
+
+    scale: float
+    shift: float
+
+    def to_model(self, latents: np.ndarray) -> np.ndarray:
+        return latents / np.float32(self.scale) + np.float32(self.shift)
+
+    def from_model(self, z: np.ndarray) -> np.ndarray:
+        return (z - np.float32(self.shift)) * np.float32(self.scale)
+
+
+def scaling(model: LoadedModel, factor: float | None, shift: float | None, do_scaling: bool | None) -> Scaling:
+    """The factors the request gives; with neither but `do_scaling` (what diffusers' client sends
+    when given none), the model's own, as diffusers' hosted endpoints do; else none."""
+    if factor is None and shift is None and do_scaling:
+        facts = model.backend.describe()
+        return Scaling(facts.get("scaling_factor") or 1.0, facts.get("shift_factor") or 0.0)
+    return Scaling(1.0 if factor is None else factor, 0.0 if shift is None else shift)
+
+
+def batch_shape(given: list[int], item: tuple[int, ...], what: str, model: LoadedModel) -> tuple[int, ...]:
+    """`given` as [B, *item] (a missing batch dimension means one), else BadLatentShape."""
+    shape = tuple(given)
+    if shape == item:
+        return (1, *item)
+    if shape[1:] == item and shape[0] >= 1:
+        return shape
+    raise BadLatentShape(
+        f"shape: {list(given)} does not fit model '{model.name}', whose {what} are {list(item)} "
+        f"(send [{', '.join(map(str, item))}] or [B, {', '.join(map(str, item))}])"
+    )
+
+
+def latent_shape(model: LoadedModel, given: list[int], settings: Settings) -> tuple[int, ...]:
+    """The batch shape of latents for `model`, checked against its latent shape, VAE_MAX_N and
+    (for models that take any image size) VAE_MAX_PIXELS of the images they decode to."""
+    spec = model.backend.image
+    if spec.fixed_size:
+        item = model.backend.latent_shape(spec.height, spec.width)
+    else:
+        if len(given) < 3:
+            raise BadLatentShape(f"shape: model '{model.name}' takes latents [B, C, h, w]; got {given}")
+        h, w = given[-2:]
+        item = model.backend.latent_shape(h * spec.multiple, w * spec.multiple)
+    shape = batch_shape(given, item, "latents", model)
+    if shape[0] > settings.max_n:
+        raise OverLimit("shape[0]: latents", settings.max_n, shape[0])
+    if not spec.fixed_size:
+        pixels = shape[0] * h * w * spec.multiple**2
+        if pixels > settings.max_pixels:
+            raise OverLimit("shape: pixels of the decoded images in all (VAE_MAX_PIXELS)", settings.max_pixels, pixels)
+    return shape
+
+
+def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tuple[int, ...]:
+    """The batch shape of images [B, C, H, W] for `model`, checked against its image size rules,
+    VAE_MAX_FILES and VAE_MAX_PIXELS."""
+    spec = model.backend.image
+    if len(given) < 3:
+        raise BadLatentShape(f"shape: images are [B, C, H, W] or [C, H, W]; got {given}")
+    h, w = given[-2:]
+    if spec.fixed_size:
+        h, w = spec.height, spec.width
+    elif h % spec.multiple or w % spec.multiple:
+        raise BadLatentShape(f"shape: model '{model.name}' needs image sides that are multiples of {spec.multiple}")
+    shape = batch_shape(given, (spec.channels, h, w), "images", model)
+    if shape[0] > settings.max_files:
+        raise OverLimit("shape[0]: images", settings.max_files, shape[0])
+    if shape[0] * h * w > settings.max_pixels:
+        raise OverLimit("shape: pixels of the images in all (VAE_MAX_PIXELS)", settings.max_pixels, shape[0] * h * w)
+    return shape
+
+
+def known_parameters(request: Request, route: Callable[..., object]) -> None:
+    """As every POST: a query parameter the endpoint does not take is a 422, never ignored."""
+    taken = set(inspect.signature(route).parameters) - {"name", "request", "service"}
+    extra = sorted(set(request.query_params) - taken)
+    if extra:
+        raise unprocessable(f"{extra[0]}: unknown query parameter; this endpoint takes {', '.join(sorted(taken))}")
+
+
+async def body_tensor(request: Request, shape: tuple[int, ...], dtype: str) -> np.ndarray:
+    try:
+        return read_tensor(await request.body(), shape, dtype, max_elements=math.prod(shape))
+    except TensorError as e:
+        raise unprocessable(str(e)) from None
+
+
+def tensor_response(array: np.ndarray, model: LoadedModel) -> Response:
+    data, shape, dtype = tensor_bytes(array)
+    headers = {"shape": json.dumps(shape), "dtype": dtype, "X-Model": model.name}
+    return Response(data, media_type=TENSOR_MEDIA, headers=headers)
+
+
+def image_file(pixels: np.ndarray, image_format: str) -> bytes:
+    """One [H, W, C] uint8 image as PNG or JPEG (quality 95)."""
+    buffer = io.BytesIO()
+    image = Image.fromarray(pixels[..., 0] if pixels.shape[-1] == 1 else pixels)
+    image.save(buffer, format="PNG" if image_format == "png" else "JPEG", quality=95)
+    return buffer.getvalue()
+
+
+# The body: raw bytes, whatever Content-Type says (diffusers' client sends tensor/binary, or
+# none for an image file); documented as octet-stream, which schema tools can generate.
+BINARY = {"schema": {"type": "string", "format": "binary"}}
+BINARY_BODY = {"requestBody": {"required": True, "content": {"application/octet-stream": BINARY}}}
+TENSOR_HEADERS = {
+    "shape": {"description": "The answer tensor's shape, a JSON list", "schema": {"type": "string"}},
+    "dtype": {"description": "The answer tensor's element type", "schema": {"type": "string"}},
+}
+
+
+def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
+    media = [TENSOR_MEDIA, *(IMAGE_MEDIA[kind] for kind in images)]
+    ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image file" if images else "")}
+    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
+
+
+@router.post(
+    "/{name}/decode",
+    summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
+    response_class=Response,
+    responses=tensor_answers("png", "jpg"),
+    openapi_extra=BINARY_BODY,
+)
+async def decode_tensor(
+    name: str,
+    request: Request,
+    service: ServiceDep,
+    shape: Shape = None,
+    dtype: Dtype = "float32",
+    output_type: Annotated[
+        Literal["pil", "pt"], Query(description="pil: one image file; pt: a tensor (see partial_postprocess)")
+    ] = "pil",
+    image_format: Annotated[Literal["png", "jpg"], Query(description="The image file's format (pil)")] = "jpg",
+    partial_postprocess: Annotated[
+        bool, Query(description="pt: true: uint8 pixels [B, H, W, C]; false: float32 [B, C, H, W] in the model's range")
+    ] = False,
+    scaling_factor: Factor = None,
+    shift_factor: Shift = None,
+    do_scaling: DoScaling = None,
+    height: Annotated[int | None, Query(description="Packed latents' height: not supported")] = None,
+    width: Annotated[int | None, Query(description="Packed latents' width: not supported")] = None,
+) -> Response:
+    known_parameters(request, decode_tensor)
+    model = service.engine.model(name)
+    if shape is None:
+        raise unprocessable("shape: required; give the latent tensor's shape as repeated shape parameters")
+    if height is not None or width is not None:
+        raise unprocessable("height, width: packed (Flux transformer-layout) latents are not supported; unpack them")
+    if dtype == "uint8":
+        raise unprocessable("dtype: latents are float32, float16 or bfloat16, not uint8")
+    batch = latent_shape(model, shape, service.settings)
+    if output_type == "pil" and batch[0] > 1:
+        raise unprocessable(f"shape: output_type=pil returns one image; got {batch[0]} latents: use output_type=pt")
+    latents = scaling(model, scaling_factor, shift_factor, do_scaling).to_model(
+        await body_tensor(request, batch, dtype)
+    )
+    if not np.isfinite(latents).all():
+        raise unprocessable("body: latents / scaling_factor + shift_factor overflow float32")
+    values = output_type == "pt" and not partial_postprocess
+    images = await service.engine.decode(model, latents, None, client_gone(request), values=values)
+    if values:
+        return tensor_response(from_unit(images, model.backend.image.value_range), model)
+    if output_type == "pt":
+        return tensor_response(images, model)
+    data = await anyio.to_thread.run_sync(image_file, images[0], image_format)
+    return Response(data, media_type=IMAGE_MEDIA[image_format], headers={"X-Model": model.name})
+
+
+@router.post(
+    "/{name}/encode",
+    summary="Encode an image file or a binary image tensor: diffusers' remote_encode endpoint",
+    response_class=Response,
+    responses=tensor_answers(),
+    openapi_extra=BINARY_BODY,
+)
+async def encode_tensor(
+    name: str,
+    request: Request,
+    service: ServiceDep,
+    shape: Shape = None,
+    dtype: Dtype = "float32",
+    scaling_factor: Factor = None,
+    shift_factor: Shift = None,
+    do_scaling: DoScaling = None,
+    sample: Annotated[bool, Query(description="true: a posterior sample drawn with `seed`; false: the mean")] = False,
+    seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="Seeds the posterior sample")] = 0,
+) -> Response:
+    known_parameters(request, encode_tensor)
+    model = service.engine.model(name)
+    settings = service.settings
+    if shape is None:  # an image file, as remote_encode sends a PIL image
+        upload = Upload("body", await request.body())
+        x = await service.codec.to_array([upload], model.backend)
+    else:
+        batch = image_shape(model, shape, settings)
+        x = await body_tensor(request, batch, dtype)
+        x = x / np.float32(255) if dtype == "uint8" else to_unit(x, model.backend.image.value_range)
+    encoding = await service.engine.encode(model, x, None, client_gone(request), seed=seed if sample else None)
+    latents = encoding.sample if sample else encoding.mean
+    return tensor_response(scaling(model, scaling_factor, shift_factor, do_scaling).from_model(latents), model)

@@ -28,7 +28,17 @@ from app.engine.registry import LoadedModel
 VERSION = "1"  # every v2 model has one version: the weights the server loaded
 SEPARATOR = "."
 # Score's outputs, one value per image: /v1's fields.
-SCORES = ("reconstruction_nats", "kl_nats", "elbo_nats", "nll_nats", "bits_per_dim")
+# Each score output and the engine's `Scores` field it carries.
+SCORES = {
+    "reconstruction_nats": "reconstruction",
+    "kl_nats": "kl",
+    "elbo_nats": "elbo",
+    "nll_nats": "nll",
+    "bits_per_dim": "bits_per_dim",
+    "mse": "mse",
+    "psnr_db": "psnr_db",
+}
+LIKELIHOOD_SCORES = ("reconstruction_nats", "kl_nats", "elbo_nats", "nll_nats", "bits_per_dim")
 
 
 def field_range(model: type[BaseModel], name: str) -> tuple[float, float]:
@@ -147,8 +157,7 @@ async def run_reconstruct(op: Operation, inputs: Inputs, gone: Gone | None) -> I
 async def run_score(op: Operation, inputs: Inputs, gone: Gone | None) -> Inputs:
     k, seed = scalar(inputs, "k", op.service.settings.default_k), scalar(inputs, "seed", 0)
     scores = await op.service.engine.score(op.model, model_input(inputs["images"]), inputs.get("labels"), k, seed, gone)
-    values = (scores.reconstruction, scores.kl, scores.elbo, scores.nll, scores.bits_per_dim)
-    return {name: value.astype(np.float32) for name, value in zip(SCORES, values, strict=True)}
+    return {name: getattr(scores, SCORES[name]).astype(np.float32) for name in score_names(op.model)}
 
 
 async def run_sample(op: Operation, inputs: Inputs, gone: Gone | None) -> Inputs:
@@ -184,15 +193,24 @@ def reconstruct(model: LoadedModel, shape: Shapes, service: Service) -> Tensors:
     return (image_spec(shape, rows), *labels_input(shape, rows)), (image_spec(shape), latent_spec("mean", shape))
 
 
+def score_names(model: LoadedModel) -> tuple[str, ...]:
+    """The scores the model defines: the likelihood's bounds, else its reconstruction error (and
+    the KL where its posterior is Gaussian)."""
+    features = model.backend.features
+    if "likelihood" in features:
+        return LIKELIHOOD_SCORES
+    return (("kl_nats",) if "posterior" in features else ()) + ("mse", "psnr_db")
+
+
 def score(model: LoadedModel, shape: Shapes, service: Service) -> Tensors:
     rows = bound(service, "images")
-    inputs = (
-        image_spec(shape, rows),
-        *labels_input(shape, rows),
-        TensorSpec("k", "INT64", (1,), 1, bound(service, "k"), optional=True),
-        TensorSpec("seed", "INT64", (1,), 0, MAX_SEED, optional=True),
-    )
-    return inputs, tuple(TensorSpec(name, "FP32", (-1,)) for name in SCORES)
+    inputs: tuple[TensorSpec, ...] = (image_spec(shape, rows), *labels_input(shape, rows))
+    if "likelihood" in model.backend.features:  # k and seed draw the IWAE's samples
+        inputs += (
+            TensorSpec("k", "INT64", (1,), 1, bound(service, "k"), optional=True),
+            TensorSpec("seed", "INT64", (1,), 0, MAX_SEED, optional=True),
+        )
+    return inputs, tuple(TensorSpec(name, "FP32", (-1,)) for name in score_names(model))
 
 
 def sample(model: LoadedModel, shape: Shapes, service: Service) -> Tensors:

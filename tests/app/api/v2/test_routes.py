@@ -44,13 +44,18 @@ def toy_client(model_dir: Path, settings: Settings, tmp_path_factory: pytest.Tem
 def test_every_family_gets_the_mapping_its_backend_describes(toy_client: TestClient) -> None:
     index = toy_client.post("/v2/repository/index").json()
     names = [entry["name"] for entry in index]
-    # The toy family has no likelihood: no score; its encoder is deterministic: no log_variance.
+    # The toy family has no likelihood: its score is the reconstruction error alone, no k or
+    # seed; its encoder is deterministic: no log_variance, and no KL.
     assert [n for n in names if n.startswith("painter.")] == [
         "painter.decode",
         "painter.encode",
         "painter.sample",
         "painter.reconstruct",
+        "painter.score",
     ]
+    score = toy_client.get("/v2/models/painter.score").json()
+    assert [t["name"] for t in score["inputs"]] == ["images"]
+    assert [t["name"] for t in score["outputs"]] == ["mse", "psnr_db"]
     assert "tiny-cvae.score" in names and all(entry["state"] == "READY" for entry in index)
     encode = toy_client.get("/v2/models/painter.encode").json()
     assert encode["platform"] == "vaeserve_toy"

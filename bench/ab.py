@@ -12,7 +12,6 @@ throughput is its inverse. Loopback only.
 
 from __future__ import annotations
 
-import argparse
 import logging
 import os
 import statistics
@@ -20,7 +19,17 @@ import sys
 from contextlib import ExitStack
 from pathlib import Path
 
-from load import ROOT, Result, free_port, scenarios, serve_env, server, wrk  # bench/ is on sys.path
+from load import (  # bench/ is on sys.path
+    ROOT,
+    Result,
+    free_port,
+    scenarios,
+    serve_env,
+    server,
+    wrk,
+    wrk_arguments,
+    wrk_setup,
+)
 
 log = logging.getLogger("bench")
 TICK = os.sysconf("SC_CLK_TCK")
@@ -37,17 +46,13 @@ def ratio(after: float, before: float) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
+    p = wrk_arguments(__doc__, duration=3)
     p.add_argument("--before", type=Path, required=True, help="the checkout to compare with (its own app/)")
     p.add_argument("--rounds", type=int, default=3, help="runs per side, scenario and concurrency")
-    p.add_argument("--duration", type=int, default=3, help="seconds per measured run")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
     p.add_argument("--only", nargs="+", metavar="OPERATION", help="only these scenarios, e.g. 'decode 1 latent'")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    wrk_setup()
     sides = {"before": args.before.resolve(), "after": ROOT}
     load = [s for s in scenarios(64) if not args.only or s.name in args.only]  # 64: fashion-vae's latent size
     results: dict[tuple[str, str, int], list[Result]] = {}
@@ -65,7 +70,7 @@ def main(argv: list[str] | None = None) -> None:
         for scenario in load:
             for c in args.concurrency:
                 for side, base in bases.items():
-                    wrk(base, scenario, c, 1, args.client_cpu)  # warm-up
+                    wrk(base, scenario, c, args.warmup, args.client_cpu)  # warm-up
                 for _ in range(args.rounds):
                     for side, base in bases.items():
                         cpu = cpu_seconds(pids[side])

@@ -239,18 +239,29 @@ def report(
     return "\n".join(lines)
 
 
-def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=5, help="seconds per measured run")
+def wrk_arguments(doc: str, duration: int = 5) -> argparse.ArgumentParser:
+    """A parser with what every wrk bench takes: run lengths, and the CPUs of server and wrk."""
+    p = argparse.ArgumentParser(description=doc.split("\n\n")[0])
+    p.add_argument("--duration", type=int, default=duration, help="seconds per measured run")
     p.add_argument("--warmup", type=int, default=1, help="seconds of load before each run, not counted")
-    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
     p.add_argument("--server-cpu", type=int, default=0)
     p.add_argument("--client-cpu", type=int, default=1)
-    args = p.parse_args(argv)
+    return p
+
+
+def wrk_setup() -> None:
+    """Progress on stderr, and wrk installed."""
     logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
     logging.getLogger("httpx").setLevel(logging.WARNING)
     if shutil.which("wrk") is None:
         raise SystemExit("wrk not found; install it (Debian: apt-get install wrk)")
+
+
+def main(argv: list[str] | None = None) -> None:
+    p = wrk_arguments(__doc__)
+    p.add_argument("--concurrency", type=int, nargs="+", default=[1, 16, 64])
+    args = p.parse_args(argv)
+    wrk_setup()
     settings = Settings()
     checkpoint = ROOT / "model" / "checkpoints" / "fashion-vae.safetensors"
     load = scenarios(load_checkpoint(checkpoint).config.latent_dim)

@@ -10,14 +10,24 @@ docs/benchmarks.md, with the padding quantum each configuration calibrated to on
 
 from __future__ import annotations
 
-import argparse
 import logging
 import statistics
 import subprocess
 import sys
 from contextlib import ExitStack
 
-from load import ROOT, Result, free_port, machine, measure, scenarios, serve_env, server  # bench/ is on sys.path
+from load import (  # bench/ is on sys.path
+    ROOT,
+    Result,
+    free_port,
+    machine,
+    measure,
+    scenarios,
+    serve_env,
+    server,
+    wrk_arguments,
+    wrk_setup,
+)
 
 from model import load_checkpoint
 
@@ -53,15 +63,10 @@ def quantum(env: dict[str, str], rows: int, cpu: int) -> str:
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=5, help="seconds per measured run")
-    p.add_argument("--warmup", type=int, default=1, help="seconds of load before each run, not counted")
+    p = wrk_arguments(__doc__)
     p.add_argument("--rounds", type=int, default=2, help="times each configuration is measured, in turn")
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
+    wrk_setup()
     checkpoint = ROOT / "model" / "checkpoints" / "fashion-vae.safetensors"
     load = [s for s in scenarios(load_checkpoint(checkpoint).config.latent_dim) if s.name in OPERATIONS]
     quanta = {name: quantum(env, 64, args.server_cpu) for name, env in CONFIGS.items()}

@@ -14,14 +14,13 @@ from __future__ import annotations
 import argparse
 import json
 import logging
-import shutil
 import statistics
 import sys
 
 import httpx
 import numpy as np
 from ab import cpu_seconds  # bench/ is on sys.path
-from load import Result, Scenario, free_port, machine, serve_env, server, wrk
+from load import Result, Scenario, free_port, machine, serve_env, server, wrk, wrk_arguments, wrk_setup
 
 log = logging.getLogger("bench")
 LATENT_DIM = 64  # the shipped fashion-vae's
@@ -78,18 +77,11 @@ def measure(base: str, scenario: Scenario, pid: int, args: argparse.Namespace) -
 
 
 def main(argv: list[str] | None = None) -> None:
-    p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--duration", type=int, default=5, help="seconds per measured run")
-    p.add_argument("--warmup", type=int, default=1, help="seconds of load before each run, not counted")
+    p = wrk_arguments(__doc__)
     p.add_argument("--rounds", type=int, default=3, help="runs of each request, alternating")
     p.add_argument("--connections", type=int, default=64)
-    p.add_argument("--server-cpu", type=int, default=0)
-    p.add_argument("--client-cpu", type=int, default=1)
     args = p.parse_args(argv)
-    logging.basicConfig(level=logging.INFO, format="%(asctime)s %(message)s", stream=sys.stderr)
-    logging.getLogger("httpx").setLevel(logging.WARNING)
-    if shutil.which("wrk") is None:
-        raise SystemExit("wrk not found; install it (Debian: apt-get install wrk)")
+    wrk_setup()
     load = scenarios()
     port = free_port()
     base = f"http://127.0.0.1:{port}"

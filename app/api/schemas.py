@@ -8,6 +8,7 @@ from typing import Annotated, Any, Literal
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
 from app.engine.backend import Operation
+from app.engine.operations import Scores
 
 # A standard-normal prior puts essentially all its mass within +-10; the bound only keeps
 # float32 maths finite.
@@ -235,6 +236,24 @@ class Score(BaseModel):
         "pixel values in [0, 1]",
     )
     psnr_db: float | None = Field(None, description="No likelihood: 10 log10(1 / mse), decibels")
+
+
+# Each `Score` field and the engine's `Scores` field it carries, in the order answers list them.
+SCORE_FIELDS = {
+    "reconstruction_nats": "reconstruction",
+    "kl_nats": "kl",
+    "elbo_nats": "elbo",
+    "nll_nats": "nll",
+    "bits_per_dim": "bits_per_dim",
+    "mse": "mse",
+    "psnr_db": "psnr_db",
+}
+
+
+def score_columns(scores: Scores) -> dict[str, Any]:
+    """The scores the model defined ([B] arrays), by their `Score` names."""
+    columns = {name: getattr(scores, field) for name, field in SCORE_FIELDS.items()}
+    return {name: values for name, values in columns.items() if values is not None}
 
 
 class ScoreResponse(BaseModel):

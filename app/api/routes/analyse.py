@@ -19,6 +19,7 @@ from app.api.schemas import (
     ScoreRequest,
     ScoreResponse,
     images_request_body,
+    score_columns,
 )
 
 router = APIRouter(prefix="/v1", tags=["analyse"])
@@ -85,15 +86,6 @@ async def score(request: Request, data: ScoreInput, response: Response, service:
     scores = await service.engine.score(model, data.images, data.labels, k, data.body.seed, client_gone(request))
     if likelihood:
         response.headers["X-Seed"] = str(data.body.seed)
-    columns = {
-        "reconstruction_nats": scores.reconstruction,
-        "kl_nats": scores.kl,
-        "elbo_nats": scores.elbo,
-        "nll_nats": scores.nll,
-        "bits_per_dim": scores.bits_per_dim,
-        "mse": scores.mse,
-        "psnr_db": scores.psnr_db,
-    }
-    given = {name: values.tolist() for name, values in columns.items() if values is not None}
+    given = {name: values.tolist() for name, values in score_columns(scores).items()}
     rows = [dict(zip(given, row, strict=True)) for row in zip(*given.values(), strict=True)]
     return ScoreResponse(model=model.name, scores=[Score(**row, k=k if likelihood else None) for row in rows])

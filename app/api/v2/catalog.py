@@ -20,7 +20,7 @@ from pydantic import BaseModel
 
 from app.api.deps import Service
 from app.api.limits import LIMITS
-from app.api.schemas import LATENT_BOUND, MAX_SEED, SampleRequest
+from app.api.schemas import LATENT_BOUND, MAX_SEED, SampleRequest, score_columns
 from app.api.v2.tensors import TensorSpec
 from app.engine.batcher import Gone
 from app.engine.registry import LoadedModel
@@ -28,16 +28,6 @@ from app.engine.registry import LoadedModel
 VERSION = "1"  # every v2 model has one version: the weights the server loaded
 SEPARATOR = "."
 # Score's outputs, one value per image: /v1's fields.
-# Each score output and the engine's `Scores` field it carries.
-SCORES = {
-    "reconstruction_nats": "reconstruction",
-    "kl_nats": "kl",
-    "elbo_nats": "elbo",
-    "nll_nats": "nll",
-    "bits_per_dim": "bits_per_dim",
-    "mse": "mse",
-    "psnr_db": "psnr_db",
-}
 LIKELIHOOD_SCORES = ("reconstruction_nats", "kl_nats", "elbo_nats", "nll_nats", "bits_per_dim")
 
 
@@ -157,7 +147,8 @@ async def run_reconstruct(op: Operation, inputs: Inputs, gone: Gone | None) -> I
 async def run_score(op: Operation, inputs: Inputs, gone: Gone | None) -> Inputs:
     k, seed = scalar(inputs, "k", op.service.settings.default_k), scalar(inputs, "seed", 0)
     scores = await op.service.engine.score(op.model, model_input(inputs["images"]), inputs.get("labels"), k, seed, gone)
-    return {name: getattr(scores, SCORES[name]).astype(np.float32) for name in score_names(op.model)}
+    columns = score_columns(scores)
+    return {name: columns[name].astype(np.float32) for name in score_names(op.model)}
 
 
 async def run_sample(op: Operation, inputs: Inputs, gone: Gone | None) -> Inputs:

@@ -3,25 +3,33 @@ throughput: `python bench/ab.py --before /path/to/other/checkout`.
 
 Starts `python -m app.serve` from this checkout (after) and from `--before`, both with the same
 settings and both pinned to one CPU, and drives them in turn with wrk pinned to another, run by
-run (before, after, before, after, ...), so a slow spell of a shared machine hits both alike. For
-each scenario of bench/load.py and each concurrency it prints the median requests/s and p50 of
-each side over `--rounds` runs, and after/before; and the server's CPU time per request (user +
-system, from /proc), which a crowded machine changes far less than requests/s: at saturation
-throughput is its inverse. Loopback only.
+run (after, before, before, after, ...; each run starts with both servers idle), so a slow spell
+of a shared machine hits both alike. For each scenario of bench/load.py and each concurrency it
+prints the median requests/s, p50 and server CPU time per request (user + system, from /proc) of
+each side over `--rounds` runs, and after/before as the median of the rounds' ratios with their
+quartiles.
+
+`--together` loads both servers at the same time instead, each with its own wrk, so they share
+the server CPU through every slow and fast spell of the machine: their CPU time per request,
+measured side by side, compares their throughput at saturation far more precisely than runs
+taken in turn (on a virtual machine whose speed drifts by 10-30% from run to run). Latency is
+not comparable that way: use the default for the c=1 columns. Loopback only.
 """
 
 from __future__ import annotations
 
+import argparse
 import logging
-import os
 import statistics
 import sys
+from concurrent.futures import ThreadPoolExecutor
 from contextlib import ExitStack
 from pathlib import Path
 
 from load import (  # bench/ is on sys.path
     ROOT,
     Result,
+    Scenario,
     free_port,
     scenarios,
     serve_env,
@@ -32,17 +40,31 @@ from load import (  # bench/ is on sys.path
 )
 
 log = logging.getLogger("bench")
-TICK = os.sysconf("SC_CLK_TCK")
 
 
-def cpu_seconds(pid: int) -> float:
-    """User + system CPU time of process `pid` (all its threads) so far."""
-    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
-    return (int(fields[11]) + int(fields[12])) / TICK
+def paired(after: list[float], before: list[float]) -> str:
+    """The median of the rounds' after/before ratios, and their quartiles: each round's two runs
+    are next to each other in time, so their ratio cancels the machine's slow and fast spells
+    that the ratio of two medians keeps."""
+    ratios = sorted(a / b for a, b in zip(after, before, strict=True) if b)  # b == 0: a stalled run
+    if not ratios:
+        return "n/a"
+    low, _, high = statistics.quantiles(ratios, n=4, method="inclusive") if len(ratios) > 1 else ratios * 3
+    return f"{statistics.median(ratios):.3f} ({low:.2f}-{high:.2f})"
 
 
-def ratio(after: float, before: float) -> str:
-    return f"{after / before:.3f}" if before else "n/a"  # no request finished in a run: a stalled machine
+def one_round(
+    targets: dict[str, tuple[str, int]], scenario: Scenario, c: int, args: argparse.Namespace
+) -> dict[str, Result]:
+    """A run on each (url, pid) target: in turn, in the order given, or all at once (--together)."""
+
+    def run(target: tuple[str, int]) -> Result:
+        return wrk(target[0], scenario, c, args.duration, args.client_cpu, target[1])
+
+    if not args.together:
+        return {side: run(target) for side, target in targets.items()}
+    with ThreadPoolExecutor(len(targets)) as pool:
+        return dict(zip(targets, pool.map(run, targets.values()), strict=True))
 
 
 def main(argv: list[str] | None = None) -> None:
@@ -50,13 +72,17 @@ def main(argv: list[str] | None = None) -> None:
     p.add_argument("--before", type=Path, required=True, help="the checkout to compare with (its own app/)")
     p.add_argument("--rounds", type=int, default=3, help="runs per side, scenario and concurrency")
     p.add_argument("--concurrency", type=int, nargs="+", default=[1, 64])
+    p.add_argument(
+        "--together",
+        action="store_true",
+        help="load both servers at once, sharing the server CPU: compare CPU per request, not latency",
+    )
     p.add_argument("--only", nargs="+", metavar="OPERATION", help="only these scenarios, e.g. 'decode 1 latent'")
     args = p.parse_args(argv)
     wrk_setup()
     sides = {"before": args.before.resolve(), "after": ROOT}
     load = [s for s in scenarios(64) if not args.only or s.name in args.only]  # 64: fashion-vae's latent size
     results: dict[tuple[str, str, int], list[Result]] = {}
-    cpu_per_request: dict[tuple[str, str, int], list[float]] = {}
     with ExitStack() as servers:
         bases, pids = {}, {}
         for side, checkout in sides.items():
@@ -70,31 +96,33 @@ def main(argv: list[str] | None = None) -> None:
         for scenario in load:
             for c in args.concurrency:
                 for side, base in bases.items():
-                    wrk(base, scenario, c, args.warmup, args.client_cpu)  # warm-up
-                for _ in range(args.rounds):
-                    for side, base in bases.items():
-                        cpu = cpu_seconds(pids[side])
-                        result = wrk(base, scenario, c, args.duration, args.client_cpu)
-                        per_request = (cpu_seconds(pids[side]) - cpu) / max(result.requests, 1)
+                    wrk(base, scenario, c, args.warmup, args.client_cpu, pids[side])  # warm-up
+                for round_ in range(args.rounds):
+                    targets = {side: (bases[side], pids[side]) for side in sorted(sides, reverse=round_ % 2 == 1)}
+                    for side, result in one_round(targets, scenario, c, args).items():
                         results.setdefault((scenario.name, side, c), []).append(result)
-                        cpu_per_request.setdefault((scenario.name, side, c), []).append(per_request)
                         log.info(
                             "%s %s c=%d: %.0f req/s, p50 %.2f ms, %.0f us CPU/request",
-                            side, scenario.name, c, result.rps, result.p50_ms, per_request * 1e6,
+                            side, scenario.name, c, result.rps, result.p50_ms, result.cpu_per_request * 1e6,
                         )  # fmt: skip
     print(f"Command: python bench/ab.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
     print(
         "| operation | conc. | before: req/s | p50 ms | CPU us/req | after: req/s | p50 ms | CPU us/req "
         "| after/before: req/s | p50 | CPU/req |"
-    )
+    )  # the ratios: medians of the rounds' ratios, with their quartiles
     print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for scenario in load:
         for c in args.concurrency:
-            rps = {side: statistics.median(r.rps for r in results[scenario.name, side, c]) for side in sides}
-            p50 = {side: statistics.median(r.p50_ms for r in results[scenario.name, side, c]) for side in sides}
-            cpu = {side: statistics.median(cpu_per_request[scenario.name, side, c]) * 1e6 for side in sides}
-            cells = [f"{rps[side]:.0f} | {p50[side]:.2f} | {cpu[side]:.0f}" for side in sides]
-            ratios = [ratio(value["after"], value["before"]) for value in (rps, p50, cpu)]
+            runs = {side: results[scenario.name, side, c] for side in sides}
+            rps = {side: [r.rps for r in runs[side]] for side in sides}
+            p50 = {side: [r.p50_ms for r in runs[side]] for side in sides}
+            cpu = {side: [r.cpu_per_request * 1e6 for r in runs[side]] for side in sides}
+            cells = [
+                f"{statistics.median(rps[side]):.0f} | {statistics.median(p50[side]):.2f} "
+                f"| {statistics.median(cpu[side]):.0f}"
+                for side in sides
+            ]
+            ratios = [paired(value["after"], value["before"]) for value in (rps, p50, cpu)]
             print(f"| {scenario.name} | {c} | {cells[0]} | {cells[1]} | {' | '.join(ratios)} |")
 
 

@@ -42,6 +42,7 @@ from model import load_checkpoint
 log = logging.getLogger("bench")
 ROOT = Path(__file__).resolve().parent.parent
 LUA = Path(__file__).with_name("wrk.lua")
+TICK = os.sysconf("SC_CLK_TCK")
 EXAMPLE = ROOT / "app" / "static" / "examples" / "sneaker.png"
 # The scenarios the throughput targets are about, by the model pass they use.
 TARGETED = {"decode": "decode 1 latent", "encode": "encode 1 PNG"}
@@ -65,6 +66,13 @@ class Result:
     p99_ms: float
     errors: int
     requests: int = 0
+    cpu_s: float = 0.0  # the server's CPU time (user + system) during the run
+
+    @property
+    def cpu_per_request(self) -> float:
+        """Seconds of server CPU per request: at saturation, throughput's inverse, and far
+        steadier than requests/s on a machine that other processes share."""
+        return self.cpu_s / max(self.requests, 1)
 
 
 def scenarios(latent_dim: int) -> list[Scenario]:
@@ -122,7 +130,29 @@ def server(
             process.wait(timeout=60)
 
 
-def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int) -> Result:
+def cpu_seconds(pid: int) -> float:
+    """User + system CPU time of process `pid` (all its threads) so far."""
+    fields = Path(f"/proc/{pid}/stat").read_text().rsplit(")", 1)[1].split()
+    return (int(fields[11]) + int(fields[12])) / TICK
+
+
+def settle(pid: int, quiet: float = 0.2, limit: float = 60) -> None:
+    """Wait until process `pid` has used no CPU for `quiet` seconds (at most `limit`)."""
+    deadline = time.monotonic() + limit
+    used = cpu_seconds(pid)
+    while time.monotonic() < deadline:
+        time.sleep(quiet)
+        used, before = cpu_seconds(pid), used
+        if used - before <= 1 / TICK:  # one clock tick: the server's housekeeping
+            return
+
+
+def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int, server_pid: int) -> Result:
+    """A wrk run pinned to `cpu` against the server process `server_pid`, whose CPU time it
+    measures. It returns once that server is idle again: when wrk stops, up to `connections`
+    requests are still queued there, and that work must not count in the next run (nor slow
+    another server sharing its CPU, as in bench/ab.py)."""
+    start = cpu_seconds(server_pid)
     with tempfile.NamedTemporaryFile(suffix=".body") as body:
         body.write(scenario.body)
         body.flush()
@@ -137,6 +167,8 @@ def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int)
         done = subprocess.run(
             [*command, "-s", str(LUA), base + scenario.path], env=env, capture_output=True, text=True, check=True
         )
+    used = cpu_seconds(server_pid) - start
+    settle(server_pid)
     stats = json.loads(done.stderr.strip().splitlines()[-1])
     return Result(
         rps=stats["requests"] / (stats["duration_us"] / 1e6),
@@ -144,12 +176,14 @@ def wrk(base: str, scenario: Scenario, connections: int, seconds: int, cpu: int)
         p99_ms=stats["p99_us"] / 1000,
         errors=stats["status_errors"] + stats["socket_errors"],
         requests=stats["requests"],
+        cpu_s=used,
     )
 
 
-def measure(base: str, scenario: Scenario, connections: int, args: argparse.Namespace) -> Result:
-    wrk(base, scenario, connections, args.warmup, args.client_cpu)  # first-call costs, connection set-up
-    result = wrk(base, scenario, connections, args.duration, args.client_cpu)
+def measure(base: str, pid: int, scenario: Scenario, connections: int, args: argparse.Namespace) -> Result:
+    """A --duration run against the server at `base` (process `pid`) after a --warmup run."""
+    wrk(base, scenario, connections, args.warmup, args.client_cpu, pid)  # first-call costs, connection set-up
+    result = wrk(base, scenario, connections, args.duration, args.client_cpu, pid)
     log.info("%s c=%d: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %d errors", scenario.name, connections,
              result.rps, result.p50_ms, result.p99_ms, result.errors)  # fmt: skip
     return result
@@ -167,8 +201,8 @@ def r_http(args: argparse.Namespace) -> float:
     command += ["--port", str(port), "--http", "app.server.protocol:BoundedHttpToolsProtocol"]
     command += ["--no-access-log", "--log-level", "warning"]
     base = f"http://127.0.0.1:{port}"
-    with server(command, serve_env(), base + "/", args.server_cpu):
-        return measure(base, Scenario("empty endpoint", "GET", "/"), 64, args).rps
+    with server(command, serve_env(), base + "/", args.server_cpu) as process:
+        return measure(base, process.pid, Scenario("empty endpoint", "GET", "/"), 64, args).rps
 
 
 @torch.inference_mode()
@@ -270,19 +304,21 @@ def main(argv: list[str] | None = None) -> None:
     model = r_model(checkpoint, settings.max_batch, args.server_cpu)
     results: dict[tuple[str, bool, int], Result] = {}
     with ExitStack() as servers:
-        bases = {}
+        bases, pids = {}, {}
         for batching in (True, False):
             port = free_port()
             bases[batching] = f"http://127.0.0.1:{port}"
             env = serve_env(VAE_PORT=str(port), VAE_BATCHING=str(batching).lower())
             command = [sys.executable, "-m", "app.serve"]
-            servers.enter_context(server(command, env, bases[batching] + "/readyz", args.server_cpu))
-        # On and off run back to back, run by run (the idle one costs nothing), so that a slow
-        # spell of this virtual machine hits both alike, not one whole half of the table.
+            pids[batching] = servers.enter_context(
+                server(command, env, bases[batching] + "/readyz", args.server_cpu)
+            ).pid
+        # On and off run back to back, run by run, so that a slow spell of this virtual machine
+        # hits both alike, not one whole half of the table; each run starts with both idle (wrk).
         for scenario in load:
             for c in args.concurrency:
                 for batching, base in bases.items():
-                    results[scenario.name, batching, c] = measure(base, scenario, c, args)
+                    results[scenario.name, batching, c] = measure(base, pids[batching], scenario, c, args)
     print(f"Machine: {machine()}\n")
     print(f"Command: python bench/load.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")
     print(report(load, results, args.concurrency, http, model))

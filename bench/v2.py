@@ -19,8 +19,17 @@ import sys
 
 import httpx
 import numpy as np
-from ab import cpu_seconds  # bench/ is on sys.path
-from load import Result, Scenario, free_port, machine, serve_env, server, wrk, wrk_arguments, wrk_setup
+from load import (  # bench/ is on sys.path
+    Result,
+    Scenario,
+    free_port,
+    machine,
+    serve_env,
+    server,
+    wrk,
+    wrk_arguments,
+    wrk_setup,
+)
 
 log = logging.getLogger("bench")
 LATENT_DIM = 64  # the shipped fashion-vae's
@@ -67,10 +76,9 @@ def check(base: str, load: list[Scenario]) -> None:
 
 def measure(base: str, scenario: Scenario, pid: int, args: argparse.Namespace) -> tuple[Result, float]:
     """A run after a warm-up, and the server's CPU milliseconds per request during it."""
-    wrk(base, scenario, args.connections, args.warmup, args.client_cpu)
-    before = cpu_seconds(pid)
-    result = wrk(base, scenario, args.connections, args.duration, args.client_cpu)
-    cpu_ms = (cpu_seconds(pid) - before) * 1000 / max(1, result.requests)
+    wrk(base, scenario, args.connections, args.warmup, args.client_cpu, pid)
+    result = wrk(base, scenario, args.connections, args.duration, args.client_cpu, pid)
+    cpu_ms = result.cpu_per_request * 1000
     log.info("%s: %.0f req/s, p50 %.2f ms, p99 %.2f ms, %.3f CPU ms/request, %d errors", scenario.name,
              result.rps, result.p50_ms, result.p99_ms, cpu_ms, result.errors)  # fmt: skip
     return result, cpu_ms

@@ -7,12 +7,14 @@ from fastapi.routing import APIRoute
 from app.api.routes import analyse, generate, health, metrics, models, tensors
 from app.api.v2 import routes as v2
 
+# In the order requests try them: the JSON operations, the busiest, before the binary tensor
+# routes (`/v1/models/{name}/...`), so that they match after as few other routes as they did.
 ROUTERS = (
     health.router,
     models.router,
-    tensors.router,
     generate.router,
     analyse.router,
+    tensors.router,
     metrics.router,
     v2.health,
     v2.router,

@@ -38,10 +38,12 @@ _calibrated: dict[tuple[object, ...], tuple[int, int]] = {}
 
 
 def padded(t: torch.Tensor, rows: int) -> torch.Tensor:
-    """`t` with zero rows appended up to `rows` rows."""
-    if t.shape[0] == rows:
-        return t
-    return torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+    """`t` with zero rows appended up to `rows` rows, C-contiguous: convolutions pick other
+    kernels (other bits) for other memory layouts, so a row must not bring its own (an image
+    converted from HWC arrives channels-last)."""
+    if t.shape[0] < rows:
+        t = torch.cat([t, t.new_zeros((rows - t.shape[0], *t.shape[1:]))])
+    return t.contiguous()
 
 
 class Passes:

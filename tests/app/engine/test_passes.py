@@ -164,3 +164,21 @@ def test_a_pass_never_runs_more_than_max_rows(model_dir: Path) -> None:
 
     passes.run(fn, [torch.zeros(33 + 48, 4), None])
     assert seen == [48, 48]
+
+
+@pytest.mark.parametrize("quantum", [1, 4])
+def test_a_pass_takes_its_rows_c_contiguous_whatever_layout_they_arrive_in(model_dir: Path, quantum: int) -> None:
+    # A convolution picks another kernel (other bits) for a channels-last input, as an image
+    # converted from HWC pixels is; padded or not, a pass must see one layout.
+    passes = Passes(VAEBackend(load_checkpoint(model_dir / "tiny-vae.safetensors")), 4)
+    passes.quantum = quantum
+    seen: list[bool] = []
+
+    def fn(x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
+        seen.append(x.is_contiguous())
+        return (x,)
+
+    x = torch.rand(4, 3, 5, 6).to(memory_format=torch.channels_last)
+    for rows in (1, 3, 4):
+        assert torch.equal(passes.run(fn, [x[:rows], None])[0], x[:rows])
+    assert seen == [True, True, True]

@@ -4,17 +4,17 @@ The model is diffusers' AutoencoderKL with SD 1.x's published VAE config and ran
 (the cost of a decode does not depend on the weights), saved with save_pretrained into a
 temporary folder and served from it by `python -m app.serve`. Latents are [4, h, w] float32.
 
-- in-process: `vae.decode(z)` on a batch of B latents, B = 1 and 8: images/s.
+- in-process: `vae.decode(z)` on a batch of B latents, B = 1 and 8, in this process.
 - served: diffusers' own client, `remote_decode(output_type="pt", partial_postprocess=True)`
-  (uint8 pixels back) from 1 and from 8 client threads against the server: images/s, and the
-  lone-request latency at c=1 against the in-process batch-1 time; then c=1 again against a
-  server with VAE_BATCH_INVARIANT=false (passes unpadded: a lone request decodes one row, not a
-  padded pass).
+  (uint8 pixels back) from 1 and from 8 client threads against the server.
+- the two taken in pairs, next to each other, the order alternating: seconds, images/s and the
+  median of the pairs' served/in-process time ratios (the lone-request latency target at c=1,
+  the throughput target at c=8).
 (Not bench/diffusers.py: a script of that name would shadow the package it imports.)
-- peak memory (VmHWM) of this process after the in-process runs, and of the server.
+- peak memory (VmHWM) of this process (the model and the client) and of the server.
 - with `--big 256`: one 2048x2048 decode (256x256 latent) through the server, tiled.
 
-`python bench/diffusers_vae.py [--side 32] [--rounds 2] [--threads 2] [--big 256]` prints a Markdown table.
+`python bench/diffusers_vae.py [--side 32] [--rounds 6] [--threads 2] [--big 256]` prints a Markdown table.
 """
 
 from __future__ import annotations
@@ -67,16 +67,33 @@ def peak_rss_mib(pid: int | str = "self") -> float:
     return float("nan")
 
 
-def timed(fn: Callable[[], object], rounds: int, warm_up: bool = True) -> float:
-    """Median seconds of `rounds` calls, after one warm-up call unless that shape ran already."""
-    if warm_up:
-        fn()
-    times = []
-    for _ in range(rounds):
-        start = time.perf_counter()
-        fn()
-        times.append(time.perf_counter() - start)
-    return statistics.median(times)
+def paired(own: Callable[[], object], remote: Callable[[], object], rounds: int) -> list[tuple[float, float]]:
+    """(seconds of `own`, seconds of `remote`) for `rounds` pairs taken next to each other, the
+    order alternating, after one call of each: this machine's speed drifts by a third from one
+    minute to the next, so only neighbours compare."""
+    own()
+    remote()
+    pairs = []
+    for i in range(rounds):
+        times = {}
+        for name, fn in sorted({"own": own, "remote": remote}.items(), reverse=i % 2 == 1):
+            start = time.perf_counter()
+            fn()
+            times[name] = time.perf_counter() - start
+        pairs.append((times["own"], times["remote"]))
+        log.info("pair %d: in-process %.2f s, served %.2f s", i + 1, *pairs[-1])
+    return pairs
+
+
+def row(load: str, pairs: list[tuple[float, float]], images: int) -> str:
+    """A table row: medians of each side, and of the pairs' ratios with their range."""
+    own, remote = (statistics.median(side) for side in zip(*pairs, strict=True))
+    ratios = sorted(r / o for o, r in pairs)
+    spread = f"{ratios[0]:.2f}-{ratios[-1]:.2f}"
+    return (
+        f"| {load} | {len(pairs)} | {own:.2f} | {remote:.2f} | {statistics.median(ratios):.3f} ({spread}) "
+        f"| {images / remote:.3f} | {images / own:.3f} |"
+    )
 
 
 @contextmanager
@@ -103,7 +120,7 @@ def served(folder: Path, threads: int, **settings: str) -> Iterator[tuple[str, i
 def main(argv: list[str] | None = None) -> None:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
     p.add_argument("--side", type=int, default=32, help="latent side (32: 256x256 images)")
-    p.add_argument("--rounds", type=int, default=2, help="timed rounds per measurement (batch 8: half as many)")
+    p.add_argument("--rounds", type=int, default=6, help="pairs at c=1 (c=8: a third as many)")
     p.add_argument("--threads", type=int, default=2, help="torch threads, in-process and served")
     p.add_argument("--big", type=int, default=0, help="also decode one latent this side (256: 2048x2048), served")
     args = p.parse_args(argv)
@@ -117,52 +134,41 @@ def main(argv: list[str] | None = None) -> None:
         torch.manual_seed(0)
         vae = AutoencoderKL(**SD_VAE).eval()
     latents = {b: torch.randn(b, 4, args.side, args.side, generator=generator) for b in (1, 8)}
-    rows = []
     with tempfile.TemporaryDirectory() as tmp:
         folder = Path(tmp)
         vae.save_pretrained(folder / NAME)
-        in_process = {}
-        with torch.inference_mode():
-            for b, z in latents.items():
-                in_process[b] = timed(lambda z=z: vae.decode(z), max(1, args.rounds // b), warm_up=b == 1)
-                log.info("in-process batch %d: %.2f s", b, in_process[b])
-        own_peak = peak_rss_mib()
 
         def one(endpoint: str) -> object:
             return remote_decode(endpoint, latents[1], output_type="pt", partial_postprocess=True, return_type="pt")
 
-        with served(folder, args.threads) as (url, pid):
+        with served(folder, args.threads) as (url, pid), torch.inference_mode():
             endpoint = f"{url}/v1/models/{NAME}/decode"
-            lone = timed(lambda: one(endpoint), args.rounds)
-            log.info("served c=1: %.2f s", lone)
+            lone = paired(lambda: vae.decode(latents[1]), lambda: one(endpoint), args.rounds)
             with ThreadPoolExecutor(8) as pool:
-                wave = timed(lambda: list(pool.map(lambda _: one(endpoint), range(8))), max(1, args.rounds // 8), False)
-            log.info("served c=8: %.2f s per 8", wave)
+                wave = paired(
+                    lambda: vae.decode(latents[8]),
+                    lambda: list(pool.map(lambda _: one(endpoint), range(8))),
+                    max(1, args.rounds // 3),
+                )
+            own_peak = peak_rss_mib()
             big = ""
             if args.big:
                 z = torch.randn(1, 4, args.big, args.big, generator=generator)
                 start = time.perf_counter()
                 image = remote_decode(endpoint, z, output_type="pt", partial_postprocess=True, return_type="pt")
                 big = f"{tuple(image.shape)} in {time.perf_counter() - start:.0f} s"
+                log.info("served %dx%d: %s", args.big * 8, args.big * 8, big)
             server_peak = peak_rss_mib(pid)
-        with served(folder, args.threads, batch_invariant="false") as (url, _):
-            unpadded = timed(lambda: one(f"{url}/v1/models/{NAME}/decode"), args.rounds)
-            log.info("served c=1, unpadded: %.2f s", unpadded)
-        side = args.side * 8
-        rows.append(("c=1 / batch 1", 1 / lone, 1 / in_process[1], lone, in_process[1]))
-        rows.append(("c=8 / batch 8", 8 / wave, 8 / in_process[8], wave, in_process[8]))
-        rows.append(
-            ("c=1 / batch 1, VAE_BATCH_INVARIANT=false", 1 / unpadded, 1 / in_process[1], unpadded, in_process[1])
-        )
+    side = args.side * 8
     out = sys.stdout
     out.write(f"\nSD-VAE decode, {side}x{side} images ({args.side}x{args.side} latents), float32, CPU\n\n")
-    out.write("| load | served images/s | in-process images/s | served / in-process | served s | in-process s |\n")
-    out.write("|---|---|---|---|---|---|\n")
-    for name, served_rate, own_rate, served_s, own_s in rows:
-        out.write(
-            f"| {name} | {served_rate:.3f} | {own_rate:.3f} | {served_rate / own_rate:.0%} "
-            f"| {served_s:.2f} | {own_s:.2f} |\n"
-        )
+    out.write(
+        "| load | pairs | in-process s | served s | served / in-process time: median of pairs (range) "
+        "| served images/s | in-process images/s |\n"
+    )
+    out.write("|---|--:|--:|--:|--:|--:|--:|\n")
+    out.write(row("c=1 / batch 1", lone, 1) + "\n")
+    out.write(row("c=8 / batch 8", wave, 8) + "\n")
     out.write(f"\npeak memory: in-process {own_peak:.0f} MiB, server {server_peak:.0f} MiB\n")
     if big:
         out.write(f"{args.big * 8}x{args.big * 8} decode through the server, tiled: {big}\n")

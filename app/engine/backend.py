@@ -84,8 +84,9 @@ class Backend(Protocol):
     and `log_weights` ("likelihood") serve the ELBO and the IWAE bound of "score" (Burda et al.,
     arXiv 1509.00519). Labels are class indices [B] (int64) for a conditional model
     (`label_names` not empty), else None. `describe` adds family facts to the model's listing.
-    A backend may set `max_rows`, the most rows one pass may hold (large images: memory); the
-    passes of a variable-size model are calibrated on small images (app/engine/passes.py).
+    A backend may set `max_rows`, the most rows one pass may hold (large images: memory; 1 where
+    batching gains nothing on its device); the passes of a variable-size model are calibrated on
+    small images (app/engine/passes.py).
     """
 
     family: str

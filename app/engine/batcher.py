@@ -9,9 +9,9 @@ from its oldest request) for more; a request that finds the worker free never wa
 
 Back-pressure: past `max_queue` waiting requests `submit` raises `Overloaded` at once; a
 request still queued after `timeout` seconds gets `TimedOut`. A batch that raises fails its own
-requests with `BatchFailed` and the batcher goes on. A request whose `gone()` says, when its
-batch is about to run, that nobody waits for it any more (its client disconnected) is dropped
-with `Abandoned` instead of run. Every request is answered exactly once: its future is resolved
+requests with `BatchFailed`, or with the `EngineError` it raised, and the batcher goes on. A
+request whose `gone()` says, when its batch is about to run, that nobody waits for it any more
+(its client disconnected) is dropped with `Abandoned` instead of run. Every request is answered exactly once: its future is resolved
 by whichever comes first.
 """
 
@@ -251,6 +251,10 @@ class Batcher(Generic[In, Out]):
                 except asyncio.CancelledError:  # closed while the batch ran
                     fail(batch, ShuttingDown())
                     raise
+                except EngineError as error:  # a failure `run` describes itself (out of memory)
+                    log.warning("%s: a batch of %d requests failed: %s", self.name, len(batch), error)
+                    fail(batch, error)
+                    continue
                 except Exception as error:  # the batch fails, the batcher does not
                     log.exception("%s: a batch of %d requests failed", self.name, len(batch))
                     fail(batch, BatchFailed(self.name, error))

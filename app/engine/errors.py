@@ -69,6 +69,29 @@ class BatchFailed(EngineError):
         super().__init__(f"{name} failed for the batch this request was in ({type(error).__name__}); retry it")
 
 
+class OutOfMemory(EngineError):
+    """The device ran out of memory in the batch a request shared with others; the memory was
+    freed, and the request may well fit in a later, smaller batch."""
+
+    retry_after = 1
+
+    def __init__(self, name: str, device: str, requests: int) -> None:
+        super().__init__(
+            f"{name}: {device} memory ran out in the batch this request was in ({requests} requests); "
+            f"retry in {self.retry_after} s"
+        )
+
+
+class NeedsTooMuchMemory(EngineError):
+    """The device ran out of memory running this request alone: it will not fit as it is."""
+
+    def __init__(self, name: str, device: str) -> None:
+        super().__init__(
+            f"{name}: this request alone needs more {device} memory than is free; "
+            "send smaller or fewer images or latents"
+        )
+
+
 class Abandoned(EngineError):
     """Dropped before its batch ran: its client had gone, so nobody would read the result."""
 

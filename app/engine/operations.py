@@ -14,6 +14,7 @@ batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give
 
 from __future__ import annotations
 
+import gc
 import math
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
@@ -25,6 +26,7 @@ import torch
 
 from app.engine.backend import Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnQueue, Worker
+from app.engine.errors import NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
@@ -100,6 +102,12 @@ def to_pixels(images: torch.Tensor) -> np.ndarray:
     return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
 
 
+def floats(t: torch.Tensor) -> np.ndarray:
+    """Latents and moments as callers get them: float32 on the CPU, whatever the model computes
+    in (float16 on a GPU)."""
+    return t.float().cpu().numpy()
+
+
 def tensor(parts: list[np.ndarray], device: torch.device, dtype: torch.dtype | None = None) -> torch.Tensor:
     """The batch's rows of one input: the jobs' arrays, concatenated, on the model's device."""
     return torch.from_numpy(np.concatenate(parts)).to(device=device, dtype=dtype)
@@ -160,7 +168,7 @@ def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Images]:
     n = [job.n for job in jobs]
     images = split(to_pixels(passes.decode(z, y)), n)
     ys = split(y.cpu().numpy(), n) if y is not None else [None] * len(jobs)
-    return [Images(*parts) for parts in zip(images, split(z.cpu().numpy(), n), ys, strict=True)]
+    return [Images(*parts) for parts in zip(images, split(floats(z), n), ys, strict=True)]
 
 
 @torch.inference_mode()
@@ -171,7 +179,7 @@ def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
     pixels = split(to_pixels(images), sizes(jobs))
     if not any(job.values for job in jobs):
         return pixels
-    values = split(images.float().cpu().numpy(), sizes(jobs))
+    values = split(floats(images), sizes(jobs))
     return [v if job.values else p for job, p, v in zip(jobs, pixels, values, strict=True)]
 
 
@@ -179,7 +187,7 @@ def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
 def run_encode(passes: Passes, jobs: list[ArrayJob]) -> list[Encoding]:
     device = passes.backend.device
     moments = passes.encode(tensor([job.x for job in jobs], device), batch_labels(jobs, device))
-    parts = [split(t.cpu().numpy(), sizes(jobs)) for t in moments]
+    parts = [split(floats(t), sizes(jobs)) for t in moments]
     if len(parts) == 1:  # a deterministic encoder: latents only
         return [Encoding(mean, None, None) for mean in parts[0]]
     encodings = [Encoding(*moment) for moment in zip(*parts, strict=True)]
@@ -188,7 +196,7 @@ def run_encode(passes: Passes, jobs: list[ArrayJob]) -> list[Encoding]:
         if job.seed is not None:  # the job's rows alone, as the posterior of those images alone draws
             rows = slice(start, start + len(job.x))
             q = DiagonalGaussian(moments[0][rows], moments[2][rows])
-            encoding.sample = q.sample(seeded(job.seed, device)).cpu().numpy()
+            encoding.sample = floats(q.sample(seeded(job.seed, device)))
         start += len(job.x)
     return encodings
 
@@ -200,7 +208,7 @@ def run_reconstruct(passes: Passes, jobs: list[ArrayJob]) -> list[tuple[np.ndarr
     labels = batch_labels(jobs, device)
     mean = passes.encode(tensor([job.x for job in jobs], device), labels)[0]
     images = split(to_pixels(passes.decode(mean, labels)), sizes(jobs))
-    return list(zip(images, split(mean.cpu().numpy(), sizes(jobs)), strict=True))
+    return list(zip(images, split(floats(mean), sizes(jobs)), strict=True))
 
 
 @torch.inference_mode()
@@ -245,6 +253,36 @@ RUNS: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
 }
 
 
+def out_of_memory(error: Exception) -> bool:
+    """A GPU allocation that failed, or a CPU one (torch's CPU allocator raises a RuntimeError)."""
+    return isinstance(error, torch.OutOfMemoryError | MemoryError) or "can't allocate memory" in str(error)
+
+
+def memory_guarded(
+    run: Callable[[Passes, list[Any]], list[Any]], passes: Passes, name: str
+) -> Callable[[list[Any]], list[Any]]:
+    """`run` for the batcher: a batch that runs out of memory fails with an error that says so
+    (`OutOfMemory`, or `NeedsTooMuchMemory` for a request alone), after the memory is freed, so
+    that the next batch starts with it free."""
+
+    def guarded(jobs: list[Any]) -> list[Any]:
+        try:
+            return run(passes, jobs)
+        except Exception as error:
+            if not out_of_memory(error):
+                raise
+        # Out of the except block: the error's traceback, which holds the batch's tensors, is gone.
+        gc.collect()
+        device = passes.backend.device
+        if device.type == "cuda":
+            torch.cuda.empty_cache()
+        if len(jobs) == 1:
+            raise NeedsTooMuchMemory(name, device.type)
+        raise OutOfMemory(name, device.type, len(jobs))
+
+    return guarded
+
+
 class Engine:
     """The async model operations of the served models; each goes through its (model,
     operation) batcher. `start` calibrates every model's passes and makes its batchers;
@@ -287,7 +325,7 @@ class Engine:
         self._batchers[model.name] = {
             op: Batcher(
                 f"{model.name} {op}",
-                partial(run, passes),
+                memory_guarded(run, passes, f"{model.name} {op}"),
                 self.worker,
                 self.limits if op != "score" else replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES),
                 *self._observers(model.name, op),

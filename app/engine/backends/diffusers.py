@@ -17,8 +17,7 @@ from __future__ import annotations
 
 import hashlib
 import json
-from collections.abc import Hashable, Iterator
-from contextlib import contextmanager
+from collections.abc import Hashable
 from pathlib import Path
 from typing import Any
 
@@ -36,8 +35,10 @@ CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 # Sides (pixels) above which images are encoded and decoded in overlapping tiles, as diffusers'
 # enable_tiling does for SD at 512: a tile of SD's VAE takes ~1 GiB in float32 (docs/benchmarks.md).
 DEFAULT_TILE = 512
-# Rows per forward pass: with tiles, a pass's memory is at most this many tiles' worth.
-MAX_ROWS = 8
+# Rows per forward pass on a GPU: with tiles, a pass's memory is at most this many tiles' worth.
+# On a CPU these convolutions cost B times one row in a pass of B rows (docs/benchmarks.md), so
+# batching gains nothing and every row runs alone: no padding, the lone request decodes one row.
+GPU_ROWS = 8
 
 
 class DiffusersError(ValueError):
@@ -91,10 +92,10 @@ class DiffusersBackend:
 
     family = "diffusers"
     label_names: tuple[str, ...] = ()
-    max_rows = MAX_ROWS
 
     def __init__(self, model: torch.nn.Module, tile: int = DEFAULT_TILE) -> None:
         self.model = model.eval()
+        self.max_rows = GPU_ROWS if self.device.type == "cuda" else 1
         config = model.config
         self.kind: str = type(model).__name__
         self.gaussian = self.kind == "AutoencoderKL"
@@ -134,33 +135,20 @@ class DiffusersBackend:
         self.model.tile_sample_min_size = self.tile
         self.model.tile_latent_min_size = self.tile // self.factor
 
-    @contextmanager
-    def _memory(self) -> Iterator[None]:
-        """A GPU out-of-memory fails this batch (its requests get the error) and hands the
-        cached blocks back, so the next batch starts with the memory free."""
-        try:
-            yield
-        except torch.OutOfMemoryError:
-            if self.device.type == "cuda":
-                torch.cuda.empty_cache()
-            raise
-
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
         """x: [B, 3, H, W] in [0, 1]. AutoencoderKL: q(z|x); AutoencoderTiny: its latents."""
         self._tiling(max(x.shape[-2:]), latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
-        with self._memory():
-            if not self.gaussian:
-                return self.model.encode(x).latents
-            q = self.model.encode(x).latent_dist
+        if not self.gaussian:
+            return self.model.encode(x).latents
+        q = self.model.encode(x).latent_dist
         return LatentGaussian(q.mean, q.logvar)
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
         """z: [B, C, h, w] unscaled latents -> [B, 3, h*f, w*f] images in [0, 1] (not clamped:
         VaeImageProcessor.denormalize's clamp comes with the conversion to pixels)."""
         self._tiling(max(z.shape[-2:]), latent=True)
-        with self._memory():
-            return (self.model.decode(z.to(self.dtype)).sample * 0.5 + 0.5).float()
+        return (self.model.decode(z.to(self.dtype)).sample * 0.5 + 0.5).float()
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n draws of the N(0, I) prior of AutoencoderKL's KL term, at the native size. Valid, but

@@ -14,8 +14,17 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.config import Settings
-from app.engine.backends.diffusers import DiffusersError, LatentGaussian, load_diffusers, read_config
+from app.engine.backends.diffusers import (
+    DiffusersBackend,
+    DiffusersError,
+    LatentGaussian,
+    compute_dtype,
+    load_diffusers,
+    read_config,
+)
 from app.engine.errors import StartupError
+from app.engine.operations import ArrayJob, SampleJob, run_encode, run_sample
+from app.engine.passes import Passes
 from app.main import create_app, load_models
 from tests.diffusers_models import save_autoencoders
 
@@ -56,6 +65,36 @@ def test_kl_encode_and_decode_equal_diffusers(folders: dict[str, Path]) -> None:
     assert decoded.shape == (2, 3, 16, 24)
     assert torch.equal(decoded, model.decode(expected.mean).sample * 0.5 + 0.5)
     assert backend.factor == 2 and backend.describe()["shift_factor"] == 0.25
+
+
+def test_half_precision_on_a_gpu_unless_the_model_says_it_overflows() -> None:
+    cuda = torch.device("cuda")
+    assert compute_dtype(cuda, force_upcast=False) == torch.float16
+    assert compute_dtype(cuda, force_upcast=True) == torch.float32  # SDXL's VAE sets force_upcast
+    assert compute_dtype(CPU, force_upcast=False) == torch.float32
+
+
+@torch.inference_mode()
+def test_a_half_precision_model_takes_and_gives_float32(folders: dict[str, Path]) -> None:
+    # The float16 path a GPU takes, run on the CPU: inputs cast to the model's dtype, outputs
+    # back to float32, results within float16's precision of the float32 model's.
+    full, half = load_diffusers(folders["tiny-kl"], CPU), DiffusersBackend(reference(folders["tiny-kl"]).half())
+    x = images(2)
+    assert half.dtype == torch.float16 and half.describe()["dtype"] == "float16"
+    q_full, q_half = full.encode(x), half.encode(x)
+    assert q_half.mean.dtype == torch.float16
+    torch.testing.assert_close(q_half.mean.float(), q_full.mean, rtol=0, atol=2e-2)
+    decoded = half.decode(q_full.mean)
+    assert decoded.dtype == torch.float32
+    torch.testing.assert_close(decoded, full.decode(q_full.mean), rtol=0, atol=2e-2)
+    assert half.max_rows == full.max_rows == 1  # on a CPU every row runs alone
+    # What the engine hands back is float32 whatever the model computes in.
+    passes = Passes(half, 1)
+    passes.calibrate()
+    (encoding,) = run_encode(passes, [ArrayJob(x[:1].numpy(), None, seed=4)])
+    assert {a.dtype for a in (encoding.mean, encoding.variance, encoding.sample)} == {np.dtype("float32")}
+    (drawn,) = run_sample(passes, [SampleJob(1, 5, 1.0, None)])
+    assert drawn.latents.dtype == np.float32 and drawn.pixels.dtype == np.uint8
 
 
 @torch.inference_mode()
@@ -180,7 +219,11 @@ def test_an_out_of_memory_fails_its_batch_and_the_next_one_works(
     monkeypatch.setattr(model, "decode", once_out_of_memory)
     body, params = np.zeros((1, 4, 4, 4), "<f4").tobytes(), {"shape": [1, 4, 4, 4], "output_type": "pt"}
     failed = client.post("/v1/models/tiny-taesd/decode", content=body, params=params)
-    assert failed.status_code == 500 and "failed for the batch this request was in (OutOfMemoryError)" in failed.text
+    assert failed.status_code == 413
+    assert failed.json()["detail"] == (
+        "tiny-taesd decode: this request alone needs more cpu memory than is free; "
+        "send smaller or fewer images or latents"
+    )
     assert client.post("/v1/models/tiny-taesd/decode", content=body, params=params).status_code == 200
 
 

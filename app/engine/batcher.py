@@ -11,8 +11,8 @@ Back-pressure: past `max_queue` waiting requests `submit` raises `Overloaded` at
 request still queued after `timeout` seconds gets `TimedOut`. A batch that raises fails its own
 requests with `BatchFailed`, or with the `EngineError` it raised, and the batcher goes on. A
 request whose `gone()` says, when its batch is about to run, that nobody waits for it any more
-(its client disconnected) is dropped with `Abandoned` instead of run. Every request is answered exactly once: its future is resolved
-by whichever comes first.
+(its client disconnected) is dropped with `Abandoned` instead of run. Every request is answered
+exactly once: its future is resolved by whichever comes first.
 """
 
 from __future__ import annotations

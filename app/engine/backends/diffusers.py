@@ -36,8 +36,9 @@ CLASSES = ("AutoencoderKL", "AutoencoderTiny")
 # enable_tiling does for SD at 512: a tile of SD's VAE takes ~1 GiB in float32 (docs/benchmarks.md).
 DEFAULT_TILE = 512
 # Rows per forward pass on a GPU: with tiles, a pass's memory is at most this many tiles' worth.
-# On a CPU these convolutions cost B times one row in a pass of B rows (docs/benchmarks.md), so
-# batching gains nothing and every row runs alone: no padding, the lone request decodes one row.
+# On a CPU a pass of B rows of these convolutions costs about B single rows (docs/benchmarks.md):
+# batching gains little there, so every row runs alone and a lone request decodes one row, not
+# a padded pass.
 GPU_ROWS = 8
 
 

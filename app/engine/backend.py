@@ -85,7 +85,7 @@ class Backend(Protocol):
     arXiv 1509.00519). Labels are class indices [B] (int64) for a conditional model
     (`label_names` not empty), else None. `describe` adds family facts to the model's listing.
     A backend may set `max_rows`, the most rows one pass may hold (large images: memory; 1 where
-    batching gains nothing on its device); the passes of a variable-size model are calibrated on
+    batching gains little on its device); the passes of a variable-size model are calibrated on
     small images (app/engine/passes.py).
     """
 

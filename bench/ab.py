@@ -30,10 +30,8 @@ from load import (  # bench/ is on sys.path
     ROOT,
     Result,
     Scenario,
-    free_port,
     scenarios,
-    serve_env,
-    server,
+    service,
     wrk,
     wrk_arguments,
     wrk_setup,
@@ -84,22 +82,18 @@ def main(argv: list[str] | None = None) -> None:
     load = [s for s in scenarios(64) if not args.only or s.name in args.only]  # 64: fashion-vae's latent size
     results: dict[tuple[str, str, int], list[Result]] = {}
     with ExitStack() as servers:
-        bases, pids = {}, {}
-        for side, checkout in sides.items():
-            port = free_port()
-            bases[side] = f"http://127.0.0.1:{port}"
-            # PYTHONPATH: the checkout's own app/, whatever package the interpreter has installed.
-            env = serve_env(VAE_PORT=str(port), PYTHONPATH=str(checkout))
-            command = [sys.executable, "-m", "app.serve"]
-            started = server(command, env, bases[side] + "/readyz", args.server_cpu, cwd=checkout)
-            pids[side] = servers.enter_context(started).pid
+        # PYTHONPATH: the checkout's own app/, whatever package the interpreter has installed.
+        targets = {
+            side: servers.enter_context(service(args.server_cpu, checkout, PYTHONPATH=str(checkout)))
+            for side, checkout in sides.items()
+        }
         for scenario in load:
             for c in args.concurrency:
-                for side, base in bases.items():
-                    wrk(base, scenario, c, args.warmup, args.client_cpu, pids[side])  # warm-up
+                for base, pid in targets.values():
+                    wrk(base, scenario, c, args.warmup, args.client_cpu, pid)  # warm-up
                 for round_ in range(args.rounds):
-                    targets = {side: (bases[side], pids[side]) for side in sorted(sides, reverse=round_ % 2 == 1)}
-                    for side, result in one_round(targets, scenario, c, args).items():
+                    order = {side: targets[side] for side in sorted(sides, reverse=round_ % 2 == 1)}
+                    for side, result in one_round(order, scenario, c, args).items():
                         results.setdefault((scenario.name, side, c), []).append(result)
                         log.info(
                             "%s %s c=%d: %.0f req/s, p50 %.2f ms, %.0f us CPU/request",

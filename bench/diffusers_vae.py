@@ -27,13 +27,13 @@ import subprocess
 import sys
 import tempfile
 import time
-from collections.abc import Callable, Iterator
+from collections.abc import Callable
 from concurrent.futures import ThreadPoolExecutor
-from contextlib import contextmanager
+from contextlib import AbstractContextManager
 from pathlib import Path
 
 import torch
-from load import free_port, server  # bench/ is the script's folder, so on sys.path
+from load import service  # bench/ is the script's folder, so on sys.path
 
 ROOT = Path(__file__).resolve().parent.parent
 
@@ -96,25 +96,17 @@ def row(load: str, pairs: list[tuple[float, float]], images: int) -> str:
     )
 
 
-@contextmanager
-def served(folder: Path, threads: int, **settings: str) -> Iterator[tuple[str, int]]:
-    """`python -m app.serve` on `folder`, on every CPU; yields (base URL, pid) once ready."""
-    port = free_port()
-    env = {k: v for k, v in os.environ.items() if not k.startswith("VAE_")}
-    env.update(
+def served(folder: Path, threads: int) -> AbstractContextManager[tuple[str, int]]:
+    """`python -m app.serve` on `folder`, on every CPU: (base URL, pid) once ready."""
+    return service(
+        f"0-{(os.cpu_count() or 1) - 1}",
         VAE_MODEL_DIR=str(folder),
-        VAE_PORT=str(port),
         VAE_DEVICE="cpu",
         VAE_TORCH_THREADS=str(threads),
         VAE_MAX_BATCH="8",
         VAE_QUEUE_TIMEOUT="3600",  # a batch of 8 takes minutes on a CPU; queued requests wait for it
         HF_HUB_OFFLINE="1",
-        **{f"VAE_{name.upper()}": value for name, value in settings.items()},
     )
-    url = f"http://127.0.0.1:{port}"
-    cpus = f"0-{(os.cpu_count() or 1) - 1}"
-    with server([sys.executable, "-m", "app.serve"], env, f"{url}/readyz", cpus) as process:
-        yield url, process.pid
 
 
 def main(argv: list[str] | None = None) -> None:

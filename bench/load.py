@@ -195,6 +195,17 @@ def serve_env(**variables: str) -> dict[str, str]:
     return {**env, "VAE_HOST": "127.0.0.1", "VAE_LOG_LEVEL": "warning", **variables}
 
 
+@contextmanager
+def service(cpu: int | str, cwd: Path = ROOT, **variables: str) -> Iterator[tuple[str, int]]:
+    """`python -m app.serve` from `cwd` on a free loopback port, pinned to `cpu`, with
+    `variables` over serve_env's: (base URL, pid) once it answers /readyz, stopped on exit."""
+    port = free_port()
+    base = f"http://127.0.0.1:{port}"
+    env = serve_env(VAE_PORT=str(port), **variables)
+    with server([sys.executable, "-m", "app.serve"], env, base + "/readyz", cpu, cwd=cwd) as process:
+        yield base, process.pid
+
+
 def r_http(args: argparse.Namespace) -> float:
     port = free_port()
     command = [sys.executable, "-m", "uvicorn", "bench.empty:create_app", "--factory", "--host", "127.0.0.1"]
@@ -304,21 +315,16 @@ def main(argv: list[str] | None = None) -> None:
     model = r_model(checkpoint, settings.max_batch, args.server_cpu)
     results: dict[tuple[str, bool, int], Result] = {}
     with ExitStack() as servers:
-        bases, pids = {}, {}
-        for batching in (True, False):
-            port = free_port()
-            bases[batching] = f"http://127.0.0.1:{port}"
-            env = serve_env(VAE_PORT=str(port), VAE_BATCHING=str(batching).lower())
-            command = [sys.executable, "-m", "app.serve"]
-            pids[batching] = servers.enter_context(
-                server(command, env, bases[batching] + "/readyz", args.server_cpu)
-            ).pid
+        targets = {
+            batching: servers.enter_context(service(args.server_cpu, VAE_BATCHING=str(batching).lower()))
+            for batching in (True, False)
+        }
         # On and off run back to back, run by run, so that a slow spell of this virtual machine
         # hits both alike, not one whole half of the table; each run starts with both idle (wrk).
         for scenario in load:
             for c in args.concurrency:
-                for batching, base in bases.items():
-                    results[scenario.name, batching, c] = measure(base, pids[batching], scenario, c, args)
+                for batching, (base, pid) in targets.items():
+                    results[scenario.name, batching, c] = measure(base, pid, scenario, c, args)
     print(f"Machine: {machine()}\n")
     print(f"Command: python bench/load.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")
     print(report(load, results, args.concurrency, http, model))

@@ -19,12 +19,11 @@ from contextlib import ExitStack
 from load import (  # bench/ is on sys.path
     ROOT,
     Result,
-    free_port,
     machine,
     measure,
     scenarios,
     serve_env,
-    server,
+    service,
     wrk_arguments,
     wrk_setup,
 )
@@ -72,20 +71,13 @@ def main(argv: list[str] | None = None) -> None:
     quanta = {name: quantum(env, 64, args.server_cpu) for name, env in CONFIGS.items()}
     results: dict[tuple[str, str, int], list[Result]] = {}
     with ExitStack() as servers:
-        bases, pids = {}, {}
-        for name, env in CONFIGS.items():
-            port = free_port()
-            bases[name] = f"http://127.0.0.1:{port}"
-            command, env = [sys.executable, "-m", "app.serve"], serve_env(VAE_PORT=str(port), **env)
-            pids[name] = servers.enter_context(server(command, env, bases[name] + "/readyz", args.server_cpu)).pid
+        targets = {name: servers.enter_context(service(args.server_cpu, **env)) for name, env in CONFIGS.items()}
         # Configurations in turn, run by run, so a slow spell of the machine hits them alike.
         for _ in range(args.rounds):
             for scenario in load:
                 for c in (1, 64):
-                    for name, base in bases.items():
-                        results.setdefault((name, scenario.name, c), []).append(
-                            measure(base, pids[name], scenario, c, args)
-                        )
+                    for name, (base, pid) in targets.items():
+                        results.setdefault((name, scenario.name, c), []).append(measure(base, pid, scenario, c, args))
     print(f"Machine: {machine()}\n")
     print(f"Command: python bench/padding.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")
     print("| configuration | quantum | " + " | ".join(f"{op}: c=1 p50 ms | c=64 req/s" for op in OPERATIONS) + " |")

@@ -22,10 +22,8 @@ import numpy as np
 from load import (  # bench/ is on sys.path
     Result,
     Scenario,
-    free_port,
     machine,
-    serve_env,
-    server,
+    service,
     wrk,
     wrk_arguments,
     wrk_setup,
@@ -91,15 +89,12 @@ def main(argv: list[str] | None = None) -> None:
     args = p.parse_args(argv)
     wrk_setup()
     load = scenarios()
-    port = free_port()
-    base = f"http://127.0.0.1:{port}"
     results: dict[str, list[tuple[Result, float]]] = {scenario.name: [] for scenario in load}
-    command = [sys.executable, "-m", "app.serve"]
-    with server(command, serve_env(VAE_PORT=str(port)), base + "/readyz", args.server_cpu) as process:
+    with service(args.server_cpu) as (base, pid):
         check(base, load)
         for _ in range(args.rounds):
             for scenario in load:
-                results[scenario.name].append(measure(base, scenario, process.pid, args))
+                results[scenario.name].append(measure(base, scenario, pid, args))
     print(f"Machine: {machine()}\n")
     print(f"Command: python bench/v2.py {' '.join(argv if argv is not None else sys.argv[1:])}".rstrip() + "\n")
     print(

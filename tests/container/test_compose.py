@@ -23,6 +23,9 @@ KEYS = ("key-one", "key-two")
 AUTH = {"Authorization": f"Bearer {KEYS[0]}"}
 DECODE = json.dumps({"model": "fashion-vae", "latents": [[0.0] * 64]})
 START_TIMEOUT = 120.0
+# The gateway's resolver `valid=5s` (deploy/nginx.conf.template): how long it may still hold the
+# address of a replica that is gone.
+RESOLVER_VALID = 5.0
 
 
 @dataclass
@@ -210,11 +213,17 @@ def gateway_start(stack: Stack) -> tuple[str, str]:
 
 def replace(stack: Stack, old: Container, old_addresses: set[str], tag: str) -> None:
     """`old` removed and a replica started in its place, as compose recreates one: it has a new
-    address, and requests through the gateway reach it."""
+    address, and once the gateway can no longer hold the old one, every request through it
+    succeeds and some reach the new replica."""
     stack.remove(old)
+    removed = time.monotonic()
     new = stack.start_replica()
     stack.wait_ready(new)
     assert stack.address(new) not in old_addresses
+    # Until its next DNS answer the gateway may still send a request to the removed address: the
+    # connect times out after 2 s, and when the answer changes meanwhile nginx finds no peer left
+    # to retry (`no live upstreams`): a 502. Seen whenever the new replica is ready within 5 s.
+    time.sleep(max(0.0, removed + RESOLVER_VALID + 1 - time.monotonic()))
     assert in_rotation(stack, new, tag), f"{new.name} never got a request"
 
 

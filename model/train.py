@@ -249,7 +249,12 @@ def train(args: argparse.Namespace) -> dict:
         torch.set_num_threads(args.threads)
     process, device = start_process(args.device)
     try:
-        return train_process(args, process, device)
+        record = train_process(args, process, device)
+        if dist.is_initialized():
+            # Tear the group down together: the other ranks would otherwise destroy theirs while
+            # rank 0 still evaluates and writes, and exit on their own schedule.
+            dist.barrier()
+        return record
     finally:
         if dist.is_initialized():
             dist.destroy_process_group()

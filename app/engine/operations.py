@@ -4,8 +4,12 @@ Callers hand over NumPy arrays (validated by `LoadedModel`) and get NumPy arrays
 as uint8 pixels: torch runs only in the inference thread, where a batch pays each torch call's
 overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the
 event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
-requests queue there and run together, in the one inference thread that all batchers share, as
-batch-invariant passes (app/engine/passes.py). The maths is the model side's (the backend's
+requests queue there and run together as batch-invariant passes (app/engine/passes.py), on one
+of two lanes that all batchers share: a request whose estimated cost (app/engine/cost.py) is
+over `long_cost` seconds runs on the long lane's threads, every other on the short lane's
+thread, so short work never waits behind long work, and long work keeps its threads whatever
+the flood of short work. Every lane thread runs torch with the same thread count, the one the
+passes were calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's (the backend's
 `prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms` and
 `iwae_bound`): each request draws from its own generator seeded by the request, for its own rows,
 so a request's result never depends on what it was batched with (same seed, same bytes, with
@@ -16,6 +20,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -24,8 +29,9 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from app.engine.backend import Operation
+from app.engine.backend import NEEDS, Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnQueue, Worker
+from app.engine.cost import Cost, measure
 from app.engine.errors import NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
 from app.engine.passes import Passes
@@ -39,7 +45,7 @@ SCORE_PASSES = 64
 class MetricsSink(Protocol):
     """Where the engine reports its batches, queue depth and dropped requests."""
 
-    def observe_batch(self, model: str, op: str, size: int, wait_s: float) -> None: ...
+    def observe_batch(self, model: str, op: str, size: int, wait_s: float, waited_s: float) -> None: ...
     def queue_counter(self, model: str) -> Callable[[int], None]: ...
     def observe_drop(self, model: str, op: str) -> None: ...
 
@@ -244,6 +250,34 @@ def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
     return scores
 
 
+Job = SampleJob | ArrayJob | ScoreJob
+
+
+def units(job: Job, latent_size: int) -> int:
+    """The elements a job feeds the model, the unit of its cost: latents (`latent_size` per
+    sampled image), images, and for score those times the 1 + k likelihood rows per image."""
+    if isinstance(job, SampleJob):
+        return job.n * latent_size
+    if isinstance(job, ScoreJob):
+        return job.x.size * (1 + job.k)
+    return job.x.size
+
+
+def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
+    """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
+    side (or the model's own size); score with 8 likelihood rows per image."""
+    backend = passes.backend
+    image = backend.image
+    height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
+    generator = np.random.default_rng(0)
+    labels = np.zeros(rows, np.int64) if backend.label_names else None
+    if op == "decode":
+        latent = backend.latent_shape(height, width)
+        return [ArrayJob(generator.standard_normal((rows, *latent), dtype=np.float32), labels)]  # type: ignore[arg-type]
+    x = generator.random((rows, image.channels, height, width), dtype=np.float32)
+    return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
+
+
 RUNS: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
     "sample": run_sample,
     "decode": by_shape(run_decode),
@@ -251,6 +285,52 @@ RUNS: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
     "reconstruct": by_shape(run_reconstruct),
     "score": by_shape(run_score),
 }
+
+
+# The operations whose cost is measured at load, each only where the model has what it needs;
+# sample shares decode's cost (the same decoder passes, per latent element).
+MEASURED: dict[str, tuple[str, ...]] = {
+    "decode": NEEDS["decode"],
+    "encode": NEEDS["encode"],
+    "reconstruct": NEEDS["reconstruct"],
+    "score": ("encoder", "likelihood"),
+}
+# Measured jobs: a row at the smallest probe size, then a few at twice the side.
+PROBES = ((1, 4), (4, 8))
+
+
+def sample_units(passes: Passes) -> int:
+    """The elements of one latent at the model's own image size: what one sampled image costs."""
+    image = passes.backend.image
+    return math.prod(passes.backend.latent_shape(image.height, image.width))  # type: ignore[arg-type]
+
+
+def costs_of(passes: Passes) -> dict[str, Cost]:
+    """Each operation's cost line, measured on probe jobs in the thread that serves."""
+    features = passes.backend.features
+    latent_size = sample_units(passes)
+    found: dict[str, Cost] = {}
+    for op, needs in MEASURED.items():
+        if all(feature in features for feature in needs):
+            jobs = [probe_jobs(passes, op, min(rows, passes.max_rows), side) for rows, side in PROBES]
+            found[op] = measure(partial(RUNS[op], passes), jobs, partial(units, latent_size=latent_size))
+    if "decode" in found:
+        found["sample"] = found["decode"]
+    return found
+
+
+def observed(
+    run: Callable[[list[Any]], list[Any]], cost: Cost, latent_size: int
+) -> Callable[[list[Any]], list[Any]]:
+    """`run`, each batch's time moving `cost` (app/engine/cost.py)."""
+
+    def timed(jobs: list[Any]) -> list[Any]:
+        start = time.perf_counter()
+        results = run(jobs)
+        cost.observe(sum(units(job, latent_size) for job in jobs), time.perf_counter() - start)
+        return results
+
+    return timed
 
 
 def out_of_memory(error: Exception) -> bool:
@@ -285,8 +365,11 @@ def memory_guarded(
 
 class Engine:
     """The async model operations of the served models; each goes through its (model,
-    operation) batcher. `start` calibrates every model's passes and makes its batchers;
-    `close` answers whatever still waits with `ShuttingDown`."""
+    operation, lane) batcher. `start` calibrates every model's passes, measures its costs and
+    makes its batchers; `close` answers whatever still waits with `ShuttingDown`.
+
+    `long_threads` threads run the requests estimated over `long_cost` seconds, one thread the
+    others; with `long_threads=0` one thread runs everything, in turn."""
 
     def __init__(
         self,
@@ -299,15 +382,23 @@ class Engine:
         batching: bool = True,
         batch_invariant: bool = True,
         threads: int = 1,
+        long_threads: int = 1,
+        long_cost: float = 0.25,
         metrics: MetricsSink | None = None,
     ) -> None:
         self.registry = registry
-        self.worker = Worker(initializer=partial(torch.set_num_threads, threads))
+        threads_set = partial(torch.set_num_threads, threads)
+        self.lanes = {"short": Worker(threads_set, name="short")}
+        if long_threads:
+            self.lanes["long"] = Worker(threads_set, long_threads, "long")
+        self.long_cost = long_cost
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
         self.limits = Limits(max_batch, max_delay, max_queue, queue_timeout, batching)
         self.metrics = metrics
-        self._batchers: dict[str, dict[str, Batcher[Any, Any]]] = {}
+        self._batchers: dict[str, dict[str, dict[str, Batcher[Any, Any]]]] = {}  # model, op, lane
+        self._costs: dict[str, dict[str, Cost]] = {}  # model, op
+        self._latent_sizes: dict[str, int] = {}
 
     def model(self, name: str | None) -> LoadedModel:
         """The named model, or the default one; `UnknownModel` otherwise."""
@@ -321,23 +412,32 @@ class Engine:
         """Calibrate `model`'s passes (which also pays every pass shape's first-call costs before
         the first request) and make its batchers."""
         passes = Passes(model.backend, self.max_batch, self.batch_invariant)
-        await self.worker.run(passes.calibrate)
+        short = self.lanes["short"]
+        await short.run(passes.calibrate)
+        costs = self._costs[model.name] = await short.run(costs_of, passes)
+        latent_size = self._latent_sizes[model.name] = sample_units(passes)
         self._batchers[model.name] = {
-            op: Batcher(
-                f"{model.name} {op}",
-                memory_guarded(run, passes, f"{model.name} {op}"),
-                self.worker,
-                self.limits if op != "score" else replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES),
-                *self._observers(model.name, op),
-            )
+            op: {
+                lane: Batcher(
+                    f"{model.name} {op}",
+                    observed(memory_guarded(run, passes, f"{model.name} {op}"), costs[op], latent_size),
+                    worker,
+                    self.limits if op != "score" else replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES),
+                    *self._observers(model.name, op),
+                )
+                for lane, worker in self.lanes.items()
+            }
             for op, run in RUNS.items()
+            if op in costs
         }
 
     def close(self) -> None:
         for batchers in self._batchers.values():
-            for batcher in batchers.values():
-                batcher.close()
-        self.worker.close()
+            for lanes in batchers.values():
+                for batcher in lanes.values():
+                    batcher.close()
+        for lane in self.lanes.values():
+            lane.close()
 
     def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None]:
         if self.metrics is None:
@@ -348,15 +448,33 @@ class Engine:
             partial(self.metrics.observe_drop, name, op),
         )
 
-    def _batcher(self, model: LoadedModel, operation: Operation, run: str | None = None) -> Batcher[Any, Any]:
+    async def _submit(
+        self,
+        model: LoadedModel,
+        operation: Operation,
+        job: Job,
+        items: int,
+        size: int | None = None,
+        gone: Gone | None = None,
+        run: str | None = None,
+    ) -> Any:
+        """`job` through `model`'s batcher of `run` (default: `operation`) on the lane that its
+        estimated cost picks."""
         model.require(operation)
-        return self._batchers[model.name][run or operation]
+        op = run or operation
+        cost = self._costs[model.name][op]
+        amount = units(job, self._latent_sizes[model.name])
+        lane = "long" if "long" in self.lanes and cost.seconds(amount) > self.long_cost else "short"
+        batcher = self._batchers[model.name][op][lane]
+        rows = items if size is None else size
+        share = cost.share(amount, rows, batcher.limits.max_size)
+        return await batcher.submit(job, items, size, gone, share)
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None
     ) -> Images:
         """n images from the prior; the draws are `VAE.sample`'s with `seeded(seed)`."""
-        return await self._batcher(model, "sample").submit(SampleJob(n, seed, temperature, label), n, gone=gone)
+        return await self._submit(model, "sample", SampleJob(n, seed, temperature, label), n, gone=gone)
 
     async def encode(
         self,
@@ -370,7 +488,7 @@ class Engine:
         draw per image from `seeded(seed)`, as `posterior.sample` of these images alone."""
         if seed is not None:
             model.require("encode", "posterior")
-        return await self._batcher(model, "encode").submit(ArrayJob(x, labels, seed=seed), len(x), gone=gone)
+        return await self._submit(model, "encode", ArrayJob(x, labels, seed=seed), len(x), gone=gone)
 
     async def decode(
         self,
@@ -381,13 +499,13 @@ class Engine:
         values: bool = False,
     ) -> np.ndarray:
         """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1]."""
-        return await self._batcher(model, "decode").submit(ArrayJob(z, labels, values), len(z), gone=gone)
+        return await self._submit(model, "decode", ArrayJob(z, labels, values), len(z), gone=gone)
 
     async def reconstruct(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode of the posterior mean: (pixels, means)."""
-        return await self._batcher(model, "reconstruct").submit(ArrayJob(x, labels), len(x), gone=gone)
+        return await self._submit(model, "reconstruct", ArrayJob(x, labels), len(x), gone=gone)
 
     async def score(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int, gone: Gone | None = None
@@ -399,7 +517,7 @@ class Engine:
         if "likelihood" not in model.backend.features:
             return await self.distortion(model, x, labels, gone)
         job = ScoreJob(x, labels, k, seed)
-        return await self._batcher(model, "score").submit(job, len(x), len(x) * (1 + k), gone=gone)
+        return await self._submit(model, "score", job, len(x), len(x) * (1 + k), gone=gone)
 
     async def distortion(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
@@ -438,7 +556,6 @@ class Engine:
         path_labels = None
         if labels is not None:
             path_labels = np.where(np.linspace(0, 1, steps) < 0.5, labels[0], labels[1])
-        pixels = await self._batcher(model, "interpolate", "decode").submit(
-            ArrayJob(path, path_labels), len(path), gone=gone
-        )
+        job = ArrayJob(path, path_labels)
+        pixels = await self._submit(model, "interpolate", job, len(path), gone=gone, run="decode")
         return Images(pixels, path, path_labels)

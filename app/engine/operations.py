@@ -263,6 +263,11 @@ def units(job: Job, latent_size: int) -> int:
     return job.x.size
 
 
+def row_shape(job: Job) -> Hashable:
+    """The shape of a job's rows, by which its cost per element is learnt (None: the model's own)."""
+    return None if isinstance(job, SampleJob) else job.x.shape[1:]
+
+
 def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
     """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
     side (or the model's own size); score with 8 likelihood rows per image."""
@@ -327,7 +332,9 @@ def observed(
     def timed(jobs: list[Any]) -> list[Any]:
         start = time.perf_counter()
         results = run(jobs)
-        cost.observe(sum(units(job, latent_size) for job in jobs), time.perf_counter() - start)
+        shapes = {row_shape(job) for job in jobs}
+        if len(shapes) == 1:  # rows of several shapes say nothing about one
+            cost.observe(sum(units(job, latent_size) for job in jobs), time.perf_counter() - start, shapes.pop())
         return results
 
     return timed
@@ -463,11 +470,11 @@ class Engine:
         model.require(operation)
         op = run or operation
         cost = self._costs[model.name][op]
-        amount = units(job, self._latent_sizes[model.name])
-        lane = "long" if "long" in self.lanes and cost.seconds(amount) > self.long_cost else "short"
+        amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
+        lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) > self.long_cost else "short"
         batcher = self._batchers[model.name][op][lane]
         rows = items if size is None else size
-        share = cost.share(amount, rows, batcher.limits.max_size)
+        share = cost.share(amount, shape, rows, batcher.limits.max_size)
         return await batcher.submit(job, items, size, gone, share)
 
     async def sample(

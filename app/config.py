@@ -61,7 +61,7 @@ class Settings(BaseSettings):
     queue_timeout: float = Field(10.0, gt=0, description="Seconds a request may wait for its batch; past it, 504")
     # Sharing the device between short and long requests (app/engine/operations.py, docs/deploy.md).
     long_cost: float = Field(
-        0.25, gt=0, description="Estimated seconds over which a request is long work: it runs on the long threads"
+        0.25, ge=0, description="Estimated seconds from which a request is long work, run on the long threads"
     )
     long_threads: int = Field(
         1,

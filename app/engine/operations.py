@@ -6,7 +6,7 @@ overhead (~5 us under load, with a hand-over of the GIL) once, not once per requ
 event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
 requests queue there and run together as batch-invariant passes (app/engine/passes.py), on one
 of two lanes that all batchers share: a request whose estimated cost (app/engine/cost.py) is
-over `long_cost` seconds runs on the long lane's threads, every other on the short lane's
+of `long_cost` seconds or more runs on the long lane's threads, every other on the short lane's
 thread, so short work never waits behind long work, and long work keeps its threads whatever
 the flood of short work. Every lane thread runs torch with the same thread count, the one the
 passes were calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's (the backend's
@@ -375,8 +375,8 @@ class Engine:
     operation, lane) batcher. `start` calibrates every model's passes, measures its costs and
     makes its batchers; `close` answers whatever still waits with `ShuttingDown`.
 
-    `long_threads` threads run the requests estimated over `long_cost` seconds, one thread the
-    others; with `long_threads=0` one thread runs everything, in turn."""
+    `long_threads` threads run the requests estimated at `long_cost` seconds or more, one thread
+    the others; with `long_threads=0` one thread runs everything, in turn."""
 
     def __init__(
         self,
@@ -471,7 +471,7 @@ class Engine:
         op = run or operation
         cost = self._costs[model.name][op]
         amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
-        lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) > self.long_cost else "short"
+        lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) >= self.long_cost else "short"
         batcher = self._batchers[model.name][op][lane]
         rows = items if size is None else size
         share = cost.share(amount, shape, rows, batcher.limits.max_size)

@@ -81,9 +81,9 @@ class ModelCollector(Collector):
         return [info, GaugeMetricFamily("vae_ready", "1 once the models are loaded and warm, else 0", value=int(ready))]
 
 
-class BacklogCollector(Collector):
-    """`vae_backlog_seconds`: per lane, the estimated seconds of work ahead of a request arriving
-    now (queued, and left in running batches, per lane thread), read from the engine at scrape time."""
+class QueuedWorkCollector(Collector):
+    """`vae_queued_work_seconds`: per lane, the estimated seconds of work waiting to start (per
+    lane thread), read from the engine at scrape time."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -95,13 +95,13 @@ class BacklogCollector(Collector):
         family = self.family()
         if getattr(self.state, "ready", False):
             for name, lane in self.state.service.engine.lanes.items():
-                family.add_metric([name], lane.backlog())
+                family.add_metric([name], lane.queued / lane.threads)
         return [family]
 
     def family(self) -> GaugeMetricFamily:
         return GaugeMetricFamily(
-            "vae_backlog_seconds",
-            "Estimated seconds of work ahead of a request arriving now, per lane (short, long)",
+            "vae_queued_work_seconds",
+            "Estimated seconds of work waiting to start, per lane (short, long) and lane thread",
             labels=["lane"],
         )
 
@@ -144,7 +144,7 @@ class Metrics:
             registry=self.registry,
         )
         self.registry.register(ModelCollector(state))
-        self.registry.register(BacklogCollector(state))
+        self.registry.register(QueuedWorkCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

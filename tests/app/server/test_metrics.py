@@ -86,8 +86,8 @@ def test_the_batcher_reports_batches_and_queue_depth(fresh: TestClient) -> None:
     assert metric(text, "vae_queue_wait_seconds_bucket", **batch, le="0.0025") == 1
     assert metric(text, "vae_queue_waited_seconds_total", **batch) == pytest.approx(0.0215)
     assert metric(text, "vae_queue_depth", model="tiny-vae") == 5
-    assert metric(text, "vae_backlog_seconds", lane="short") == 0  # idle
-    assert metric(text, "vae_backlog_seconds", lane="long") == 0
+    assert metric(text, "vae_queued_work_seconds", lane="short") == 0  # idle
+    assert metric(text, "vae_queued_work_seconds", lane="long") == 0
 
 
 def test_each_app_has_its_own_registry(settings: Settings) -> None:

@@ -8,7 +8,7 @@ if given), run by run in alternating order, three measurements:
 - during: the same decode, while a `GET /v1/sample?n=1` to fashion-vae starts every --interval
   seconds, from just after it starts until it ends: their statuses and p50, p99 and worst latency;
 - flood: the same decode under --flood connections each sending those samples back to back: its
-  time, and its ratio to alone.
+  time, its ratio to alone, and the samples answered per second meanwhile.
 Prints a Markdown table. Loopback only; about a minute per side and round with the defaults.
 """
 
@@ -30,21 +30,11 @@ from pathlib import Path
 import httpx
 import numpy as np
 import torch
-from load import ROOT, service  # bench/ is on sys.path
+from diffusers_vae import SD_VAE  # bench/ is on sys.path
+from load import ROOT, service
 
 log = logging.getLogger("bench")
 
-# Stable Diffusion 1.x's VAE (the config of its `vae` folder): 83 M parameters.
-SD_VAE = {
-    "block_out_channels": [128, 256, 512, 512],
-    "down_block_types": ["DownEncoderBlock2D"] * 4,
-    "up_block_types": ["UpDecoderBlock2D"] * 4,
-    "latent_channels": 4,
-    "layers_per_block": 2,
-    "norm_num_groups": 32,
-    "sample_size": 512,
-    "scaling_factor": 0.18215,
-}
 SMALL = "/v1/sample?n=1&seed=1&model=fashion-vae"
 
 
@@ -126,14 +116,15 @@ def during(base: str, side: int, interval: float) -> tuple[float, Smalls]:
     return while_decoding(base, side, send), smalls
 
 
-def flood(base: str, side: int, connections: int) -> float:
+def flood(base: str, side: int, connections: int) -> tuple[float, Smalls]:
     """The decode's seconds while `connections` clients send small requests back to back."""
+    smalls = Smalls()
 
     def send(done: threading.Event) -> None:
         def client_loop() -> None:
             with httpx.Client(base_url=base, timeout=60) as client:
                 while not done.is_set():
-                    small(client, Smalls())
+                    small(client, smalls)
 
         clients = [threading.Thread(target=client_loop) for _ in range(connections)]
         for client in clients:
@@ -141,7 +132,7 @@ def flood(base: str, side: int, connections: int) -> float:
         for client in clients:
             client.join()
 
-    return while_decoding(base, side, send)
+    return while_decoding(base, side, send), smalls
 
 
 def quantile(values: list[float], q: float) -> float:
@@ -162,7 +153,7 @@ def main(argv: list[str] | None = None) -> None:
     logging.getLogger("httpx").setLevel(logging.WARNING)
     os.sched_setaffinity(0, {args.client_cpu})
     sides = {"after": ROOT} | ({"before": args.before.resolve()} if args.before else {})
-    rows: dict[str, list[tuple[float, Smalls, float]]] = {side: [] for side in sides}
+    rows: dict[str, list[Run]] = {side: [] for side in sides}
     with tempfile.TemporaryDirectory() as tmp, ExitStack() as servers:
         folder = model_folder(Path(tmp), SD_VAE)
         targets = {
@@ -176,27 +167,49 @@ def main(argv: list[str] | None = None) -> None:
         for round_ in range(args.rounds):
             for side in sorted(sides, reverse=round_ % 2 == 1):
                 base = targets[side]
-                alone = decode(base, args.side)[1]
-                with_smalls, smalls = during(base, args.side, args.interval)
-                flooded = flood(base, args.side, args.flood)
-                ok = smalls.ok()
-                log.info(
-                    "%s: alone %.2f s; during %.2f s, smalls %d ok p50 %.3f p99 %.3f, %d failed; flood %.2f s",
-                    side, alone, with_smalls, len(ok), quantile(ok, 0.5), quantile(ok, 0.99), smalls.failed(), flooded,
-                )  # fmt: skip
-                rows[side].append((alone, smalls, flooded))
+                run = Run(decode(base, args.side)[1], *during(base, args.side, args.interval))
+                run.flooded, run.flood = flood(base, args.side, args.flood)
+                log.info("%s: %s", side, run)
+                rows[side].append(run)
     print(f"Command: python bench/fairness.py {' '.join(argv if argv is not None else sys.argv[1:])}\n")
-    print("| side | long alone s | small requests | 200 | other | p50 ms | p99 ms | worst ms | long under flood s | ratio |")
-    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
+    print(
+        "| side | long alone s | long, samples arriving s | samples | 200 | p50 ms | p99 ms | worst ms "
+        "| long under flood s | / alone | samples/s meanwhile |"
+    )
+    print("|---|--:|--:|--:|--:|--:|--:|--:|--:|--:|--:|")
     for side, runs in rows.items():
-        ok = sorted(s for _, smalls, _ in runs for s in smalls.ok())
-        sent = sum(len(smalls.answers) for _, smalls, _ in runs)
-        failed = sum(smalls.failed() for _, smalls, _ in runs)
-        alone = statistics.median(a for a, _, _ in runs)
-        flooded = statistics.median(f for _, _, f in runs)
-        ratio = statistics.median(f / a for a, _, f in runs)
-        cells = [f"{quantile(ok, q) * 1000:.0f}" for q in (0.5, 0.99, 1.0)]
-        print(f"| {side} | {alone:.2f} | {sent} | {len(ok)} | {failed} | {' | '.join(cells)} | {flooded:.2f} | {ratio:.2f} |")
+        ok = sorted(s for run in runs for s in run.smalls.ok())
+        sent = sum(len(run.smalls.answers) for run in runs)
+        cells = [
+            f"{statistics.median(run.alone for run in runs):.2f}",
+            f"{statistics.median(run.during for run in runs):.2f}",
+            f"{sent}",
+            f"{len(ok)}",
+            *(f"{quantile(ok, q) * 1000:.0f}" for q in (0.5, 0.99, 1.0)),
+            f"{statistics.median(run.flooded for run in runs):.2f}",
+            f"{statistics.median(run.flooded / run.alone for run in runs):.2f}",
+            f"{statistics.median(len(run.flood.ok()) / run.flooded for run in runs):.0f}",
+        ]
+        print(f"| {side} | {' | '.join(cells)} |")
+
+
+@dataclass
+class Run:
+    """One side's measurements in one round."""
+
+    alone: float
+    during: float
+    smalls: Smalls
+    flooded: float = 0.0
+    flood: Smalls = field(default_factory=Smalls)
+
+    def __str__(self) -> str:
+        ok = self.smalls.ok()
+        return (
+            f"alone {self.alone:.2f} s; during {self.during:.2f} s, samples {len(ok)} ok, p50 "
+            f"{quantile(ok, 0.5):.3f} p99 {quantile(ok, 0.99):.3f}, {self.smalls.failed()} failed; "
+            f"flood {self.flooded:.2f} s, {len(self.flood.ok())} samples ok, {self.flood.failed()} failed"
+        )
 
 
 if __name__ == "__main__":

@@ -1,21 +1,22 @@
 """Dynamic batching: concurrent requests for one model operation run as one batch.
 
 A batcher runs its batches on one `Worker`, a lane of inference threads that several batchers
-share, one batch per thread at a time. A batcher queues its requests and, whenever its lane has a
-thread free, hands it everything queued (up to `max_size`) as one batch, so batches grow with the load by themselves: an idle
-server runs a lone request at once, a busy one runs the requests that arrived during the last
-batch together. Under load a batch that is not full may also wait up to `max_delay` (counted
-from its oldest request) for more; a request that finds the lane free never waits.
+share, one batch per thread at a time. A batcher queues its requests and, whenever its lane has
+a thread free, hands it everything queued (up to `max_size`) as one batch, so batches grow with
+the load by themselves: an idle server runs a lone request at once, a busy one runs the requests
+that arrived during the last batch together. Under load a batch that is not full may also wait
+up to `max_delay` (counted from its oldest request) for more; a request that finds the lane free
+never waits.
 
 Back-pressure: each request brings its estimated cost in seconds (app/engine/cost.py), and a lane
 keeps its backlog, the estimated seconds of work queued for it and left in its running batches.
 A request that would not start before its deadline, the backlog ahead of it being over
 `timeout`, gets `Backlogged` at once, with the backlog as its retry delay; past `max_queue`
 waiting requests, `Overloaded`. A request still queued after `timeout` seconds (the estimates
-were short) gets `TimedOut`. A batch that raises fails its own
-requests with `BatchFailed`, or with the `EngineError` it raised, and the batcher goes on. A
-request whose `gone()` says, when its batch is about to run, that nobody waits for it any more
-(its client disconnected) is dropped with `Abandoned` instead of run. Every request is answered
+were short) gets `TimedOut`. A batch that raises fails its own requests with `BatchFailed`, or
+with the `EngineError` it raised, and the batcher goes on. A request whose `gone()` says, when
+its batch is about to run, that nobody waits for it any more (its client disconnected) is
+dropped with `Abandoned` instead of run. Every request is answered
 exactly once: its future is resolved by whichever comes first.
 """
 
@@ -135,8 +136,8 @@ class Batcher(Generic[In, Out]):
     one `Out` per input, in order.
 
     `on_batch(items, wait_s, waited_s)` is told each batch's item count, how long its oldest
-    request waited and how long its requests waited in all; `on_queue(delta)` each change in the number of items waiting; `on_drop()` each
-    request dropped because nobody waited for it.
+    request waited and how long its requests waited in all; `on_queue(delta)` each change in
+    the number of items waiting; `on_drop()` each request dropped because nobody waited for it.
     """
 
     def __init__(

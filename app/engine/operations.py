@@ -1,19 +1,20 @@
 """The served operations: every model call, batched across requests and run off the event loop.
 
-Callers hand over NumPy arrays (validated by `LoadedModel`) and get NumPy arrays back, images
-as uint8 pixels: torch runs only in the inference thread, where a batch pays each torch call's
-overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the
-event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
-requests queue there and run together as batch-invariant passes (app/engine/passes.py), on one
-of two lanes that all batchers share: a request whose estimated cost (app/engine/cost.py) is
-of `long_cost` seconds or more runs on the long lane's threads, every other on the short lane's
-thread, so short work never waits behind long work, and long work keeps its threads whatever
-the flood of short work. Every lane thread runs torch with the same thread count, the one the
-passes were calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's (the backend's
-`prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms` and
-`iwae_bound`): each request draws from its own generator seeded by the request, for its own rows,
-so a request's result never depends on what it was batched with (same seed, same bytes, with
-batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give for it alone.
+Callers hand over NumPy arrays (validated by `LoadedModel`) and get NumPy arrays back, images as
+uint8 pixels: torch runs only in the inference threads, where a batch pays each torch call's
+overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the event
+loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent requests queue
+there and run together as batch-invariant passes (app/engine/passes.py), on one of two lanes
+that all batchers share: a request whose estimated cost (app/engine/cost.py) is `long_cost`
+seconds or more runs on the long lane's threads, every other on the short lane's thread, so
+short work never waits behind long work, and long work keeps its threads whatever the flood of
+short work. Every lane thread runs torch with the same thread count, the one the passes were
+calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's
+(the backend's `prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms`
+and `iwae_bound`): each request draws from its own generator seeded by the request, for its own
+rows, so a request's result never depends on what it was batched with (same seed, same bytes,
+with batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give for it
+alone.
 """
 
 from __future__ import annotations
@@ -278,7 +279,8 @@ def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
     labels = np.zeros(rows, np.int64) if backend.label_names else None
     if op == "decode":
         latent = backend.latent_shape(height, width)
-        return [ArrayJob(generator.standard_normal((rows, *latent), dtype=np.float32), labels)]  # type: ignore[arg-type]
+        z = generator.standard_normal((rows, *latent), dtype=np.float32)  # type: ignore[arg-type]
+        return [ArrayJob(z, labels)]
     x = generator.random((rows, image.channels, height, width), dtype=np.float32)
     return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
 
@@ -423,13 +425,14 @@ class Engine:
         await short.run(passes.calibrate)
         costs = self._costs[model.name] = await short.run(costs_of, passes)
         latent_size = self._latent_sizes[model.name] = sample_units(passes)
+        score_limits = replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES)
         self._batchers[model.name] = {
             op: {
                 lane: Batcher(
                     f"{model.name} {op}",
                     observed(memory_guarded(run, passes, f"{model.name} {op}"), costs[op], latent_size),
                     worker,
-                    self.limits if op != "score" else replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES),
+                    self.limits if op != "score" else score_limits,
                     *self._observers(model.name, op),
                 )
                 for lane, worker in self.lanes.items()

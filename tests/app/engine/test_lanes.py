@@ -17,18 +17,11 @@ import pytest
 import torch
 
 from tests.deploy.support import Replica, started_replicas
+from tests.diffusers_models import TINY_KL
 
-# A diffusers AutoencoderKL eight times wider than the suite's tiny one: its decode of a SIDE x SIDE
+# The suite's tiny AutoencoderKL eight times wider, two layers a block: its decode of a SIDE x SIDE
 # latent (a 2 SIDE x 2 SIDE image) is long work, two seconds or more on one core.
-SLOW_KL = {
-    "block_out_channels": [64, 128],
-    "down_block_types": ["DownEncoderBlock2D"] * 2,
-    "up_block_types": ["UpDecoderBlock2D"] * 2,
-    "latent_channels": 4,
-    "norm_num_groups": 16,
-    "layers_per_block": 2,
-    "sample_size": 32,
-}
+SLOW_KL = {**TINY_KL, "block_out_channels": [64, 128], "norm_num_groups": 16, "layers_per_block": 2}
 SIDE = 112
 SMALL = "/v1/sample?n=1&seed=3&model=tiny-vae"
 # Every small request is answered within this while the long decode runs: it never waits behind

@@ -302,8 +302,9 @@ MEASURED: dict[str, tuple[str, ...]] = {
     "reconstruct": NEEDS["reconstruct"],
     "score": ("encoder", "likelihood"),
 }
-# Measured jobs: a row at the smallest probe size, then a few at twice the side.
-PROBES = ((1, 4), (4, 8))
+# Measured jobs, (rows, latent cells a side): a row at the smallest probe size, then a full pass
+# (max_rows) at twice the side. One row and a few would run the same pass: passes are padded.
+PROBES = ((1, 4), (None, 8))
 
 
 def sample_units(passes: Passes) -> int:
@@ -319,7 +320,7 @@ def costs_of(passes: Passes) -> dict[str, Cost]:
     found: dict[str, Cost] = {}
     for op, needs in MEASURED.items():
         if all(feature in features for feature in needs):
-            jobs = [probe_jobs(passes, op, min(rows, passes.max_rows), side) for rows, side in PROBES]
+            jobs = [probe_jobs(passes, op, rows or passes.max_rows, side) for rows, side in PROBES]
             found[op] = measure(partial(RUNS[op], passes), jobs, partial(units, latent_size=latent_size))
     if "decode" in found:
         found["sample"] = found["decode"]
@@ -340,6 +341,19 @@ def observed(
         return results
 
     return timed
+
+
+def lane_setup(threads: int, devices: set[torch.device]) -> Callable[[], None]:
+    """What each lane thread does first: take torch's thread count (the one calibration ran
+    with), and on each GPU a CUDA stream of its own, so that one lane's kernels do not queue
+    behind those another lane has launched."""
+
+    def setup() -> None:
+        torch.set_num_threads(threads)
+        for device in devices:
+            torch.cuda.set_stream(torch.cuda.Stream(device))
+
+    return setup
 
 
 def out_of_memory(error: Exception) -> bool:
@@ -396,10 +410,10 @@ class Engine:
         metrics: MetricsSink | None = None,
     ) -> None:
         self.registry = registry
-        threads_set = partial(torch.set_num_threads, threads)
-        self.lanes = {"short": Worker(threads_set, name="short")}
+        setup = lane_setup(threads, {m.backend.device for m in registry if m.backend.device.type == "cuda"})
+        self.lanes = {"short": Worker(setup, name="short")}
         if long_threads:
-            self.lanes["long"] = Worker(threads_set, long_threads, "long")
+            self.lanes["long"] = Worker(setup, long_threads, "long")
         self.long_cost = long_cost
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant

@@ -213,6 +213,7 @@ def test_a_request_that_cannot_start_before_its_deadline_is_answered_at_once() -
         await asyncio.sleep(0.05)  # running: about 1.45 s of it left
         queued = asyncio.create_task(other.submit(2, cost=1.5))
         await asyncio.sleep(0.05)
+        assert worker.queued == 1.5  # the waiting work, what /metrics shows
         assert 2.0 < worker.backlog() <= 3.0  # over the timeout while the sleeps above take under 1 s
         start = time.perf_counter()
         with pytest.raises(Backlogged) as refused:

@@ -127,12 +127,10 @@ def test_long_work_that_cannot_start_before_its_deadline_is_refused_at_once(serv
         answers[i] = answer, time.perf_counter() - start
 
     senders: list[threading.Thread] = []
-    queued = []
     while len(senders) < 8 and not any(answer.status_code == 503 for answer, _ in answers.values()):
         senders.append(threading.Thread(target=send, args=(len(senders),)))
         senders[-1].start()
         time.sleep(0.3)
-        queued.append(queued_work(server.url))
     for sender in senders:
         sender.join()
     statuses = [answers[i][0].status_code for i in range(len(senders))]
@@ -142,15 +140,6 @@ def test_long_work_that_cannot_start_before_its_deadline_is_refused_at_once(serv
         assert seconds < SMALL_BOUND_S
         assert int(answer.headers["Retry-After"]) >= 3
         assert "of work is ahead of this request for slow-kl decode" in answer.json()["detail"]
-    assert max(queued) > 0  # decodes waited on the long lane
     # The first ran at once; one queued after it may still time out (504) if this machine slowed
     # down after its estimate, but none fails otherwise.
     assert statuses[0] == 200 and set(statuses) <= {200, 503, 504}, statuses
-
-
-def queued_work(url: str) -> float:
-    """vae_queued_work_seconds of the long lane, from /metrics."""
-    for line in httpx.get(f"{url}/metrics").text.splitlines():
-        if line.startswith('vae_queued_work_seconds{lane="long"}'):
-            return float(line.split()[-1])
-    raise AssertionError("no vae_queued_work_seconds for the long lane")

@@ -74,7 +74,6 @@ class Worker:
         self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name, initializer=initializer)
         self.slot = asyncio.Semaphore(threads)
         self.threads = threads
-        self.name = name
         self.queued = 0.0
         self._ends: list[float] = []  # time.monotonic() at which each running batch should end
 

@@ -271,7 +271,7 @@ def row_shape(job: Job) -> Hashable:
 
 def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
     """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
-    side (or the model's own size); score with 8 likelihood rows per image."""
+    side (or the model's own size); score with k = 8."""
     backend = passes.backend
     image = backend.image
     height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
@@ -313,10 +313,9 @@ def sample_units(passes: Passes) -> int:
     return math.prod(passes.backend.latent_shape(image.height, image.width))  # type: ignore[arg-type]
 
 
-def costs_of(passes: Passes) -> dict[str, Cost]:
+def costs_of(passes: Passes, latent_size: int) -> dict[str, Cost]:
     """Each operation's cost line, measured on probe jobs in the thread that serves."""
     features = passes.backend.features
-    latent_size = sample_units(passes)
     found: dict[str, Cost] = {}
     for op, needs in MEASURED.items():
         if all(feature in features for feature in needs):
@@ -437,8 +436,8 @@ class Engine:
         passes = Passes(model.backend, self.max_batch, self.batch_invariant)
         short = self.lanes["short"]
         await short.run(passes.calibrate)
-        costs = self._costs[model.name] = await short.run(costs_of, passes)
         latent_size = self._latent_sizes[model.name] = sample_units(passes)
+        costs = self._costs[model.name] = await short.run(costs_of, passes, latent_size)
         score_limits = replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES)
         self._batchers[model.name] = {
             op: {

@@ -66,8 +66,8 @@ class Settings(BaseSettings):
     long_threads: int = Field(
         1,
         ge=0,
-        description="Threads for long work, each one batch at a time, beside the one thread for short work; "
-        "0: one thread runs everything in turn",
+        description="Threads for long work beside the one for short work: up to this many long batches (of "
+        "different models or operations) run at once; 0: one thread runs everything in turn",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; default: usable cores / uvicorn workers (WEB_CONCURRENCY) - 1"

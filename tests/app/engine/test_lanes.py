@@ -48,7 +48,9 @@ def folder(model_dir: Path, tmp_path_factory: pytest.TempPathFactory) -> Path:
 def server(folder: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     logs = tmp_path_factory.mktemp("lane-logs")
     with started_replicas(folder, lambda name: logs / f"{name}.log") as start:
-        yield start(torch_threads="1", queue_timeout="3", log_level="warning")
+        replica = start(torch_threads="1", queue_timeout="3", log_level="warning")
+        timed_decode(replica.url)  # the shape's first calls, and its cost learnt
+        yield replica
 
 
 def decode(url: str, side: int = SIDE) -> httpx.Response:
@@ -73,7 +75,6 @@ def while_decoding(url: str, load: threading.Thread, done: threading.Event) -> f
 
 
 def test_small_requests_never_wait_behind_a_long_decode(server: Replica) -> None:
-    timed_decode(server.url)  # its shape's first calls, and its cost learnt
     answers: list[tuple[int, float]] = []
     done = threading.Event()
 
@@ -118,7 +119,6 @@ def test_long_work_that_cannot_start_before_its_deadline_is_refused_at_once(serv
     """VAE_QUEUE_TIMEOUT is 3 s here: of decodes sent one after another onto the long lane,
     those whose wait the backlog ahead puts within it queue, and the first that would wait
     longer is answered 503 at once, with the estimated backlog as Retry-After."""
-    timed_decode(server.url)  # the shape's cost, learnt
     answers: dict[int, tuple[httpx.Response, float]] = {}  # by the order sent
 
     def send(i: int) -> None:

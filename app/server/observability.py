@@ -17,6 +17,7 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
+import torch
 from fastapi.routing import APIRoute
 from prometheus_client import (
     CollectorRegistry,
@@ -55,8 +56,8 @@ NOT_API = "other"
 
 
 class ModelCollector(Collector):
-    """`vae_model_info` and `vae_ready`, read from the app state at scrape time, so they always
-    describe the models actually loaded."""
+    """`vae_model_info`, `vae_ready` and the GPU memory of the models' CUDA devices, read from
+    the app state at scrape time, so they always describe the models actually loaded."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -78,7 +79,20 @@ class ModelCollector(Collector):
             for model in registry:
                 flags = [str(model.conditional).lower(), str(model.name == registry.default).lower()]
                 info.add_metric([model.name, str(model.backend.device), model.sha256, *flags], 1)
-        return [info, GaugeMetricFamily("vae_ready", "1 once the models are loaded and warm, else 0", value=int(ready))]
+        ready_gauge = GaugeMetricFamily("vae_ready", "1 once the models are loaded and warm, else 0", value=int(ready))
+        return [info, ready_gauge, *gpu_memory(registry)]
+
+
+def gpu_memory(registry: Registry | None) -> list[GaugeMetricFamily]:
+    """Bytes this process holds in tensors on each CUDA device that serves a model, now and at
+    most since it started (torch.cuda.memory_allocated, max_memory_allocated)."""
+    now = GaugeMetricFamily("vae_gpu_memory_allocated_bytes", "GPU memory in tensors now", labels=["device"])
+    peak = GaugeMetricFamily("vae_gpu_memory_peak_bytes", "Most GPU memory in tensors at once", labels=["device"])
+    devices = {model.backend.device for model in registry or ()}
+    for device in sorted((d for d in devices if d.type == "cuda"), key=str):
+        now.add_metric([str(device)], torch.cuda.memory_allocated(device))
+        peak.add_metric([str(device)], torch.cuda.max_memory_allocated(device))
+    return [now, peak]
 
 
 class Metrics:

@@ -132,9 +132,13 @@ def main(argv: list[str] | None = None) -> int:
     p.add_argument("--site", type=Path, default=Path(tempfile.gettempdir()) / "vaeserve-gpu-site",
                    help="where --wheels are installed")  # fmt: skip
     p.add_argument("--budget", type=float, default=BUDGET, help="seconds for the whole run")
+    p.add_argument("--only", help=f"comma-separated parts to run, of {', '.join(TIMEOUTS)} (setup always runs)")
     p.add_argument("--part", choices=list(TIMEOUTS), help=argparse.SUPPRESS)
     p.add_argument("--work", type=Path, help=argparse.SUPPRESS)
     args = p.parse_args(argv)
+    parts = {"setup", *(args.only or ",".join(TIMEOUTS)).split(",")}
+    if unknown := parts - set(TIMEOUTS):
+        p.error(f"--only: no part {', '.join(sorted(unknown))}; the parts: {', '.join(TIMEOUTS)}")
     if args.part:
         part_main(args.part, args.work, args.dry_run)
         return 0
@@ -145,7 +149,7 @@ def main(argv: list[str] | None = None) -> int:
     report.update(environment={}, rows=[], seconds=0.0)
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
-        for name, timeout in TIMEOUTS.items():
+        for name, timeout in ((n, t) for n, t in TIMEOUTS.items() if n in parts):
             left = args.budget - (time.monotonic() - start)
             if args.dry_run and name in NOT_IN_DRY_RUN:
                 report["rows"].append(row(name, "part", "not in the dry run (float16 only)", verdict="skipped"))

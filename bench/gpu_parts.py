@@ -31,7 +31,8 @@ from diffusers_vae import NAME, SD_VAE, paired, peak_rss_mib  # bench/ is the sc
 from load import service
 from PIL import Image
 
-from app.engine.backends.diffusers import DiffusersBackend
+from app.engine.backends.diffusers import GPU_ROWS, DiffusersBackend
+from app.engine.passes import PROBE_SIDE, Passes
 
 log = logging.getLogger("bench.gpu")
 ROOT = Path(__file__).resolve().parent.parent
@@ -225,7 +226,7 @@ def throughput(plan: Plan, work: Path, dtype: str) -> list[Row]:
     rows = []
     with served(plan, work, dtype) as (url, pid), httpx.Client(timeout=600) as client, ThreadPoolExecutor(8) as pool:
         if dtype == "float16":
-            rows.append(invariance(plan, client, url, pool))
+            rows += [invariance(plan, client, url, pool), served_size_quanta(plan, backend)]
         for size, side in enumerate(plan.sizes):
             z = latents(plan, 8, side, seed=10 + size)
             on_device, z_np = z.to(device), z.numpy()
@@ -299,6 +300,24 @@ def invariance(plan: Plan, client: httpx.Client, url: str, pool: ThreadPoolExecu
     result = f"{same}/16 answers in a burst equal the same request alone, byte for byte; 16 requests in {batches:.0f} batches"
     expected = "16/16 (and fewer batches than requests)"
     return row("invariance", f"{side}x{side} float16, 8 at once", result, expected, check(same == 16 and batches < 16))
+
+
+@torch.inference_mode()
+def served_size_quanta(plan: Plan, backend: DiffusersBackend) -> Row:
+    """What the server's calibration would find at the served size rather than at its probes'
+    (app/engine/passes.py): the padding quanta under which a decode row's bits do not depend on
+    its pass, in this process. Where the burst above differs, this says which fix holds."""
+    backend.max_rows = GPU_ROWS  # as the served one (bench/gpu_family.py)
+    passes = Passes(backend, GPU_ROWS)
+    z = latents(plan, GPU_ROWS, plan.sizes[0], seed=7).to(backend.device, backend.dtype)
+    holds = []
+    for quantum in (1, 2, 4, 8):
+        passes.quantum = quantum
+        if passes._row_independent(passes.decode_fn, [z, None]):
+            holds.append(quantum)
+    side = plan.sizes[0]
+    result = f"row-independent with padding quanta {holds or 'none'} (the server calibrates at {PROBE_SIDE}x{PROBE_SIDE} latents)"
+    return row("invariance", f"{side}x{side} {str(backend.dtype).removeprefix('torch.')} decode passes, in-process", result, quanta=holds)
 
 
 def oom_cap(plan: Plan, work: Path) -> int:

@@ -1,7 +1,8 @@
-"""The GPU path checked and measured in one command, on a GPU host that has only PyTorch.
+"""The GPU path checked and measured in one command, on an offline GPU host with its own PyTorch.
 
 `python3 bench/gpu_check.py --wheels .gpu-wheels --out gpu.json` installs the wheels that
-`make gpu-wheels` downloaded (`pip install --no-index --target`, so the host's own torch stays),
+`make gpu-wheels` downloaded (`pip install --no-index --target`, so the host's own torch stays;
+docs/benchmarks.md, "GPU", says which packages the host must have besides),
 then runs each part of bench/gpu_parts.py in its own process with its own timeout, under one
 overall budget, and prints one Markdown table (also written as JSON to --out, after every part):
 SD's VAE (diffusers AutoencoderKL, SD's config, random weights) served by `python -m app.serve`
@@ -11,7 +12,7 @@ on CUDA against the CPU; the hook for a video VAE. It exits 1 if a check failed 
 finish.
 
 `--dry-run` runs the same code on the CPU with a tiny model and small sizes (the test suite
-runs it). This file imports only the standard library: the parts import the rest once installed.
+runs it); `--only PART,...` runs some parts. This file imports only the standard library: the parts import the rest once installed.
 """
 
 from __future__ import annotations

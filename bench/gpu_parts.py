@@ -189,7 +189,7 @@ def setup(plan: Plan, work: Path) -> list[Row]:
 def environment(plan: Plan) -> dict[str, str]:
     cuda = plan.device == "cuda"
     facts = {
-        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.processor() or platform.machine()}), dry run",
+        "device": torch.cuda.get_device_name() if cuda else f"CPU ({platform.machine()}), dry run",
         "torch": torch.__version__,
         "cuda": str(torch.version.cuda) if cuda else "-",
         "cudnn": str(torch.backends.cudnn.version()) if cuda else "-",
@@ -213,7 +213,8 @@ def precision(plan: Plan, work: Path) -> list[Row]:
         error = (images - reference).abs().max().item() / scale
         ok = math.isfinite(error) and error <= tolerance
         result = f"max |{dtype} - float32| / max |float32| = {error:.2e}"
-        rows.append(row("precision", f"{side}x{side} decode, {dtype}", result, f"<= {tolerance}", check(ok), error=error))
+        case = f"{side}x{side} decode, {dtype}"
+        rows.append(row("precision", case, result, f"<= {tolerance}", check(ok), error=error))
     return rows
 
 
@@ -297,7 +298,8 @@ def invariance(plan: Plan, client: httpx.Client, url: str, pool: ThreadPoolExecu
     bursts = [list(pool.map(answer, range(8))) for _ in range(2)]
     batches = (metric(client, url, "vae_batch_size_count") or 0) - batches_before
     same = sum(a == b for burst in bursts for a, b in zip(alone, burst, strict=True))
-    result = f"{same}/16 answers in a burst equal the same request alone, byte for byte; 16 requests in {batches:.0f} batches"
+    result = f"{same}/16 answers in a burst equal the same request alone, byte for byte; "
+    result += f"16 requests in {batches:.0f} batches"
     expected = "16/16 (and fewer batches than requests)"
     return row("invariance", f"{side}x{side} float16, 8 at once", result, expected, check(same == 16 and batches < 16))
 
@@ -316,8 +318,10 @@ def served_size_quanta(plan: Plan, backend: DiffusersBackend) -> Row:
         if passes._row_independent(passes.decode_fn, [z, None]):
             holds.append(quantum)
     side = plan.sizes[0]
-    result = f"row-independent with padding quanta {holds or 'none'} (the server calibrates at {PROBE_SIDE}x{PROBE_SIDE} latents)"
-    return row("invariance", f"{side}x{side} {str(backend.dtype).removeprefix('torch.')} decode passes, in-process", result, quanta=holds)
+    result = f"row-independent with padding quanta {holds or 'none'} "
+    result += f"(the server calibrates at {PROBE_SIDE}x{PROBE_SIDE} latents)"
+    dtype = str(backend.dtype).removeprefix("torch.")
+    return row("invariance", f"{side}x{side} {dtype} decode passes, in-process", result, quanta=holds)
 
 
 def oom_cap(plan: Plan, work: Path) -> int:
@@ -368,13 +372,15 @@ def oom(plan: Plan, work: Path) -> list[Row]:
         rows.append(row("oom", "memory released", "not measured: no GPU in a dry run", verdict="skipped"))
     else:
         freed = after <= before + MiB
-        rows.append(row("oom", "memory released", f"in tensors: {before / MiB:.0f} MiB before, {after / MiB:.0f} MiB after",
-                        "after <= before + 1 MiB", check(freed), before=before, after=after))  # fmt: skip
+        result = f"in tensors: {before / MiB:.0f} MiB before, {after / MiB:.0f} MiB after"
+        expected = "after <= before + 1 MiB"
+        rows.append(row("oom", "memory released", result, expected, check(freed), before=before, after=after))
     rows.append(row("oom", "the next request", str(following), "200", check(following == 200), status=following))
     counts = {status: burst.count(status) for status in sorted(set(burst))}
     text = ", ".join(f"{n} x {status}" for status, n in counts.items()) + f"; then one more: {last}"
     ok = set(burst) <= {200, 503} and last == 200
-    rows.append(row("oom", "8 one-latent requests at once", text, "each 503 or 200; then 200", check(ok), statuses=counts))
+    expected = "each 503 or 200; then 200"
+    rows.append(row("oom", "8 one-latent requests at once", text, expected, check(ok), statuses=counts))
     return rows
 
 
@@ -404,7 +410,8 @@ def fashion_answers(client: httpx.Client, url: str, name: str, z: np.ndarray) ->
         return response.json()
 
     def v2(operation: str, tensor: dict[str, Any]) -> dict[str, np.ndarray]:
-        inputs = [tensor] + ([{"name": "labels", "shape": [len(z)], "datatype": "INT64", "data": labels}] if labels else [])
+        label_tensor = {"name": "labels", "shape": [len(z)], "datatype": "INT64", "data": labels}
+        inputs = [tensor, label_tensor] if labels else [tensor]
         outputs = post(f"/v2/models/{name}.{operation}/infer", {"inputs": inputs})["outputs"]
         return {out["name"]: np.asarray(out["data"], dtype=np.float64) for out in outputs}
 
@@ -437,12 +444,13 @@ def fashion(plan: Plan, work: Path) -> list[Row]:
         for case, values in there.items():
             cpu = answers["cpu"][name][case]
             if "images" in case:
-                error = float(np.abs(values - cpu).max())
-                ok, result, expected = error <= LEVELS_TOLERANCE, f"max |Δ| {error:.0f} grey levels", f"<= {LEVELS_TOLERANCE} levels"
+                error, tolerance = float(np.abs(values - cpu).max()), LEVELS_TOLERANCE
+                result, expected = f"max |Δ| {error:.0f} grey levels", f"<= {tolerance} levels"
             else:
-                error = float((np.abs(values - cpu) / (1 + np.abs(cpu))).max())
-                ok, result, expected = error <= LATENT_TOLERANCE, f"max |Δ| / (1 + |cpu|) {error:.1e}", f"<= {LATENT_TOLERANCE}"
-            rows.append(row("fashion", f"{name} {case}, {plan.device} vs cpu", result, expected, check(ok), error=error))
+                error, tolerance = float((np.abs(values - cpu) / (1 + np.abs(cpu))).max()), LATENT_TOLERANCE
+                result, expected = f"max |Δ| / (1 + |cpu|) {error:.1e}", f"<= {tolerance}"
+            verdict = check(error <= tolerance)
+            rows.append(row("fashion", f"{name} {case}, {plan.device} vs cpu", result, expected, verdict, error=error))
     return rows
 
 

@@ -43,7 +43,7 @@ def requirements(pyproject: Path = ROOT / "pyproject.toml") -> list[str]:
     """The service's dependencies and its diffusers extra, less torch, as pyproject.toml states them."""
     project = tomllib.loads(pyproject.read_text())["project"]
     wanted = [*project["dependencies"], *project["optional-dependencies"]["diffusers"]]
-    return [r for r in wanted if re.match(r"[A-Za-z0-9._-]+", r).group(0).lower() not in SKIPPED]  # type: ignore[union-attr]
+    return [r for r in wanted if re.split(r"[^A-Za-z0-9._-]", r, maxsplit=1)[0].lower() not in SKIPPED]
 
 
 def download(dest: Path, python_version: str, omit: frozenset[str] | set[str] = frozenset()) -> list[Path]:
@@ -73,7 +73,8 @@ def main(argv: list[str] | None = None) -> int:
     total = sum(w.stat().st_size for w in wheels) / 1e6
     for wheel in wheels:
         print(f"{wheel.stat().st_size / 1e6:6.1f} MB  {wheel.name}")
-    print(f"{len(wheels)} wheels, {total:.1f} MB in {args.dest}; left out (the host has them): {', '.join(sorted(omit)) or 'none'}")
+    left_out = ", ".join(sorted(omit)) or "none"
+    print(f"{len(wheels)} wheels, {total:.1f} MB in {args.dest}; left out (the host has them): {left_out}")
     if total > LIMIT_MB:
         print(f"over {LIMIT_MB} MB: the GPU host's transfer has no room for them", file=sys.stderr)
         return 1

@@ -45,8 +45,9 @@ def test_the_dry_run_runs_every_part_and_every_check_passes(tmp_path: Path) -> N
     assert verdicts <= {"pass", "measured", "skipped"}, report["rows"]
     assert {r["part"] for r in report["rows"]} >= {"setup", "precision", "oom", "fashion", "invariance", "throughput"}
     assert all(r["verdict"] == "pass" for r in rows(report, "precision").values())
-    (invariance,) = rows(report, "invariance").values()
-    assert invariance["result"].startswith("16/16")
+    burst, quanta = rows(report, "invariance").values()
+    assert burst["result"].startswith("16/16")
+    assert set(quanta["values"]["quanta"]) <= {1, 2, 4, 8}  # which ones hold depends on the CPU
     oom = list(rows(report, "oom").values())
     assert oom[0]["values"]["status"] == 413 and oom[2]["values"]["status"] == 200
     # The dry run's stand-in cap fails the batched passes: each request of it 503 (or 200 alone).

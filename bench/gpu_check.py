@@ -12,7 +12,8 @@ on CUDA against the CPU; the hook for a video VAE. It exits 1 if a check failed 
 finish.
 
 `--dry-run` runs the same code on the CPU with a tiny model and small sizes (the test suite
-runs it); `--only PART,...` runs some parts. This file imports only the standard library: the parts import the rest once installed.
+runs it); `--only PART,...` runs some parts. This file imports only the standard library: the
+parts import the rest once installed.
 """
 
 from __future__ import annotations
@@ -46,11 +47,14 @@ TIMEOUTS = {
 NOT_IN_DRY_RUN = ("float32", "bfloat16")
 BUDGET = 450  # seconds for the whole run: the GPU host's command limit is 10 minutes
 FAILED = {"fail", "timeout", "error"}
+# What the parts and their servers import, tried before any part runs (run in bench/).
+IMPORTS = "import gpu_parts, app.main, app.serve; from diffusers import AutoencoderKL"
 
 
 def install(wheels: Path, site: Path) -> None:
     """Every wheel in `wheels` into `site` with no index and no dependency resolution (the folder
-    holds them all; torch is the host's), unless `site` already has exactly these."""
+    holds them all; torch is the host's), unless `site` already has exactly these; `site` first
+    on this process's and its children's path."""
     files = sorted(wheels.glob("*.whl"))
     if not files:
         raise SystemExit(f"{wheels}: no wheels in it (make gpu-wheels)")
@@ -63,14 +67,24 @@ def install(wheels: Path, site: Path) -> None:
     os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [str(site), os.environ.get("PYTHONPATH")]))
 
 
+def preflight() -> None:
+    """Stop at once, before any GPU time is spent, if this Python lacks what the parts need."""
+    done = subprocess.run([sys.executable, "-c", IMPORTS], cwd=Path(__file__).parent, capture_output=True, text=True)
+    if done.returncode != 0:
+        missing = (done.stderr.strip().splitlines() or ["?"])[-1]
+        raise SystemExit(
+            f"{sys.executable} cannot import what the check needs: {missing}\n"
+            "Wheels for a host that has only torch: python3 scripts/gpu_wheels.py --omit '' (docs/benchmarks.md, GPU)"
+        )
+
+
 def run_part(name: str, work: Path, dry_run: bool, timeout: float) -> list[dict[str, Any]]:
     """The part's rows, from its own process (and the servers it starts, one process group),
     which is killed past `timeout` seconds."""
     out = work / f"{name}.json"
     command = [sys.executable, __file__, "--part", name, "--work", str(work), *(["--dry-run"] if dry_run else [])]
-    env = {**os.environ, "PYTHONPATH": os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))}
     start = time.monotonic()
-    process = subprocess.Popen(command, cwd=ROOT, env=env, start_new_session=True)
+    process = subprocess.Popen(command, cwd=ROOT, start_new_session=True)
     try:
         code = process.wait(timeout=max(1.0, timeout))
     except subprocess.TimeoutExpired:
@@ -145,6 +159,9 @@ def main(argv: list[str] | None = None) -> int:
         return 0
     if args.wheels:
         install(args.wheels, args.site)
+    # The checkout's packages (app, model) for the parts, which run as scripts from bench/.
+    os.environ["PYTHONPATH"] = os.pathsep.join(filter(None, [os.environ.get("PYTHONPATH"), str(ROOT)]))
+    preflight()
     start = time.monotonic()
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "dry_run": args.dry_run}
     report.update(environment={}, rows=[], seconds=0.0)

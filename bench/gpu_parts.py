@@ -11,7 +11,6 @@ from __future__ import annotations
 
 import base64
 import io
-import logging
 import math
 import os
 import platform
@@ -34,7 +33,6 @@ from PIL import Image
 from app.engine.backends.diffusers import GPU_ROWS, DiffusersBackend
 from app.engine.passes import PROBE_SIDE, Passes
 
-log = logging.getLogger("bench.gpu")
 ROOT = Path(__file__).resolve().parent.parent
 EXAMPLES = sorted((ROOT / "app" / "static" / "examples").glob("*.png"))
 MiB = 1 << 20
@@ -77,7 +75,7 @@ class Plan:
         return 2 ** (len(self.config["block_out_channels"]) - 1)
 
 
-# Sized so the whole run stays well inside 8 minutes on an H100 (docs/benchmarks.md, "GPU").
+# Sized for a run well inside 8 minutes on an H100, by estimate until one runs (docs/benchmarks.md, "GPU").
 REAL = Plan("cuda", (512, 1024), rounds=5, waves=2, config=SD_VAE)
 DRY = Plan("cpu", (16, 32), rounds=1, waves=1, config=TINY_VAE)
 
@@ -90,12 +88,15 @@ def check(ok: bool) -> str:
     return "pass" if ok else "fail"
 
 
-def cores() -> tuple[str, set[int]]:
-    """Servers on the first half of this process's CPUs (taskset's list), the client on the rest."""
+def server_cores() -> str:
+    """The first half of this process's CPUs, as taskset's list, for the servers; this process
+    (the client and the in-process model) is pinned to the rest."""
     mine = sorted(os.sched_getaffinity(0))
     half = max(1, len(mine) // 2)
     server, client = mine[:half], mine[half:] or mine
-    return ",".join(map(str, server)), set(client)
+    os.sched_setaffinity(0, client)
+    torch.set_num_threads(len(client))
+    return ",".join(map(str, server))
 
 
 def sync(device: torch.device) -> None:
@@ -122,11 +123,8 @@ def latents(plan: Plan, rows: int, side: int, seed: int) -> torch.Tensor:
 @contextmanager
 def served(plan: Plan, work: Path, dtype: str, **variables: str) -> Iterator[tuple[str, int]]:
     """`python -m app.serve` on the check's model folder through bench/gpu_family.py."""
-    server_cores, client_cores = cores()
-    os.sched_setaffinity(0, client_cores)
-    torch.set_num_threads(len(client_cores))
     with service(
-        server_cores,
+        server_cores(),
         VAE_MODEL_DIR=str(work / "models"),
         VAE_BACKENDS="bench.gpu_family:family",
         VAE_DEVICE=plan.device,
@@ -392,10 +390,11 @@ def pixels(png: str) -> np.ndarray:
     return np.asarray(Image.open(io.BytesIO(base64.b64decode(png))), dtype=np.int16)
 
 
-def fashion_answers(client: httpx.Client, url: str, name: str, z: np.ndarray) -> dict[str, np.ndarray]:
-    """/v1 and /v2 decode and encode answers of the fashion model `name` for latents `z` and
-    the shipped example images (as images: grey levels; as latents: floats)."""
+def fashion_answers(client: httpx.Client, url: str, name: str) -> dict[str, np.ndarray]:
+    """/v1 and /v2 decode and encode answers of the fashion model `name` for 4 seeded latents and
+    4 of the shipped example images (as images: grey levels; as latents: floats)."""
     info = client.get(f"{url}/v1/models/{name}").json()
+    z = torch.randn(4, info["latent_dim"], generator=torch.Generator().manual_seed(6)).numpy()
     labels = list(range(len(z))) if info["conditional"] else None
     images = EXAMPLES[: len(z)]
     height, width, channels = info["image_shape"][1], info["image_shape"][2], info["image_shape"][0]
@@ -431,14 +430,12 @@ def fashion_answers(client: httpx.Client, url: str, name: str, z: np.ndarray) ->
 def fashion(plan: Plan, work: Path) -> list[Row]:
     """The shipped fashion-vae and fashion-cvae served on the plan's device and on the CPU:
     their /v1 and /v2 answers to the same requests."""
-    server_cores, client_cores = cores()
-    os.sched_setaffinity(0, client_cores)
-    z = torch.randn(4, 64, generator=torch.Generator().manual_seed(6)).numpy()
+    cores = server_cores()
     answers = {}
     with ExitStack() as stack, httpx.Client(timeout=120) as client:
         for device in dict.fromkeys((plan.device, "cpu")):  # the dry run: one CPU server
-            url, _ = stack.enter_context(service(server_cores, VAE_DEVICE=device))
-            answers[device] = {name: fashion_answers(client, url, name, z) for name in ("fashion-vae", "fashion-cvae")}
+            url, _ = stack.enter_context(service(cores, VAE_DEVICE=device))
+            answers[device] = {name: fashion_answers(client, url, name) for name in ("fashion-vae", "fashion-cvae")}
     rows = []
     for name, there in answers[plan.device].items():
         for case, values in there.items():

@@ -109,7 +109,8 @@ def table(report: dict[str, Any]) -> str:
     env = report["environment"]
     facts = ", ".join(f"{key} {value}" for key, value in env.items() if key != "device")
     lines = [
-        f"GPU check {report['date']}: {env.get('device', '?')}; {facts}; {report['seconds']:.0f} s",
+        f"GPU check {report['date']}: {env.get('device', '?')}; {facts}; {report['seconds']:.0f} s "
+        f"({', '.join(f'{name} {seconds:.0f}' for name, seconds in report['part_seconds'].items())})",
         "",
         "| part | case | result | expected | verdict |",
         "|---|---|---|---|---|",
@@ -164,7 +165,7 @@ def main(argv: list[str] | None = None) -> int:
     preflight()
     start = time.monotonic()
     report: dict[str, Any] = {"date": datetime.now(UTC).strftime("%Y-%m-%d %H:%M UTC"), "dry_run": args.dry_run}
-    report.update(environment={}, rows=[], seconds=0.0)
+    report.update(environment={}, rows=[], seconds=0.0, part_seconds={})
     with tempfile.TemporaryDirectory(prefix="gpu-check-") as tmp:
         work = Path(tmp)
         for name, timeout in ((n, t) for n, t in TIMEOUTS.items() if n in parts):
@@ -174,7 +175,9 @@ def main(argv: list[str] | None = None) -> int:
             elif left <= 1:
                 report["rows"].append(row(name, "part", "not run: the budget was spent", verdict="timeout"))
             else:
+                began = time.monotonic()
                 report["rows"] += run_part(name, work, args.dry_run, min(timeout, left))
+                report["part_seconds"][name] = time.monotonic() - began
             if name == "setup" and (work / "environment.json").is_file():
                 report["environment"] = json.loads((work / "environment.json").read_text())
             report["seconds"] = time.monotonic() - start

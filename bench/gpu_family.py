@@ -21,11 +21,11 @@ from pathlib import Path
 import torch
 
 from app.engine.backend import Loaded
-from app.engine.backends import diffusers as served
+from app.engine.backends import diffusers as builtin
 from app.engine.errors import StartupError
 
 
-class CappedBackend(served.DiffusersBackend):
+class CappedBackend(builtin.DiffusersBackend):
     """A CPU stand-in for a memory cap: a pass of more than one row is out of memory."""
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
@@ -38,7 +38,7 @@ class CheckFamily:
     name = "gpu-check"
 
     def model_name(self, path: Path) -> str | None:
-        return served.family.model_name(path)
+        return builtin.family.model_name(path)
 
     def load(self, path: Path, device: torch.device) -> Loaded:
         import diffusers
@@ -49,16 +49,16 @@ class CheckFamily:
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
         dtype = getattr(torch, os.environ.get("GPU_CHECK_DTYPE", "float32"))
         try:
-            config = served.read_config(path)
+            config = builtin.read_config(path)
             model = getattr(diffusers, config["_class_name"]).from_pretrained(
                 path, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False
             )
-        except (served.DiffusersError, OSError, ValueError) as e:
+        except (builtin.DiffusersError, OSError, ValueError) as e:
             raise StartupError(f"cannot load model {path}: {e}") from None
-        backend_class = CappedBackend if cap and device.type == "cpu" else served.DiffusersBackend
+        backend_class = CappedBackend if cap and device.type == "cpu" else builtin.DiffusersBackend
         backend = backend_class(model.to(device))
-        backend.max_rows = served.GPU_ROWS
-        return Loaded(backend, served.folder_sha256(path))
+        backend.max_rows = builtin.GPU_ROWS
+        return Loaded(backend, builtin.folder_sha256(path))
 
 
 family = CheckFamily()

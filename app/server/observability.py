@@ -17,7 +17,6 @@ from contextvars import ContextVar
 from datetime import UTC, datetime
 from typing import TYPE_CHECKING
 
-import torch
 from fastapi.routing import APIRoute
 from prometheus_client import (
     CollectorRegistry,
@@ -34,6 +33,7 @@ from prometheus_client.registry import Collector
 from starlette.datastructures import Headers, MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.engine.registry import device_memory
 from app.server.proxy import route_path
 
 if TYPE_CHECKING:
@@ -84,14 +84,12 @@ class ModelCollector(Collector):
 
 
 def gpu_memory(registry: Registry | None) -> list[GaugeMetricFamily]:
-    """Bytes this process holds in tensors on each CUDA device that serves a model, now and at
-    most since it started (torch.cuda.memory_allocated, max_memory_allocated)."""
+    """The GPU memory in tensors of each CUDA device that serves a model, now and at most."""
     now = GaugeMetricFamily("vae_gpu_memory_allocated_bytes", "GPU memory in tensors now", labels=["device"])
     peak = GaugeMetricFamily("vae_gpu_memory_peak_bytes", "Most GPU memory in tensors at once", labels=["device"])
-    devices = {model.backend.device for model in registry or ()}
-    for device in sorted((d for d in devices if d.type == "cuda"), key=str):
-        now.add_metric([str(device)], torch.cuda.memory_allocated(device))
-        peak.add_metric([str(device)], torch.cuda.max_memory_allocated(device))
+    for device, (allocated, most) in device_memory(registry or []).items():
+        now.add_metric([device], allocated)
+        peak.add_metric([device], most)
     return [now, peak]
 
 

@@ -10,6 +10,7 @@ folder with `--python-version`.
 from __future__ import annotations
 
 import importlib.metadata
+import importlib.util
 import json
 import subprocess
 import sys
@@ -91,6 +92,18 @@ def torch_only_venv(folder: Path) -> Path:
     (site,) = (folder / "venv").glob("lib/python*/site-packages")
     (site / "torch-only.pth").write_text(f"{linked}\n")
     return folder / "venv" / "bin" / "python"
+
+
+def test_the_wheels_are_the_services_dependencies_less_torch() -> None:
+    spec = importlib.util.spec_from_file_location("gpu_wheels", ROOT / "scripts" / "gpu_wheels.py")
+    assert spec is not None and spec.loader is not None
+    gpu_wheels = importlib.util.module_from_spec(spec)
+    spec.loader.exec_module(gpu_wheels)
+    wanted = " ".join(gpu_wheels.requirements())
+    assert all(name in wanted for name in ("fastapi>=", "uvicorn>=", "pydantic-settings>=", "diffusers>="))
+    assert "torch" not in wanted
+    assert gpu_wheels.distribution(Path("hf_xet-1.8.0-cp38-abi3-manylinux2014_x86_64.whl")) == "hf-xet"
+    assert gpu_wheels.distribution(Path("Pillow-13.0.0-cp312-cp312-manylinux_2_28_x86_64.whl")) == "pillow"
 
 
 def test_the_wheels_install_offline_beside_torch_alone_and_the_check_runs(tmp_path: Path) -> None:

@@ -2,9 +2,9 @@
 
 `python3 bench/gpu_check.py --wheels .gpu-wheels --out gpu.json` installs the wheels that
 `make gpu-wheels` downloaded (`pip install --no-index --target`, so the host's own torch stays;
-docs/benchmarks.md, "GPU", says which packages the host must have besides),
-then runs each part of bench/gpu_parts.py in its own process with its own timeout, under one
-overall budget, and prints one Markdown table (also written as JSON to --out, after every part):
+docs/benchmarks.md, "GPU", says which packages the host must have besides), then runs each part
+of bench/gpu_parts.py in its own process with its own timeout, under one overall budget, and
+prints one Markdown table (written after every part to --out as JSON, and beside it as .md):
 SD's VAE (diffusers AutoencoderKL, SD's config, random weights) served by `python -m app.serve`
 against the same model in-process at 512 and 1024, float16, bfloat16 and float32; float16 and
 bfloat16 against float32; batch invariance at 512; a real CUDA out-of-memory; the fashion models
@@ -142,7 +142,7 @@ def part_main(name: str, work: Path, dry_run: bool) -> None:
 
 def main(argv: list[str] | None = None) -> int:
     p = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    p.add_argument("--out", type=Path, help="write the report here as JSON (after every part)")
+    p.add_argument("--out", type=Path, help="write the report here as JSON, and the table beside it as .md")
     p.add_argument("--dry-run", action="store_true", help="the same code on the CPU, tiny model, small sizes")
     p.add_argument("--wheels", type=Path, help="install the wheels of this folder first (make gpu-wheels)")
     p.add_argument("--site", type=Path, default=Path(tempfile.gettempdir()) / "vaeserve-gpu-site",
@@ -181,8 +181,9 @@ def main(argv: list[str] | None = None) -> int:
             if name == "setup" and (work / "environment.json").is_file():
                 report["environment"] = json.loads((work / "environment.json").read_text())
             report["seconds"] = time.monotonic() - start
-            if args.out:
+            if args.out:  # after every part, so a run cut short still leaves its rows
                 args.out.write_text(json.dumps(report, indent=1))
+                args.out.with_suffix(".md").write_text(table(report))
     sys.stdout.write(table(report))
     return 1 if any(r["verdict"] in FAILED for r in report["rows"]) else 0
 

@@ -32,6 +32,7 @@ def run_check(python: str | Path, out: Path, *args: str) -> dict:
     assert done.returncode == 0, done.stdout + done.stderr[-4000:]
     report = json.loads(out.read_text())
     assert done.stdout.startswith(f"GPU check {report['date']}")  # the table, printed
+    assert out.with_suffix(".md").read_text() == done.stdout  # and written beside the JSON
     return report
 
 

@@ -109,7 +109,7 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="vaeserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.ready = False
-    install_error_handlers(app)
+    install_error_handlers(app, API_ROUTES)
     for router in ROUTERS:
         app.include_router(router, dependencies=key_schemes(settings.api_keys) if protected_path(router.prefix) else [])
     app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]

@@ -63,10 +63,11 @@ class TimedOut(EngineError):
 
 
 class BatchFailed(EngineError):
-    """The batch a request was in raised; the batcher goes on."""
+    """The model call failed running this request alone, by no error that names a cause in its
+    input: ours, so the client cannot fix it; the batcher goes on."""
 
     def __init__(self, name: str, error: Exception) -> None:
-        super().__init__(f"{name} failed for the batch this request was in ({type(error).__name__}); retry it")
+        super().__init__(f"{name} failed on this request ({type(error).__name__}); the server log has the details")
 
 
 class OutOfMemory(EngineError):

@@ -4,7 +4,8 @@
 The body is the tensor's raw little-endian bytes (app/tensors.py); `shape` (repeated), `dtype`
 and the options are query parameters, as that client sends them; a tensor answer carries
 `shape` (a JSON list) and `dtype` headers. Every model has them, the project's own included.
-Shapes and limits are checked from the query, before the body is read.
+Shapes, limits and labels (a conditional model's classes, `labels` repeated once per row) are
+checked from the query, before the body is read.
 """
 
 from __future__ import annotations
@@ -46,6 +47,13 @@ Shift = Annotated[float | None, Query(ge=-1e3, le=1e3, description="diffusers' s
 DoScaling = Annotated[
     bool | None,
     Query(description="Deprecated by diffusers: true without scaling_factor uses the model's own factors"),
+]
+Labels = Annotated[
+    list[str] | None,
+    Query(
+        description="Conditional models (required): one class per row, a name or an index, repeated "
+        "(`labels=Sneaker&labels=3`); unconditional models take none"
+    ),
 ]
 
 
@@ -206,6 +214,7 @@ async def decode_tensor(
     do_scaling: DoScaling = None,
     height: Annotated[int | None, Query(description="Packed latents' height: not supported")] = None,
     width: Annotated[int | None, Query(description="Packed latents' width: not supported")] = None,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, decode_tensor)
     model = service.engine.model(name)
@@ -218,13 +227,14 @@ async def decode_tensor(
     batch = latent_shape(model, shape, service.settings)
     if output_type == "pil" and batch[0] > 1:
         raise unprocessable(f"shape: output_type=pil returns one image; got {batch[0]} latents: use output_type=pt")
+    classes = model.label_array(labels, batch[0], "latent")
     latents = scaling(model, scaling_factor, shift_factor, do_scaling).to_model(
         await body_tensor(request, batch, dtype)
     )
     if not np.isfinite(latents).all():
         raise unprocessable("body: latents / scaling_factor + shift_factor overflow float32")
     values = output_type == "pt" and not partial_postprocess
-    images = await service.engine.decode(model, latents, None, client_gone(request), values=values)
+    images = await service.engine.decode(model, latents, classes, client_gone(request), values=values)
     if values:
         return tensor_response(from_unit(images, model.backend.image.value_range), model)
     if output_type == "pt":
@@ -251,17 +261,19 @@ async def encode_tensor(
     do_scaling: DoScaling = None,
     sample: Annotated[bool, Query(description="true: a posterior sample drawn with `seed`; false: the mean")] = False,
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="Seeds the posterior sample")] = 0,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, encode_tensor)
     model = service.engine.model(name)
     settings = service.settings
-    if shape is None:  # an image file, as remote_encode sends a PIL image
+    batch = None if shape is None else image_shape(model, shape, settings)
+    classes = model.label_array(labels, 1 if batch is None else batch[0], "image")
+    if batch is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)
     else:
-        batch = image_shape(model, shape, settings)
         x = await body_tensor(request, batch, dtype)
         x = x / np.float32(255) if dtype == "uint8" else to_unit(x, model.backend.image.value_range)
-    encoding = await service.engine.encode(model, x, None, client_gone(request), seed=seed if sample else None)
+    encoding = await service.engine.encode(model, x, classes, client_gone(request), seed=seed if sample else None)
     latents = encoding.sample if sample else encoding.mean
     return tensor_response(scaling(model, scaling_factor, shift_factor, do_scaling).from_model(latents), model)

@@ -36,7 +36,7 @@ T = TypeVar("T")
 OnBatch = Callable[[int, float], None]  # (items in the batch, seconds its oldest request waited)
 OnQueue = Callable[[int], None]  # change in the number of items waiting
 OnDrop = Callable[[], None]  # a request dropped because nobody waits for it
-OnIsolate = Callable[[], None]  # a failed batch of several requests, run again in parts
+OnIsolate = Callable[[], None]  # a batch of several requests failed: they run again in parts
 Gone = Callable[[], bool]  # whether nobody waits for a request's result any more
 
 
@@ -101,8 +101,8 @@ class Batcher(Generic[In, Out]):
 
     `on_batch(items, wait_s)` is told each batch's item count and how long its oldest request
     waited; `on_queue(delta)` each change in the number of items waiting; `on_drop()` each
-    request dropped because nobody waited for it; `on_isolate()` each failed batch of several
-    requests run again in parts.
+    request dropped because nobody waited for it; `on_isolate()` each batch of several requests
+    that failed, whose requests then run again in parts.
     """
 
     def __init__(
@@ -257,6 +257,8 @@ class Batcher(Generic[In, Out]):
                     fail(batch, ShuttingDown())
                     raise
                 except Exception as error:  # the batch fails, the batcher does not
+                    if len(batch) > 1 and self._on_isolate:
+                        self._on_isolate()
                     await self._failed(batch, error)
                     continue
                 for pending, result in zip(batch, results, strict=True):
@@ -278,8 +280,6 @@ class Batcher(Generic[In, Out]):
                 fail(batch, BatchFailed(self.name, error))
             return
         log.warning("%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error)
-        if self._on_isolate:
-            self._on_isolate()
         try:
             for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
                 try:

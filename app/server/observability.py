@@ -114,8 +114,8 @@ class Metrics:
         )
         self.isolated = Counter(
             "vae_isolated_batches",
-            "Batches of several requests that failed and were run again in parts, so that only a "
-            "request that fails alone gets an error",
+            "Batches of several requests that failed, whose requests then ran again in parts so that "
+            "only a request that fails alone gets an error",
             ["model", "op"],
             registry=self.registry,
         )

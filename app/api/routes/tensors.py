@@ -25,7 +25,7 @@ from PIL import Image
 
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
-from app.api.schemas import ERROR_RESPONSES, MAX_SEED
+from app.api.schemas import MAX_SEED, RUN_RESPONSES
 from app.config import Settings
 from app.engine.errors import BadLatentShape, OverLimit
 from app.engine.registry import LoadedModel
@@ -186,12 +186,15 @@ TENSOR_HEADERS = {
 def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
     media = [TENSOR_MEDIA, *(IMAGE_MEDIA[kind] for kind in images)]
     ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image file" if images else "")}
-    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
+    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **RUN_RESPONSES}
 
 
 @router.post(
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
+    description="`shape` is [B, *latent shape] (or one latent's shape): the model's latent_shape, whose "
+    "null sizes follow the image size (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "latent; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers("png", "jpg"),
     openapi_extra=BINARY_BODY,
@@ -246,6 +249,10 @@ async def decode_tensor(
 @router.post(
     "/{name}/encode",
     summary="Encode an image file or a binary image tensor: diffusers' remote_encode endpoint",
+    description="The body is one image file (no `shape`), or a tensor of `shape` [B, C, H, W] (or [C, H, W]) "
+    "with the model's channels and its image size, or for a model that takes any size, sides that are "
+    "multiples of its image_multiple (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "image; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers(),
     openapi_extra=BINARY_BODY,

@@ -83,7 +83,9 @@ def uploads_to_array(uploads: list[Upload], backend: Backend, max_pixels: int) -
         if arrays[-1].shape != arrays[0].shape:  # a model of variable size takes each image as it is
             height, width = arrays[-1].shape[1:]
             first = "x".join(map(str, arrays[0].shape[:0:-1]))
-            raise ImageError(f"{upload.where}: image is {width}x{height}; the images of one request share one size ({first})")
+            raise ImageError(
+                f"{upload.where}: image is {width}x{height}; the images of one request share one size ({first})"
+            )
     return np.stack(arrays)
 
 

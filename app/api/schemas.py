@@ -14,6 +14,8 @@ from app.engine.operations import Scores
 # float32 maths finite.
 LATENT_BOUND = 1000.0
 MAX_SEED = 2**63 - 1
+# A black 28x28 PNG, base64: request examples that work as they are.
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR42mNgGAWjYBQQAwADLAAB1wvpfAAAAABJRU5ErkJggg=="
 
 
 def label(value: object) -> int | str:
@@ -105,12 +107,12 @@ class ImagesRequest(Request):
 
 
 class EncodeRequest(ImagesRequest):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "fashion-vae", "images": ["iVBORw0KGgo..."]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "fashion-vae", "images": [EXAMPLE_PNG]}]})
 
 
 class ReconstructRequest(ImagesRequest, ImageOutput):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "fashion-vae", "images": ["iVBORw0KGgo..."], "format": "json"}]}
+        json_schema_extra={"examples": [{"model": "fashion-vae", "images": [EXAMPLE_PNG], "format": "json"}]}
     )
 
 
@@ -121,7 +123,7 @@ class ScoreRequest(ImagesRequest):
     seed: Seed = Field(0, description="Seeds the Monte Carlo estimates, so scores are deterministic")
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "fashion-vae", "images": ["iVBORw0KGgo..."], "k": 100}]}
+        json_schema_extra={"examples": [{"model": "fashion-vae", "images": [EXAMPLE_PNG], "k": 100}]}
     )
 
 

@@ -279,7 +279,9 @@ class Batcher(Generic[In, Out]):
                 log.error("%s: a request failed", self.name, exc_info=error)
                 fail(batch, BatchFailed(self.name, error))
             return
-        log.warning("%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error)
+        log.warning(
+            "%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error
+        )
         try:
             for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
                 try:

@@ -341,9 +341,7 @@ class Engine:
                 batcher.close()
         self.worker.close()
 
-    def _observers(
-        self, name: str, op: str
-    ) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None, OnIsolate | None]:
+    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None, OnIsolate | None]:
         if self.metrics is None:
             return None, None, None, None
         return (

@@ -42,8 +42,10 @@ def test_what_passes_comes_back_as_float32_and_int64(cvae_model: LoadedModel, va
             "encode",
             images(1),
             None,
-            "labels: model 'tiny-cvae' is conditional: give one label per image, a class name or index "
-            "(Circle, Square, Cross)",
+            (
+                "labels: model 'tiny-cvae' is conditional: give one label per image, a class name or index "
+                "(Circle, Square, Cross)"
+            ),
         ),
         ("decode", np.zeros((2, 4)), np.array([0]), "labels: (1,) int64; give one class index per latent (2)"),
         ("decode", np.zeros((1, 4)), np.array([3]), "labels: class indices must be 0-2 for model 'tiny-cvae'"),

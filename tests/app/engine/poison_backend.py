@@ -7,16 +7,12 @@ HOLD waits until `gate` opens, so that tests can queue requests into one batch b
 
 from __future__ import annotations
 
-import hashlib
-import json
 import threading
-from pathlib import Path
 
 import torch
 
-from app.engine.backend import Loaded
 from app.engine.errors import InvalidInput
-from tests.app.engine.toy_backend import ToyBackend
+from tests.app.engine.toy_backend import ToyBackend, ToyFamily
 
 SUFFIX = ".poison.json"
 POISON, HOLD = 13.0, 99.0
@@ -45,15 +41,10 @@ class PoisonBackend(ToyBackend):
         return super().decode(z, labels)
 
 
-class PoisonFamily:
+class PoisonFamily(ToyFamily):
     name = "poison"
-
-    def model_name(self, path: Path) -> str | None:
-        return path.name.removesuffix(SUFFIX) if path.name.endswith(SUFFIX) else None
-
-    def load(self, path: Path, device: torch.device) -> Loaded:
-        data = path.read_bytes()
-        return Loaded(PoisonBackend(float(json.loads(data)["gain"])), hashlib.sha256(data).hexdigest())
+    suffix = SUFFIX
+    backend = PoisonBackend
 
 
 family = PoisonFamily()

@@ -33,7 +33,6 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.ShuttingDown, 503),
     (errors.TimedOut, 504),
     (errors.Abandoned, 499),  # nginx's "client closed request": nobody reads it, the log and metrics do
-    (errors.OutOfMemory, 503),
     (errors.NeedsTooMuchMemory, 413),
     (errors.BatchFailed, 500),
     (ImageTooLarge, 413),

@@ -264,8 +264,9 @@ def memory_guarded(
     run: Callable[[Passes, list[Any]], list[Any]], passes: Passes, name: str
 ) -> Callable[[list[Any]], list[Any]]:
     """`run` for the batcher: a batch that runs out of memory fails with an error that says so
-    (`OutOfMemory`, or `NeedsTooMuchMemory` for a request alone), after the memory is freed, so
-    that the next batch starts with it free."""
+    (`OutOfMemory`, which the batcher answers by running the batch again in parts, or
+    `NeedsTooMuchMemory` for a request alone), after the memory is freed, so that the next
+    batch starts with it free."""
 
     def guarded(jobs: list[Any]) -> list[Any]:
         try:

@@ -80,12 +80,14 @@ def test_a_poisoned_request_fails_alone_and_its_batch_gets_the_bytes_it_gets_alo
     backend.gate.clear()
     backend.calls.clear()
     with ThreadPoolExecutor(5) as pool:
-        holding = pool.submit(v1_json, client, [HOLD, 0.0, 0.0])  # holds the worker until the gate opens
-        until(backend.holding.is_set)
-        together = {name: pool.submit(send, client, good[name]) for name, send in PROTOCOLS.items()}
-        bad = pool.submit(PROTOCOLS[poisoned], client, [POISON, 0.0, 0.0])
-        until(lambda: metric(client.get("/metrics").text, "vae_queue_depth", model="poison") == 4)
-        backend.gate.set()
+        try:
+            holding = pool.submit(v1_json, client, [HOLD, 0.0, 0.0])  # holds the worker until the gate opens
+            until(backend.holding.is_set)
+            together = {name: pool.submit(send, client, good[name]) for name, send in PROTOCOLS.items()}
+            bad = pool.submit(PROTOCOLS[poisoned], client, [POISON, 0.0, 0.0])
+            until(lambda: metric(client.get("/metrics").text, "vae_queue_depth", model="poison") == 4)
+        finally:
+            backend.gate.set()
         assert holding.result().status_code == 200
         for name, answer in together.items():
             assert answer.result().status_code == 200, answer.result().text

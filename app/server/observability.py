@@ -2,7 +2,7 @@
 
 Each app owns its `Metrics` (a private `CollectorRegistry`, never the global default one), so
 several apps in one process do not share or clash over series. The engine reports its batches,
-queue depth and dropped requests through `Metrics`, its metrics sink.
+queue depth, dropped requests and isolated batches through `Metrics`, its metrics sink.
 """
 
 from __future__ import annotations
@@ -124,6 +124,13 @@ class Metrics:
             ["model", "op"],
             registry=self.registry,
         )
+        self.isolated = Counter(
+            "vae_isolated_batches",
+            "Batches of several requests that failed, whose requests then ran again in parts so that "
+            "only a request that fails alone gets an error",
+            ["model", "op"],
+            registry=self.registry,
+        )
         self.registry.register(ModelCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
@@ -145,6 +152,9 @@ class Metrics:
 
     def observe_drop(self, model: str, op: str) -> None:
         self.dropped.labels(model, op).inc()
+
+    def observe_isolation(self, model: str, op: str) -> None:
+        self.isolated.labels(model, op).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

@@ -60,7 +60,7 @@ def steer(case: Case) -> Case:
     if case.operation.path.startswith("/v1/models/{name}/"):
         case.path_parameters = {"name": "tiny-vae"}
         query = case.query if isinstance(case.query, dict) else {}
-        for name in ("shape", "dtype", "height", "width"):
+        for name in ("shape", "dtype", "height", "width", "labels"):  # tiny-vae is unconditional
             query.pop(name, None)
         if case.operation.path.endswith("/decode"):
             query.update(shape=[1, 4], dtype="float32")

@@ -4,7 +4,8 @@
 The body is the tensor's raw little-endian bytes (app/tensors.py); `shape` (repeated), `dtype`
 and the options are query parameters, as that client sends them; a tensor answer carries
 `shape` (a JSON list) and `dtype` headers. Every model has them, the project's own included.
-Shapes and limits are checked from the query, before the body is read.
+Shapes, limits and labels (a conditional model's classes, `labels` repeated once per row) are
+checked from the query, before the body is read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,7 @@ from PIL import Image
 
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
-from app.api.schemas import ERROR_RESPONSES, MAX_SEED
+from app.api.schemas import MAX_SEED, RUN_RESPONSES
 from app.config import Settings
 from app.engine.errors import BadLatentShape, OverLimit
 from app.engine.registry import LoadedModel
@@ -46,6 +47,13 @@ Shift = Annotated[float | None, Query(ge=-1e3, le=1e3, description="diffusers' s
 DoScaling = Annotated[
     bool | None,
     Query(description="Deprecated by diffusers: true without scaling_factor uses the model's own factors"),
+]
+Labels = Annotated[
+    list[str] | None,
+    Query(
+        description="Conditional models (required): one class per row, a name or an index, repeated "
+        "(`labels=Sneaker&labels=3`); unconditional models take none"
+    ),
 ]
 
 
@@ -178,12 +186,15 @@ TENSOR_HEADERS = {
 def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
     media = [TENSOR_MEDIA, *(IMAGE_MEDIA[kind] for kind in images)]
     ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image file" if images else "")}
-    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
+    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **RUN_RESPONSES}
 
 
 @router.post(
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
+    description="`shape` is [B, *latent shape] (or one latent's shape): the model's latent_shape, whose "
+    "null sizes follow the image size (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "latent; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers("png", "jpg"),
     openapi_extra=BINARY_BODY,
@@ -206,6 +217,7 @@ async def decode_tensor(
     do_scaling: DoScaling = None,
     height: Annotated[int | None, Query(description="Packed latents' height: not supported")] = None,
     width: Annotated[int | None, Query(description="Packed latents' width: not supported")] = None,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, decode_tensor)
     model = service.engine.model(name)
@@ -218,13 +230,14 @@ async def decode_tensor(
     batch = latent_shape(model, shape, service.settings)
     if output_type == "pil" and batch[0] > 1:
         raise unprocessable(f"shape: output_type=pil returns one image; got {batch[0]} latents: use output_type=pt")
+    classes = model.label_array(labels, batch[0], "latent")
     latents = scaling(model, scaling_factor, shift_factor, do_scaling).to_model(
         await body_tensor(request, batch, dtype)
     )
     if not np.isfinite(latents).all():
         raise unprocessable("body: latents / scaling_factor + shift_factor overflow float32")
     values = output_type == "pt" and not partial_postprocess
-    images = await service.engine.decode(model, latents, None, client_gone(request), values=values)
+    images = await service.engine.decode(model, latents, classes, client_gone(request), values=values)
     if values:
         return tensor_response(from_unit(images, model.backend.image.value_range), model)
     if output_type == "pt":
@@ -236,6 +249,10 @@ async def decode_tensor(
 @router.post(
     "/{name}/encode",
     summary="Encode an image file or a binary image tensor: diffusers' remote_encode endpoint",
+    description="The body is one image file (no `shape`), or a tensor of `shape` [B, C, H, W] (or [C, H, W]) "
+    "with the model's channels and its image size, or for a model that takes any size, sides that are "
+    "multiples of its image_multiple (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "image; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers(),
     openapi_extra=BINARY_BODY,
@@ -251,17 +268,19 @@ async def encode_tensor(
     do_scaling: DoScaling = None,
     sample: Annotated[bool, Query(description="true: a posterior sample drawn with `seed`; false: the mean")] = False,
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="Seeds the posterior sample")] = 0,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, encode_tensor)
     model = service.engine.model(name)
     settings = service.settings
-    if shape is None:  # an image file, as remote_encode sends a PIL image
+    batch = None if shape is None else image_shape(model, shape, settings)
+    classes = model.label_array(labels, 1 if batch is None else batch[0], "image")
+    if batch is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)
     else:
-        batch = image_shape(model, shape, settings)
         x = await body_tensor(request, batch, dtype)
         x = x / np.float32(255) if dtype == "uint8" else to_unit(x, model.backend.image.value_range)
-    encoding = await service.engine.encode(model, x, None, client_gone(request), seed=seed if sample else None)
+    encoding = await service.engine.encode(model, x, classes, client_gone(request), seed=seed if sample else None)
     latents = encoding.sample if sample else encoding.mean
     return tensor_response(scaling(model, scaling_factor, shift_factor, do_scaling).from_model(latents), model)

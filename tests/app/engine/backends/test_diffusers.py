@@ -201,6 +201,10 @@ def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
         "/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))]
     )
     assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]
+    sizes = [("files", ("a.png", png(PHOTO), "image/png")), ("files", ("b.png", png(PHOTO[:, :14]), "image/png"))]
+    mixed = client.post("/v1/encode", data={"model": "tiny-kl"}, files=sizes)
+    assert mixed.status_code == 422
+    assert mixed.json()["detail"] == "files[1] (b.png): image is 14x12; the images of one request share one size (16x12)"
 
 
 def test_an_out_of_memory_fails_its_batch_and_the_next_one_works(

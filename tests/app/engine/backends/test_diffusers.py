@@ -20,8 +20,8 @@ from app.engine.backends.diffusers import (
     LatentGaussian,
     compute_dtype,
     load_diffusers,
-    read_config,
 )
+from app.engine.backends.diffusers_folders import read_json
 from app.engine.errors import StartupError
 from app.engine.operations import ArrayJob, SampleJob, run_encode, run_sample
 from app.engine.passes import Passes
@@ -38,7 +38,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def reference(folder: Path) -> torch.nn.Module:
-    config = read_config(folder)
+    config = read_json(folder / "config.json")
     return (
         getattr(diffusers, config["_class_name"])
         .from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
@@ -129,10 +129,11 @@ def test_uploads_must_fit_the_downsampling(folders: dict[str, Path]) -> None:
 
 def test_folders_that_are_no_autoencoder_say_why(tmp_path: Path) -> None:
     with pytest.raises(DiffusersError, match="no config.json"):
-        read_config(tmp_path)
+        load_diffusers(tmp_path, CPU)
     (tmp_path / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(DiffusersError, match="_class_name is 'UNet2DModel'; served classes: AutoencoderKL"):
-        read_config(tmp_path)
+        load_diffusers(tmp_path, CPU)
 
 
 @pytest.fixture(scope="module")

@@ -293,3 +293,33 @@ def test_encode_to_packed_pipeline_latents_is_the_inverse_of_decode(server: str)
         np.testing.assert_allclose(
             np.frombuffer(again.content, "<f4"), np.frombuffer(direct.content, "<f4"), rtol=0, atol=FLOAT_TOLERANCE
         )
+
+
+def test_models_report_what_each_class_is(server: str) -> None:
+    listed = {m["name"]: m for m in httpx.get(f"{server}/v1/models").json()["models"]}
+    assert set(NAMES) <= set(listed)
+    for name in NAMES:
+        details, capabilities = listed[name]["details"], listed[name]["capabilities"]
+        assert {"class", "latent_channels", "downsampling", "scaling_factor", "shift_factor"} <= set(details)
+        stochastic = details["stochastic_encoder"]
+        assert ("sample" in capabilities) == stochastic  # the N(0, I) prior of a posterior's KL term
+        assert {"encode", "decode", "reconstruct", "score", "interpolate"} <= set(capabilities)
+    qwen = listed["tiny-qwenimage"]
+    assert qwen["latent_shape"] == [4, 1, None, None] and qwen["image_multiple"] == 4
+    assert qwen["details"]["pipeline_latents"] == "(z - latents_mean) / latents_std, per channel"
+    assert listed["tiny-qwenimage21"]["image_shape"][0] == 4
+    assert listed["tiny-dc"]["details"]["stochastic_encoder"] is False
+    assert listed["tiny-consistency"]["details"]["decode_options"].keys() == {"seed", "steps"}
+
+
+@pytest.mark.parametrize("name", NAMES)
+def test_uploads_are_reconstructed_and_scored_as_each_class_defines(server: str, name: str) -> None:
+    channels = 4 if name == "tiny-qwenimage21" else 3
+    buffer = io.BytesIO()
+    photo(channels).save(buffer, format="PNG")
+    files = [("files", ("photo.png", buffer.getvalue(), "image/png"))]
+    reconstructed = httpx.post(f"{server}/v1/reconstruct", data={"model": name}, files=files, timeout=60)
+    assert reconstructed.status_code == 200 and Image.open(io.BytesIO(reconstructed.content)).size == (16, 16)
+    score = httpx.post(f"{server}/v1/score", data={"model": name}, files=files, timeout=60).json()["scores"][0]
+    stochastic = name not in ("tiny-taesd", "tiny-dc", "tiny-vq")
+    assert set(score) == ({"kl_nats", "mse", "psnr_db"} if stochastic else {"mse", "psnr_db"})

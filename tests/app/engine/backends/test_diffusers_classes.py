@@ -107,7 +107,7 @@ def test_the_consistency_decoder_takes_seed_and_steps_per_row(
     assert backend.describe()["decode_options"].keys() == {"seed", "steps"}
 
 
-@pytest.mark.parametrize("name", ["tiny-dc", "tiny-qwenimage", "tiny-hunyuanimage", "tiny-kvae", "tiny-flux2"])
+@pytest.mark.parametrize("name", ["tiny-dc", "tiny-qwenimage", "tiny-qwenimage21", "tiny-hunyuanimage", "tiny-kvae", "tiny-flux2"])
 @torch.inference_mode()
 def test_large_images_are_tiled_as_diffusers_tiles_them(
     loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], folders: dict[str, Path], name: str

@@ -3,10 +3,17 @@ small configs of diffusers' own tests (tests/models/autoencoders/, tests/pipelin
 
 from __future__ import annotations
 
+from collections.abc import Iterator
+from contextlib import contextmanager
 from pathlib import Path
 from typing import Any
 
 import torch
+
+from tests.deploy.support import Replica
+
+# Start-up loads and calibrates every model; generous, for a busy CI machine.
+START_TIMEOUT = 300.0
 
 # AutoencoderKL of SD's shape (two down blocks: downsampling 2) at a fraction of its width.
 TINY_KL = {
@@ -178,3 +185,15 @@ def save(folder: Path, models: dict[str, tuple[str, dict[str, Any]]]) -> dict[st
     for name, (kind, config) in models.items():
         build(kind, config).save_pretrained(folder / name)
     return {name: folder / name for name in models}
+
+
+@contextmanager
+def served(folder: Path, logs: Path, max_pixels: int = 64 * 64) -> Iterator[Replica]:
+    """A real server (one torch thread, offline) of the models in `folder`, its log in `logs`."""
+    settings = {"VAE_TORCH_THREADS": "1", "VAE_MAX_PIXELS": str(max_pixels), "VAE_MAX_N": "4", "HF_HUB_OFFLINE": "1"}
+    replica = Replica(folder, logs / "server.log", settings)
+    try:
+        replica.wait_ready(timeout=START_TIMEOUT)
+        yield replica
+    finally:
+        replica.stop()

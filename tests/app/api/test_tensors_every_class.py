@@ -19,8 +19,7 @@ import torch
 from PIL import Image
 
 from app.tensors import tensor_bytes
-from tests.deploy.support import Replica
-from tests.diffusers_models import TINY, save_every_class
+from tests.diffusers_models import TINY, save_every_class, served
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.image_processor import VaeImageProcessor
@@ -47,7 +46,6 @@ Flux2Pipeline = SimpleNamespace(
     )
 )
 
-START_TIMEOUT = 300.0
 FLOAT_TOLERANCE = 1e-5
 PIXEL_TOLERANCE = 1
 NAMES = ["tiny-kl", "tiny-taesd", *TINY]
@@ -68,14 +66,8 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Path, to
 
 @pytest.fixture(scope="module")
 def server(models: dict[str, tuple[Path, torch.nn.Module]], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = next(iter(models.values()))[0].parent
-    settings = {"VAE_TORCH_THREADS": "1", "VAE_MAX_PIXELS": str(64 * 64), "VAE_MAX_N": "4", "HF_HUB_OFFLINE": "1"}
-    replica = Replica(folder, tmp_path_factory.mktemp("logs") / "server.log", settings)
-    try:
-        replica.wait_ready(timeout=START_TIMEOUT)
+    with served(next(iter(models.values()))[0].parent, tmp_path_factory.mktemp("logs")) as replica:
         yield replica.url
-    finally:
-        replica.stop()
 
 
 def model_of(models: dict[str, tuple[Path, torch.nn.Module]], name: str) -> torch.nn.Module:

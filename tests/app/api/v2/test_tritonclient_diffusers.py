@@ -13,25 +13,19 @@ import numpy as np
 import pytest
 
 from tests.deploy.support import Replica
-from tests.diffusers_models import TINY, save_every_class
+from tests.diffusers_models import TINY, save_every_class, served
 
 pytest.importorskip("diffusers")
 triton = pytest.importorskip("tritonclient.http")
 
-START_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     folder = tmp_path_factory.mktemp("diffusers-v2")
     save_every_class(folder)
-    settings = {"VAE_TORCH_THREADS": "1", "VAE_MAX_PIXELS": str(64 * 64), "VAE_MAX_N": "4", "HF_HUB_OFFLINE": "1"}
-    replica = Replica(folder, tmp_path_factory.mktemp("logs") / "server.log", settings)
-    try:
-        replica.wait_ready(timeout=START_TIMEOUT)
+    with served(folder, tmp_path_factory.mktemp("logs")) as replica:
         yield replica
-    finally:
-        replica.stop()
 
 
 @pytest.fixture(scope="module")

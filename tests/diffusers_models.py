@@ -120,7 +120,14 @@ TINY: dict[str, tuple[str, dict[str, Any]]] = {
     ),
     "tiny-kvae": (
         "AutoencoderKLKVAE",
-        {"channels": 32, "num_enc_blocks": 1, "num_dec_blocks": 1, "z_channels": 4, "ch_mult": [1, 2], "sample_size": 32},
+        {
+            "channels": 32,
+            "num_enc_blocks": 1,
+            "num_dec_blocks": 1,
+            "z_channels": 4,
+            "ch_mult": [1, 2],
+            "sample_size": 32,
+        },
     ),
     "tiny-qwenimage": (
         "AutoencoderKLQwenImage",

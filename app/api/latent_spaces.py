@@ -62,7 +62,9 @@ def packed(model: LoadedModel, given: list[int], height: int | None, width: int 
             f"shape: packed latents of {height}x{width} images for model '{model.name}' are "
             f"[B, {want[0]}, {want[1]}]; got {given}"
         )
-    return Packed(tuple(given), [given[0], *backend.latent_shape(h * backend.image.multiple, w * backend.image.multiple)])
+    return Packed(
+        tuple(given), [given[0], *backend.latent_shape(h * backend.image.multiple, w * backend.image.multiple)]
+    )
 
 
 def flat(z: np.ndarray) -> np.ndarray:

@@ -285,7 +285,9 @@ async def encode_tensor(
     sample: Annotated[bool, Query(description="true: a posterior sample drawn with `seed`; false: the mean")] = False,
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="Seeds the posterior sample")] = 0,
     latents: Space = "vae",
-    pack: Annotated[bool, Query(description="true: packed [B, (h/2)(w/2), 4C], as Flux and Qwen-Image hold them")] = False,
+    pack: Annotated[
+        bool, Query(description="true: packed [B, (h/2)(w/2), 4C], as Flux and Qwen-Image hold them")
+    ] = False,
 ) -> Response:
     known_parameters(request, encode_tensor)
     model = service.engine.model(name)

@@ -70,7 +70,9 @@ def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shif
         return mean_std_space(config.latents_mean, config.latents_std)
     if spec.normalisation == "batch_norm":
         bn = model.bn
-        return batch_norm_space(bn.running_mean.float().cpu().numpy(), bn.running_var.float().cpu().numpy(), config.batch_norm_eps)
+        return batch_norm_space(
+            bn.running_mean.float().cpu().numpy(), bn.running_var.float().cpu().numpy(), config.batch_norm_eps
+        )
     return scale_space(scaling, shift)
 
 
@@ -147,14 +149,18 @@ class DiffusersBackend:
         q = encoded.latent_dist
         return LatentGaussian(q.mean, q.logvar)
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None, options: torch.Tensor | None = None) -> torch.Tensor:
+    def decode(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, options: torch.Tensor | None = None
+    ) -> torch.Tensor:
         """z: unscaled latents -> [B, C, H, W] images in [0, 1] (not clamped: VaeImageProcessor.
         denormalize's clamp comes with the conversion to pixels). `options`: [B, k] values of the
         class's decode options per row (the consistency decoder's seed and steps), else their defaults."""
         self._tiling(max(z.shape[-2:]), latent=True)
         z = z.to(self.dtype)
         if self.decode_options:
-            images = torch.cat([self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))])
+            images = torch.cat(
+                [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
+            )
         else:
             images = self.model.decode(z).sample
         if self.spec.frames:
@@ -220,7 +226,9 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
     if kind in NOT_SERVED:
         raise DiffusersError(f"{located.folder}: {kind} is not served: {NOT_SERVED[kind]}")
     if kind not in CLASSES:
-        raise DiffusersError(f"{located.folder / 'config.json'}: _class_name is {kind!r}; served classes: {', '.join(CLASSES)}")
+        raise DiffusersError(
+            f"{located.folder / 'config.json'}: _class_name is {kind!r}; served classes: {', '.join(CLASSES)}"
+        )
     try:
         import diffusers  # an optional extra: imported only when a diffusers folder is served
     except ImportError:

@@ -264,7 +264,9 @@ ZEROS = np.zeros((1, 24, 16), "<f4").tobytes()
         ("tiny-kl", ZEROS, {"shape": [1, 24, 16], "height": 10**7, "width": 16}, "less than or equal to"),
     ],
 )
-def test_hostile_latent_layouts_get_4xx(server: str, name: str, body: bytes, params: dict[str, object], message: str) -> None:
+def test_hostile_latent_layouts_get_4xx(
+    server: str, name: str, body: bytes, params: dict[str, object], message: str
+) -> None:
     answer = post(server, name, "decode", body, **params)
     assert answer.status_code == 422 and message in answer.text, answer.text
 

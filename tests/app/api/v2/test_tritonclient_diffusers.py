@@ -6,7 +6,6 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
@@ -17,7 +16,6 @@ from tests.diffusers_models import TINY, save_every_class, served
 
 pytest.importorskip("diffusers")
 triton = pytest.importorskip("tritonclient.http")
-
 
 
 @pytest.fixture(scope="module")

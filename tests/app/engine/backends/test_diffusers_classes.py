@@ -48,7 +48,9 @@ def test_every_class_of_the_table_has_a_tiny_model() -> None:
 
 @pytest.mark.parametrize("name", NAMES)
 @torch.inference_mode()
-def test_encode_and_decode_equal_diffusers(loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str) -> None:
+def test_encode_and_decode_equal_diffusers(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
+) -> None:
     backend, model = loaded[name]
     spec = backend.spec
     x = images(backend.image.channels)
@@ -107,7 +109,9 @@ def test_the_consistency_decoder_takes_seed_and_steps_per_row(
     assert backend.describe()["decode_options"].keys() == {"seed", "steps"}
 
 
-@pytest.mark.parametrize("name", ["tiny-dc", "tiny-qwenimage", "tiny-qwenimage21", "tiny-hunyuanimage", "tiny-kvae", "tiny-flux2"])
+@pytest.mark.parametrize(
+    "name", ["tiny-dc", "tiny-qwenimage", "tiny-qwenimage21", "tiny-hunyuanimage", "tiny-kvae", "tiny-flux2"]
+)
 @torch.inference_mode()
 def test_large_images_are_tiled_as_diffusers_tiles_them(
     loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], folders: dict[str, Path], name: str
@@ -143,7 +147,9 @@ def test_rgba_uploads_for_a_four_channel_model(loaded: dict[str, tuple[Diffusers
 
 def test_what_models_report(loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]]) -> None:
     facts = {name: backend.describe() for name, (backend, _) in loaded.items()}
-    assert facts["tiny-qwenimage"]["latent_layout"] == "[B, 4, 1, h, w]" and facts["tiny-qwenimage"]["downsampling"] == 4
+    assert (
+        facts["tiny-qwenimage"]["latent_layout"] == "[B, 4, 1, h, w]" and facts["tiny-qwenimage"]["downsampling"] == 4
+    )
     assert facts["tiny-qwenimage21"]["image_channels"] == 4
     assert facts["tiny-dc"]["stochastic_encoder"] is False and facts["tiny-kvae"]["stochastic_encoder"] is True
     assert facts["tiny-dc"]["scaling_factor"] == pytest.approx(0.41407) and facts["tiny-vq"]["tile"] is None

@@ -31,7 +31,11 @@ REVISION = "0123456789abcdef0123456789abcdef01234567"
 def pipeline_folder(folder: Path, vae: torch.nn.Module) -> Path:
     """A pipeline as save_pretrained writes one: model_index.json and a folder per component."""
     folder.mkdir(parents=True)
-    index = {"_class_name": "StableDiffusionPipeline", "_diffusers_version": "0.42.1", "vae": ["diffusers", "AutoencoderKL"]}
+    index = {
+        "_class_name": "StableDiffusionPipeline",
+        "_diffusers_version": "0.42.1",
+        "vae": ["diffusers", "AutoencoderKL"],
+    }
     index["unet"] = ["diffusers", "UNet2DConditionModel"]
     (folder / "model_index.json").write_text(json.dumps(index))
     vae.save_pretrained(folder / "vae")
@@ -91,7 +95,9 @@ def test_pipeline_folders_hub_snapshots_and_variants_are_served(client: TestClie
     with torch.inference_mode():
         expected = kl.decode(torch.from_numpy(z)).sample.numpy()
     for name, tolerance in (("sd-pipeline", 1e-5), ("org--sd-tiny", 1e-5), ("kl-fp16", 2e-2)):
-        answer = client.post(f"/v1/models/{name}/decode", content=z.tobytes(), params={"shape": [1, 4, 4, 6], "output_type": "pt"})
+        answer = client.post(
+            f"/v1/models/{name}/decode", content=z.tobytes(), params={"shape": [1, 4, 4, 6], "output_type": "pt"}
+        )
         assert answer.status_code == 200, answer.text
         got = np.frombuffer(answer.content, "<f4").reshape(expected.shape)
         np.testing.assert_allclose(got, expected, rtol=0, atol=tolerance)  # fp16: weights rounded to float16
@@ -132,7 +138,10 @@ def test_what_cannot_be_served_stops_start_up_with_one_line(tmp_path: Path, kl: 
     rae.mkdir()
     (rae / "config.json").write_text('{"_class_name": "AutoencoderRAE"}')
     (rae / "diffusion_pytorch_model.safetensors").write_bytes(b"")
-    assert "AutoencoderRAE is not served: its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers" in one_line(rae)
+    assert (
+        "AutoencoderRAE is not served: its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers"
+        in one_line(rae)
+    )
     entry = tmp_path / "models--org--two"
     for revision in ("a", "b"):
         shutil.copytree(pickled, entry / "snapshots" / revision)

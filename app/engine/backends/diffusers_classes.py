@@ -90,8 +90,8 @@ CLASSES: dict[str, ClassSpec] = {
 
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {
-    "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W] with temporal compression): "
-    "the video issue",
+    "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
+    "pipeline reorders latent frames into channels (_restore_image_tokens_order): the video issue",
     "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): the video issue",
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which is not a "
     "dependency of this service: install transformers",

@@ -91,7 +91,8 @@ class DiffusersBackend:
         self.factor = spec.factor(config)
         self.latent_channels: int = int(config[spec.latent_channels])
         channels = int(config[spec.image_channels]) if spec.image_channels else 3
-        self.sample_size: int = int(getattr(config, "sample_size", None) or DEFAULT_TILE)
+        sample_size = getattr(config, "sample_size", None) or DEFAULT_TILE
+        self.sample_size: int = int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size)
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
         self.force_upcast = bool(getattr(config, "force_upcast", False))

@@ -93,6 +93,6 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
     "pipeline reorders latent frames into channels (_restore_image_tokens_order): the video issue",
     "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): the video issue",
-    "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which is not a "
-    "dependency of this service: install transformers",
+    "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
+    "service does not install",
 }

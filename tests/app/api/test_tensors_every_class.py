@@ -314,6 +314,14 @@ def test_uploads_are_reconstructed_and_scored_as_each_class_defines(server: str,
     files = [("files", ("photo.png", buffer.getvalue(), "image/png"))]
     reconstructed = httpx.post(f"{server}/v1/reconstruct", data={"model": name}, files=files, timeout=60)
     assert reconstructed.status_code == 200 and Image.open(io.BytesIO(reconstructed.content)).size == (16, 16)
+    path = httpx.post(f"{server}/v1/interpolate", data={"model": name, "steps": 3}, files=files * 2, timeout=60)
+    assert path.status_code == 200 and Image.open(io.BytesIO(path.content)).size == (3 * 16, 16)
     score = httpx.post(f"{server}/v1/score", data={"model": name}, files=files, timeout=60).json()["scores"][0]
     stochastic = name not in ("tiny-taesd", "tiny-dc", "tiny-vq")
     assert set(score) == ({"kl_nats", "mse", "psnr_db"} if stochastic else {"mse", "psnr_db"})
+
+
+def test_a_single_frame_model_samples_its_prior(server: str) -> None:
+    """N(0, I) latents [C, 1, h, w] at the native size (Qwen-Image's config has none: 512)."""
+    sample = httpx.get(f"{server}/v1/sample", params={"model": "tiny-qwenimage", "n": 1, "seed": 2}, timeout=120)
+    assert sample.status_code == 200 and Image.open(io.BytesIO(sample.content)).size == (512, 512)

@@ -236,7 +236,9 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
         raise DiffusersError(f"{path}: serving it needs diffusers: pip install 'vaeserve[diffusers]'") from None
 
     if not hasattr(diffusers, kind):
-        raise DiffusersError(f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42")
+        raise DiffusersError(
+            f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
+        )
     dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)))
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.

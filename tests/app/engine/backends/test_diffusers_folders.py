@@ -9,6 +9,7 @@ import copy
 import hashlib
 import json
 import shutil
+import socket
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -79,8 +80,12 @@ def folders(tmp_path_factory: pytest.TempPathFactory, kl: torch.nn.Module) -> Pa
 
 @pytest.fixture(scope="module")
 def client(folders: Path) -> Iterator[TestClient]:
+    def no_network(*args: object) -> None:
+        raise OSError("no network in this test: nothing may be downloaded")
+
     with pytest.MonkeyPatch.context() as patch:
         patch.setenv("HF_HUB_OFFLINE", "1")
+        patch.setattr(socket.socket, "connect", no_network)  # the test client needs no socket
         with TestClient(create_app(Settings(model_dir=folders, device="cpu", torch_threads=1))) as client:
             yield client
 

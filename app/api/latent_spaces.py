@@ -44,6 +44,13 @@ def pipeline(model: LoadedModel) -> PipelineSpace:
     return space
 
 
+def check(model: LoadedModel, space: str, packing: bool, how: str) -> None:
+    """Before any work: the model has the pipeline latents asked for, in the layout asked for
+    (`how`: what the client must give for packed latents)."""
+    if space == "pipeline" and pipeline(model).packed_only and not packing:
+        raise unprocessable(f"latents: model '{model.name}''s pipeline latents are packed: {how}")
+
+
 def packed(model: LoadedModel, given: list[int], height: int | None, width: int | None) -> Packed:
     """The latent shape that packed latents of `given` shape and images height x width unpack to."""
     if height is None or width is None:
@@ -80,12 +87,7 @@ def to_model(
         h, w = shape[-2:]
         z = unpack(z, h, w)
     if space == "pipeline":
-        normalisation = pipeline(model)
-        if normalisation.packed_only and layout is None:
-            raise unprocessable(
-                f"latents: model '{model.name}''s pipeline latents are packed: send [B, S, 4C] with height and width"
-            )
-        z = normalisation.to_vae(flat(z))
+        z = pipeline(model).to_vae(flat(z))
     else:
         z = scale(z)
     return np.ascontiguousarray(z.reshape(shape), dtype=np.float32)
@@ -94,10 +96,7 @@ def to_model(
 def from_model(model: LoadedModel, z: np.ndarray, space: str, scale: Elementwise, packing: bool) -> np.ndarray:
     """The model's latents as the request asked for them."""
     if space == "pipeline":
-        normalisation = pipeline(model)
-        if normalisation.packed_only and not packing:
-            raise unprocessable(f"pack: model '{model.name}''s pipeline latents are packed: ask for pack=true")
-        z = normalisation.from_vae(flat(z))
+        z = pipeline(model).from_vae(flat(z))
     else:
         z = scale(z)
     if packing:

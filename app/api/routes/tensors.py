@@ -24,7 +24,7 @@ from PIL import Image
 
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
-from app.api.latent_spaces import Packed, Space, from_model, packed, to_model
+from app.api.latent_spaces import Packed, Space, check, from_model, packed, to_model
 from app.api.schemas import ERROR_RESPONSES, MAX_SEED
 from app.config import Settings
 from app.engine.errors import BadLatentShape, OverLimit
@@ -250,6 +250,7 @@ async def decode_tensor(
         raise unprocessable(f"shape: output_type=pil returns one image; got {batch[0]} latents: use output_type=pt")
     if output_type == "pil" and image_format == "jpg" and model.backend.image.channels == 4:
         raise unprocessable(f"image_format: model '{model.name}' makes RGBA images, which JPEG cannot hold: use png")
+    check(model, latents, layout is not None, "send [B, S, 4C] with height and width")
     options = decode_options(model, {"seed": seed, "steps": steps})
     scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).to_model
     body = await body_tensor(request, layout.shape if layout else batch, dtype)
@@ -292,6 +293,7 @@ async def encode_tensor(
     known_parameters(request, encode_tensor)
     model = service.engine.model(name)
     scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).from_model
+    check(model, latents, pack, "ask for pack=true")
     settings = service.settings
     if shape is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())

@@ -214,6 +214,8 @@ def post(server: str, name: str, op: str, body: bytes, **params: object) -> http
         ("tiny-kl", b"\0" * 64, {"shape": [1, 3, 2, 2], "dtype": "float32"}, 422, "does not fit model 'tiny-kl'"),
         ("tiny-vae", b"\0" * 20, {"shape": [5], "dtype": "float32"}, 422, "does not fit model 'tiny-vae'"),
         ("tiny-kl", b"\0" * 64, {"dtype": "float32"}, 422, "shape: required"),
+        ("tiny-vae", b"\0" * 16, {"shape": [1, 4], "latents": "pipeline"}, 422, "has no pipeline latents"),
+        ("tiny-vae", b"\0" * 16, {"shape": [1, 1, 4], "height": 4, "width": 4}, 422, "which are never packed"),
         ("nope", b"", {"shape": [1]}, 404, "unknown model 'nope'"),
     ],
 )

@@ -214,6 +214,8 @@ def test_flux2_pipeline_latents_equal_the_pipelines_decode_step_and_encode_is_it
         params={"shape": list(raw.shape), "latents": "pipeline", "output_type": "pt"},
     )
     assert unpacked.status_code == 422 and "send [B, S, 4C] with height and width" in unpacked.json()["detail"]
+    unpacked = httpx.post(f"{server}/v1/models/tiny-flux2/encode", content=b"not read", params={"latents": "pipeline"})
+    assert unpacked.status_code == 422 and "pipeline latents are packed: ask for pack=true" in unpacked.text
 
     image = photo()
     x = VaeImageProcessor(vae_scale_factor=2).preprocess(image)

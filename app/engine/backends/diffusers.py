@@ -57,10 +57,13 @@ class LatentGaussian(DiagonalGaussian):
         return 0.5 * terms.sum(dim=list(range(1, terms.ndim)))
 
 
-def compute_dtype(device: torch.device, force_upcast: bool) -> torch.dtype:
-    """float16 on a GPU unless the model says it overflows there (`force_upcast`, as SDXL's
-    VAE does), then float32, as diffusers' pipelines upcast it; float32 on the CPU."""
-    return torch.float16 if device.type == "cuda" and not force_upcast else torch.float32
+def compute_dtype(device: torch.device, force_upcast: bool, gpu_dtype: str = "float16") -> torch.dtype:
+    """On a GPU the class's dtype (its row: float16 for SD-era VAEs, bfloat16 where its pipelines
+    run in bfloat16), unless the model says it overflows there (`force_upcast`, as SDXL's VAE
+    does), then float32, as diffusers' pipelines upcast it; float32 on the CPU."""
+    if device.type != "cuda" or force_upcast:
+        return torch.float32
+    return getattr(torch, gpu_dtype)
 
 
 def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace:
@@ -239,7 +242,7 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
         )
-    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)))
+    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), CLASSES[kind].gpu_dtype)
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.
         model = getattr(diffusers, kind).from_pretrained(

@@ -23,6 +23,10 @@ Encoder = Literal["posterior", "latents", "latent"]
 # "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
 # "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents.
 Normalisation = Literal["scale", "mean_std", "batch_norm"]
+# The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
+# bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
+# the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
+GpuDtype = Literal["float16", "bfloat16", "float32"]
 
 
 def blocks(key: str) -> Callable[[Config], int]:
@@ -59,6 +63,7 @@ class ClassSpec:
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
+    gpu_dtype: GpuDtype = "float16"  # a config's force_upcast makes it float32
 
 
 # The consistency decoder is a 2-step diffusion model: its noise comes from the request's seed.
@@ -72,19 +77,32 @@ CLASSES: dict[str, ClassSpec] = {
     "AutoencoderKL": ClassSpec("posterior", blocks("block_out_channels")),
     "AutoencoderTiny": ClassSpec("latents", blocks("encoder_block_out_channels")),
     "AsymmetricAutoencoderKL": ClassSpec("posterior", blocks("down_block_out_channels"), tiling=False),
-    "AutoencoderDC": ClassSpec("latent", blocks("encoder_block_out_channels")),
+    "AutoencoderDC": ClassSpec("latent", blocks("encoder_block_out_channels"), gpu_dtype="float32"),
     "VQModel": ClassSpec("latents", blocks("block_out_channels"), tiling=False),
     "ConsistencyDecoderVAE": ClassSpec(
         "posterior", blocks("encoder_block_out_channels"), decode_options=CONSISTENCY_OPTIONS
     ),
-    "AutoencoderKLFlux2": ClassSpec("posterior", blocks("block_out_channels"), normalisation="batch_norm"),
-    "AutoencoderKLHunyuanImage": ClassSpec("posterior", value("spatial_compression_ratio")),
-    "AutoencoderKLKVAE": ClassSpec("posterior", blocks("ch_mult"), latent_channels="z_channels"),
+    "AutoencoderKLFlux2": ClassSpec(
+        "posterior", blocks("block_out_channels"), normalisation="batch_norm", gpu_dtype="bfloat16"
+    ),
+    "AutoencoderKLHunyuanImage": ClassSpec("posterior", value("spatial_compression_ratio"), gpu_dtype="bfloat16"),
+    "AutoencoderKLKVAE": ClassSpec("posterior", blocks("ch_mult"), latent_channels="z_channels", gpu_dtype="float32"),
     "AutoencoderKLQwenImage": ClassSpec(
-        "posterior", downsamples("temperal_downsample"), "z_dim", frames=True, normalisation="mean_std"
+        "posterior",
+        downsamples("temperal_downsample"),
+        "z_dim",
+        frames=True,
+        normalisation="mean_std",
+        gpu_dtype="bfloat16",
     ),
     "AutoencoderKLQwenImage21": ClassSpec(
-        "posterior", value("scale_factor_spatial"), "z_dim", "in_channels", frames=True, normalisation="mean_std"
+        "posterior",
+        value("scale_factor_spatial"),
+        "z_dim",
+        "in_channels",
+        frames=True,
+        normalisation="mean_std",
+        gpu_dtype="bfloat16",
     ),
 }
 

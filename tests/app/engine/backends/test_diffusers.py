@@ -72,6 +72,9 @@ def test_half_precision_on_a_gpu_unless_the_model_says_it_overflows() -> None:
     assert compute_dtype(cuda, force_upcast=False) == torch.float16
     assert compute_dtype(cuda, force_upcast=True) == torch.float32  # SDXL's VAE sets force_upcast
     assert compute_dtype(CPU, force_upcast=False) == torch.float32
+    assert compute_dtype(cuda, False, "bfloat16") == torch.bfloat16  # Flux.2, Qwen-Image: as their pipelines
+    assert compute_dtype(cuda, True, "bfloat16") == torch.float32
+    assert compute_dtype(CPU, False, "bfloat16") == torch.float32
 
 
 @torch.inference_mode()

@@ -5,6 +5,7 @@ decoder's seed and steps), its tiling and the pipeline normalisation of its late
 
 from __future__ import annotations
 
+import copy
 from pathlib import Path
 
 import numpy as np
@@ -155,3 +156,18 @@ def test_what_models_report(loaded: dict[str, tuple[DiffusersBackend, torch.nn.M
     assert facts["tiny-dc"]["scaling_factor"] == pytest.approx(0.41407) and facts["tiny-vq"]["tile"] is None
     assert loaded["tiny-dc"][0].features == {"encoder", "decoder"}
     assert loaded["tiny-flux2"][0].features == {"encoder", "decoder", "prior", "posterior"}
+
+
+@torch.inference_mode()
+def test_a_bfloat16_model_takes_and_gives_float32(loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]]) -> None:
+    # The bfloat16 path a GPU takes for Qwen-Image, run on the CPU: inputs cast to the model's
+    # dtype, images back as float32, within bfloat16's precision of the float32 model's.
+    full, reference = loaded["tiny-qwenimage"]
+    half = DiffusersBackend(copy.deepcopy(reference).to(torch.bfloat16))
+    x = images(3)
+    q = half.encode(x)
+    assert q.mean.dtype == torch.bfloat16
+    torch.testing.assert_close(q.mean.float(), full.encode(x).mean, rtol=0, atol=5e-2)
+    decoded = half.decode(full.encode(x).mean)
+    assert decoded.dtype == torch.float32
+    torch.testing.assert_close(decoded, full.decode(full.encode(x).mean), rtol=0, atol=5e-2)

@@ -177,7 +177,9 @@ class DiffusersBackend:
         values = {name: option.default for name, option in self.decode_options.items()}
         if options is not None:
             values = {name: int(v) for name, v in zip(values, options.tolist(), strict=True)}
-        generator = seeded(values.pop("seed"), self.device)
+        # A CPU generator, as in diffusers' examples: the same noise (randn_tensor draws on the
+        # generator's device, then moves it) whatever device decodes.
+        generator = seeded(values.pop("seed"))
         return self.model.decode(z, generator=generator, num_inference_steps=values.pop("steps")).sample
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -5,7 +5,7 @@ from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
@@ -177,3 +177,10 @@ def load_registry(
         family, sha = model.backend.family, model.sha256[:12]
         log.info("loaded model %s (%s, %s, sha256 %s) on %s", model.name, family, kind, sha, device)
     return Registry(models, default)
+
+
+def device_memory(models: Iterable[LoadedModel]) -> dict[str, tuple[int, int]]:
+    """Bytes this process holds in tensors on each CUDA device that serves one of `models`, now
+    and at most since it started (torch.cuda.memory_allocated, max_memory_allocated)."""
+    devices = sorted({m.backend.device for m in models if m.backend.device.type == "cuda"}, key=str)
+    return {str(d): (torch.cuda.memory_allocated(d), torch.cuda.max_memory_allocated(d)) for d in devices}

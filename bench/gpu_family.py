@@ -42,8 +42,6 @@ class CheckFamily:
         return builtin.family.model_name(path)
 
     def load(self, path: Path, device: torch.device) -> Loaded:
-        import diffusers
-
         cap = int(os.environ.get("GPU_CHECK_CAP_BYTES") or 0)
         if cap and device.type == "cuda":
             total = torch.cuda.get_device_properties(device).total_memory
@@ -51,15 +49,8 @@ class CheckFamily:
         dtype = getattr(torch, os.environ.get("GPU_CHECK_DTYPE", "float32"))
         try:
             located = locate(path)
-            model = getattr(diffusers, located.config["_class_name"]).from_pretrained(
-                located.folder,
-                variant=located.variant,
-                use_safetensors=True,
-                local_files_only=True,
-                torch_dtype=dtype,
-                low_cpu_mem_usage=False,
-            )
-        except (builtin.DiffusersError, OSError, ValueError) as e:
+            model = builtin.load_model(located, dtype)
+        except builtin.DiffusersError as e:
             raise StartupError(f"cannot load model {path}: {e}") from None
         backend_class = CappedBackend if cap and device.type == "cpu" else builtin.DiffusersBackend
         backend = backend_class(model.to(device))

@@ -29,7 +29,7 @@ from PIL.Image import Image
 
 from app.engine.backend import Feature, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
-from app.engine.backends.diffusers_folders import DiffusersError, is_candidate, locate, model_name, sha256
+from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
 from app.engine.errors import StartupError
 from model import DiagonalGaussian
@@ -224,10 +224,8 @@ class DiffusersBackend:
         }
 
 
-def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
-    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
-    downloading anything."""
-    located = locate(path)
+def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
+    """The served class's model of a located folder, in `dtype`, offline and from safetensors."""
     kind = located.config.get("_class_name")
     if kind in NOT_SERVED:
         raise DiffusersError(f"{located.folder}: {kind} is not served: {NOT_SERVED[kind]}")
@@ -238,16 +236,16 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
     try:
         import diffusers  # an optional extra: imported only when a diffusers folder is served
     except ImportError:
-        raise DiffusersError(f"{path}: serving it needs diffusers: pip install 'vaeserve[diffusers]'") from None
-
+        raise DiffusersError(
+            f"{located.folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'"
+        ) from None
     if not hasattr(diffusers, kind):
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
         )
-    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), CLASSES[kind].gpu_dtype)
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.
-        model = getattr(diffusers, kind).from_pretrained(
+        return getattr(diffusers, kind).from_pretrained(
             located.folder,
             variant=located.variant,
             use_safetensors=True,
@@ -257,7 +255,16 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
         )
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
         raise DiffusersError(f"{located.folder}: cannot load the {kind} ({e})") from None
-    return DiffusersBackend(model.to(device), tile)
+
+
+def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
+    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
+    downloading anything."""
+    located = locate(path)
+    kind = located.config.get("_class_name")
+    gpu_dtype = CLASSES[kind].gpu_dtype if kind in CLASSES else "float32"  # else load_model says why not
+    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), gpu_dtype)
+    return DiffusersBackend(load_model(located, dtype).to(device), tile)
 
 
 class DiffusersFamily:

@@ -22,6 +22,7 @@ import torch
 
 from app.engine.backend import Loaded
 from app.engine.backends import diffusers as builtin
+from app.engine.backends.diffusers_folders import locate, sha256
 from app.engine.errors import StartupError
 
 
@@ -41,24 +42,20 @@ class CheckFamily:
         return builtin.family.model_name(path)
 
     def load(self, path: Path, device: torch.device) -> Loaded:
-        import diffusers
-
         cap = int(os.environ.get("GPU_CHECK_CAP_BYTES") or 0)
         if cap and device.type == "cuda":
             total = torch.cuda.get_device_properties(device).total_memory
             torch.cuda.set_per_process_memory_fraction(min(1.0, cap / total), device)
         dtype = getattr(torch, os.environ.get("GPU_CHECK_DTYPE", "float32"))
         try:
-            config = builtin.read_config(path)
-            model = getattr(diffusers, config["_class_name"]).from_pretrained(
-                path, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False
-            )
-        except (builtin.DiffusersError, OSError, ValueError) as e:
+            located = locate(path)
+            model = builtin.load_model(located, dtype)
+        except builtin.DiffusersError as e:
             raise StartupError(f"cannot load model {path}: {e}") from None
         backend_class = CappedBackend if cap and device.type == "cpu" else builtin.DiffusersBackend
         backend = backend_class(model.to(device))
         backend.max_rows = builtin.GPU_ROWS
-        return Loaded(backend, builtin.folder_sha256(path))
+        return Loaded(backend, sha256(located))
 
 
 family = CheckFamily()

@@ -89,6 +89,7 @@ class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
     labels: np.ndarray | None  # int64 class indices
     values: bool = False  # decode: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
     seed: int | None = None  # encode: also draw a posterior sample from `seeded(seed)`
+    options: tuple[int, ...] = ()  # decode: values of the backend's `decode_options`, in their order
 
 
 @dataclass
@@ -177,7 +178,10 @@ def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Images]:
 def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
     backend = passes.backend
     z = tensor([job.x for job in jobs], backend.device, backend.dtype)
-    images = passes.decode(z, batch_labels(jobs, backend.device))
+    options = None
+    if any(job.options for job in jobs):  # every job of a model with decode options carries them
+        options = tensor([np.tile(np.array(job.options, np.int64), (len(job.x), 1)) for job in jobs], backend.device)
+    images = passes.decode(z, batch_labels(jobs, backend.device), options)
     pixels = split(to_pixels(images), sizes(jobs))
     if not any(job.values for job in jobs):
         return pixels
@@ -383,10 +387,15 @@ class Engine:
         labels: np.ndarray | None,
         gone: Gone | None = None,
         values: bool = False,
+        options: tuple[int, ...] = (),
     ) -> np.ndarray:
-        """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1]."""
+        """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1].
+        `options`: values of the backend's `decode_options` (e.g. a seeded decoder's seed and steps)."""
+        declared = getattr(model.backend, "decode_options", {})
+        options = options or tuple(option.default for option in declared.values())
         z, labels = model.checked("decode", z, labels)
-        return await self._batcher(model, "decode").submit(ArrayJob(z, labels, values), len(z), gone=gone)
+        job = ArrayJob(z, labels, values, options=options)
+        return await self._batcher(model, "decode").submit(job, len(z), gone=gone)
 
     async def reconstruct(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None

@@ -28,11 +28,7 @@ from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.tensors import tensor_bytes
-from tests.deploy.support import Replica
-
-# Start-up loads and calibrates every model; generous, for a busy CI machine.
-START_TIMEOUT = 300.0
-from tests.diffusers_models import save_autoencoders
+from tests.diffusers_models import save_autoencoders, served
 
 diffusers = pytest.importorskip("diffusers")
 from diffusers.image_processor import VaeImageProcessor
@@ -56,14 +52,8 @@ def models(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> dict[st
 
 @pytest.fixture(scope="module")
 def server(models: dict[str, Path], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
-    folder = next(iter(models.values())).parent
-    settings = {"VAE_TORCH_THREADS": "1", "VAE_MAX_PIXELS": str(MAX_PIXELS), "VAE_MAX_N": "4", "HF_HUB_OFFLINE": "1"}
-    replica = Replica(folder, tmp_path_factory.mktemp("logs") / "server.log", settings)
-    try:
-        replica.wait_ready(timeout=START_TIMEOUT)
+    with served(next(iter(models.values())).parent, tmp_path_factory.mktemp("logs"), MAX_PIXELS) as replica:
         yield replica.url
-    finally:
-        replica.stop()
 
 
 def reference(folder: Path) -> torch.nn.Module:
@@ -227,6 +217,8 @@ def post(server: str, name: str, op: str, body: bytes, **params: object) -> http
         ("tiny-kl", b"\0" * 64, {"shape": [1, 3, 2, 2], "dtype": "float32"}, 422, "does not fit model 'tiny-kl'"),
         ("tiny-vae", b"\0" * 20, {"shape": [5], "dtype": "float32"}, 422, "does not fit model 'tiny-vae'"),
         ("tiny-kl", b"\0" * 64, {"dtype": "float32"}, 422, "shape: required"),
+        ("tiny-vae", b"\0" * 16, {"shape": [1, 4], "latents": "pipeline"}, 422, "has no pipeline latents"),
+        ("tiny-vae", b"\0" * 16, {"shape": [1, 1, 4], "height": 4, "width": 4}, 422, "which are never packed"),
         ("nope", b"", {"shape": [1]}, 404, "unknown model 'nope'"),
     ],
 )

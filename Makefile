@@ -8,7 +8,7 @@ PORT ?= 8000
 # podman and its network parts to build and run the image, debootstrap for stand-in base images).
 SYSTEM_PACKAGES := chromium nginx curl podman runc netavark aardvark-dns iptables debootstrap
 
-.PHONY: serve test bench install system-deps lock clean
+.PHONY: serve test bench gpu-wheels install system-deps lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +40,12 @@ lock:
 bench: install
 	bash scripts/system-deps.sh wrk
 	$(BIN)/python bench/load.py
+
+# The wheels bench/gpu_check.py installs on an offline GPU host with its own torch, into .gpu-wheels
+# (docs/benchmarks.md, "GPU"). GPU_PYTHON: the host's Python.
+GPU_PYTHON ?= 3.12
+gpu-wheels:
+	$(PYTHON) scripts/gpu_wheels.py --python-version $(GPU_PYTHON) --dest .gpu-wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -20,6 +20,7 @@ from app.api.deps import Service
 from app.api.errors import install_error_handlers
 from app.api.images import ImageCodec
 from app.api.limits import with_limits
+from app.api.openapi import with_edge_errors
 from app.api.routes import API_ROUTES, ROUTERS
 from app.api.v2.catalog import catalog
 from app.config import Settings, torch_threads
@@ -111,10 +112,10 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="vaeserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.ready = False
-    install_error_handlers(app)
+    install_error_handlers(app, API_ROUTES)
     for router in ROUTERS:
         app.include_router(router, dependencies=key_schemes(settings.api_keys) if protected_path(router.prefix) else [])
-    app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]
+    app.openapi = with_edge_errors(with_limits(app.openapi, settings), settings)  # type: ignore[method-assign]
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)

@@ -13,10 +13,11 @@ keeps its backlog, the estimated seconds of work queued for it and left in its r
 A request that would not start before its deadline, the backlog ahead of it being over
 `timeout`, gets `Backlogged` at once, with the backlog as its retry delay; past `max_queue`
 waiting requests, `Overloaded`. A request still queued after `timeout` seconds (the estimates
-were short) gets `TimedOut`. A batch that raises fails its own requests with `BatchFailed`, or
-with the `EngineError` it raised, and the batcher goes on. A request whose `gone()` says, when
-its batch is about to run, that nobody waits for it any more (its client disconnected) is
-dropped with `Abandoned` instead of run. Every request is answered
+were short) gets `TimedOut`. A batch that raises is isolated: its requests run again in halves,
+down to one, so that only a request that fails alone gets an error (the `EngineError` it raised,
+else `BatchFailed`), and the batcher goes on. A request whose `gone()` says, when its batch is
+about to run, that nobody waits for it any more (its client disconnected) is dropped with
+`Abandoned` instead of run. Every request is answered
 exactly once: its future is resolved by whichever comes first.
 """
 
@@ -51,6 +52,7 @@ T = TypeVar("T")
 OnBatch = Callable[[int, float, float], None]
 OnQueue = Callable[[int], None]  # change in the number of items waiting
 OnDrop = Callable[[], None]  # a request dropped because nobody waits for it
+OnIsolate = Callable[[], None]  # a batch of several requests failed: they run again in parts
 Gone = Callable[[], bool]  # whether nobody waits for a request's result any more
 
 
@@ -136,7 +138,9 @@ class Batcher(Generic[In, Out]):
 
     `on_batch(items, wait_s, waited_s)` is told each batch's item count, how long its oldest
     request waited and how long its requests waited in all; `on_queue(delta)` each change in
-    the number of items waiting; `on_drop()` each request dropped because nobody waited for it.
+    the number of items waiting; `on_drop()` each request dropped because nobody waited for it;
+    `on_isolate()` each batch of several requests that failed, whose requests then run again in
+    parts.
     """
 
     def __init__(
@@ -148,6 +152,7 @@ class Batcher(Generic[In, Out]):
         on_batch: OnBatch | None = None,
         on_queue: OnQueue | None = None,
         on_drop: OnDrop | None = None,
+        on_isolate: OnIsolate | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -156,6 +161,7 @@ class Batcher(Generic[In, Out]):
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._on_drop = on_drop
+        self._on_isolate = on_isolate
         self._queue: deque[Pending[In, Out]] = deque()
         self._waiting = 0  # requests queued and not yet answered
         self._waiting_size = 0
@@ -298,14 +304,44 @@ class Batcher(Generic[In, Out]):
                 except asyncio.CancelledError:  # closed while the batch ran
                     fail(batch, ShuttingDown())
                     raise
-                except EngineError as error:  # a failure `run` describes itself (out of memory)
-                    log.warning("%s: a batch of %d requests failed: %s", self.name, len(batch), error)
-                    fail(batch, error)
-                    continue
                 except Exception as error:  # the batch fails, the batcher does not
-                    log.exception("%s: a batch of %d requests failed", self.name, len(batch))
-                    fail(batch, BatchFailed(self.name, error))
+                    if len(batch) > 1 and self._on_isolate:
+                        self._on_isolate()
+                    await self._failed(batch, error)
                     continue
                 for pending, result in zip(batch, results, strict=True):
                     if not pending.future.done():  # its client may have gone
                         pending.future.set_result(result)
+
+    async def _failed(self, batch: list[Pending[In, Out]], error: Exception) -> None:
+        """Answer the requests of a batch that raised `error`. A request alone gets the error:
+        an `EngineError` as `run` described it (an input the backend refused: InvalidInput),
+        anything else as `BatchFailed`. A larger batch is isolated: its halves run again, each
+        split further if it fails too, so that only a request that fails alone gets an error;
+        the others get what they would have got alone (batch invariance: the same bytes)."""
+        if len(batch) == 1:
+            if isinstance(error, EngineError):
+                log.warning("%s: a request failed: %s", self.name, error)
+                fail(batch, error)
+            else:
+                log.error("%s: a request failed", self.name, exc_info=error)
+                fail(batch, BatchFailed(self.name, error))
+            return
+        log.warning(
+            "%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error
+        )
+        try:
+            for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+                try:
+                    results = await self._worker.run(self._run, [p.item for p in part], cost=sum(p.cost for p in part))
+                    if len(results) != len(part):
+                        raise RuntimeError(f"{len(results)} results for {len(part)} requests")
+                except Exception as part_error:
+                    await self._failed(part, part_error)
+                    continue
+                for pending, result in zip(part, results, strict=True):
+                    if not pending.future.done():
+                        pending.future.set_result(result)
+        except asyncio.CancelledError:  # closed meanwhile
+            fail(batch, ShuttingDown())
+            raise

@@ -21,6 +21,8 @@ from collections.abc import Callable, Hashable, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
+from app.engine.errors import EngineError
+
 # How far one batch's time moves its shape's estimate: about the last ten batches count.
 LEARNING_RATE = 0.2
 # Row shapes remembered per (model, operation); past it, new shapes use the line measured at load.
@@ -60,7 +62,10 @@ class Cost:
 
 def fit(points: Sequence[tuple[float, float]]) -> Cost:
     """The line through (units, seconds) of the smallest and the largest job measured, neither
-    part negative (timings on a shared machine are noisy)."""
+    part negative (timings on a shared machine are noisy); none measured: zero, until batches
+    are served."""
+    if not points:
+        return Cost(0.0, 0.0)
     (u0, s0), (u1, s1) = min(points), max(points)
     per_unit = max(0.0, (s1 - s0) / (u1 - u0)) if u1 > u0 else s1 / max(u1, 1)
     return Cost(max(0.0, s0 - per_unit * u0), per_unit)
@@ -74,5 +79,12 @@ def timed(run: Callable[[list[Any]], list[Any]], jobs: list[Any]) -> float:
 
 def measure(run: Callable[[list[Any]], list[Any]], jobs: Sequence[list[Any]], units: Callable[[Any], int]) -> Cost:
     """The line of `run` fitted to each batch of `jobs` run once (after the passes' first calls,
-    which calibration paid)."""
-    return fit([(sum(units(job) for job in batch), timed(run, list(batch))) for batch in jobs])
+    which calibration paid); a batch that `run` refuses (`EngineError`: out of memory, where
+    `run` frees it) is left out."""
+    points = []
+    for batch in jobs:
+        try:
+            points.append((sum(units(job) for job in batch), timed(run, list(batch))))
+        except EngineError:
+            continue
+    return fit(points)

@@ -1,20 +1,20 @@
 """The served operations: every model call, batched across requests and run off the event loop.
 
-Callers hand over NumPy arrays (validated by `LoadedModel`) and get NumPy arrays back, images as
-uint8 pixels: torch runs only in the inference threads, where a batch pays each torch call's
-overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the event
-loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent requests queue
-there and run together as batch-invariant passes (app/engine/passes.py), on one of two lanes
-that all batchers share: a request whose estimated cost (app/engine/cost.py) is `long_cost`
-seconds or more runs on the long lane's threads, every other on the short lane's thread, so
-short work never waits behind long work, and long work keeps its threads whatever the flood of
-short work. Every lane thread runs torch with the same thread count, the one the passes were
-calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's
-(the backend's `prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms`
-and `iwae_bound`): each request draws from its own generator seeded by the request, for its own
-rows, so a request's result never depends on what it was batched with (same seed, same bytes,
-with batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give for it
-alone.
+Callers hand over NumPy arrays and get NumPy arrays back, images as uint8 pixels; each request
+is checked (`LoadedModel.checked`) before it joins a batch, so that it cannot fail the requests
+batched with it. Torch runs only in the inference threads, where a batch pays each torch call's
+overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the
+event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
+requests queue there and run together as batch-invariant passes (app/engine/passes.py), on one
+of two lanes that all batchers share: a request whose estimated cost (app/engine/cost.py) is
+`long_cost` seconds or more runs on the long lane's threads, every other on the short lane's
+thread, so short work never waits behind long work, and long work keeps its threads whatever
+the flood of short work. Every lane thread runs torch with the same thread count, the one the
+passes were calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's (the backend's
+`prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms` and
+`iwae_bound`): each request draws from its own generator seeded by the request, for its own rows,
+so a request's result never depends on what it was batched with (same seed, same bytes, with
+batching on or off) and equals what `VAE.sample`, `VAE.elbo` and `VAE.iwae` give for it alone.
 """
 
 from __future__ import annotations
@@ -30,10 +30,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from app.engine.backend import NEEDS, Operation
-from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnQueue, Worker
+from app.engine.backend import NEEDS, Backend
+from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
 from app.engine.cost import Cost, measure
-from app.engine.errors import NeedsTooMuchMemory, OutOfMemory
+from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
@@ -44,11 +44,12 @@ SCORE_PASSES = 64
 
 
 class MetricsSink(Protocol):
-    """Where the engine reports its batches, queue depth and dropped requests."""
+    """Where the engine reports its batches, queue depth, dropped requests and isolated batches."""
 
     def observe_batch(self, model: str, op: str, size: int, wait_s: float, waited_s: float) -> None: ...
     def queue_counter(self, model: str) -> Callable[[int], None]: ...
     def observe_drop(self, model: str, op: str) -> None: ...
+    def observe_isolation(self, model: str, op: str) -> None: ...
 
 
 @dataclass
@@ -94,6 +95,7 @@ class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
     labels: np.ndarray | None  # int64 class indices
     values: bool = False  # decode: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
     seed: int | None = None  # encode: also draw a posterior sample from `seeded(seed)`
+    options: tuple[int, ...] = ()  # decode: values of the backend's `decode_options`, in their order
 
 
 @dataclass
@@ -182,7 +184,10 @@ def run_sample(passes: Passes, jobs: list[SampleJob]) -> list[Images]:
 def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
     backend = passes.backend
     z = tensor([job.x for job in jobs], backend.device, backend.dtype)
-    images = passes.decode(z, batch_labels(jobs, backend.device))
+    options = None
+    if any(job.options for job in jobs):  # every job of a model with decode options carries them
+        options = tensor([np.tile(np.array(job.options, np.int64), (len(job.x), 1)) for job in jobs], backend.device)
+    images = passes.decode(z, batch_labels(jobs, backend.device), options)
     pixels = split(to_pixels(images), sizes(jobs))
     if not any(job.values for job in jobs):
         return pixels
@@ -254,6 +259,11 @@ def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
 Job = SampleJob | ArrayJob | ScoreJob
 
 
+def default_options(backend: Backend) -> tuple[int, ...]:
+    """The defaults of the backend's `decode_options`, in their order (none for most models)."""
+    return tuple(option.default for option in getattr(backend, "decode_options", {}).values())
+
+
 def units(job: Job, latent_size: int) -> int:
     """The elements a job feeds the model, the unit of its cost: latents (`latent_size` per
     sampled image), images, and for score those times the 1 + k likelihood rows per image."""
@@ -280,7 +290,7 @@ def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
     if op == "decode":
         latent = backend.latent_shape(height, width)
         z = generator.standard_normal((rows, *latent), dtype=np.float32)  # type: ignore[arg-type]
-        return [ArrayJob(z, labels)]
+        return [ArrayJob(z, labels, options=default_options(backend))]
     x = generator.random((rows, image.channels, height, width), dtype=np.float32)
     return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
 
@@ -320,7 +330,8 @@ def costs_of(passes: Passes, latent_size: int) -> dict[str, Cost]:
     for op, needs in MEASURED.items():
         if all(feature in features for feature in needs):
             jobs = [probe_jobs(passes, op, rows or passes.max_rows, side) for rows, side in PROBES]
-            found[op] = measure(partial(RUNS[op], passes), jobs, partial(units, latent_size=latent_size))
+            run = memory_guarded(RUNS[op], passes, f"measuring {op}")
+            found[op] = measure(run, jobs, partial(units, latent_size=latent_size))
     if "decode" in found:
         found["sample"] = found["decode"]
     return found
@@ -364,8 +375,9 @@ def memory_guarded(
     run: Callable[[Passes, list[Any]], list[Any]], passes: Passes, name: str
 ) -> Callable[[list[Any]], list[Any]]:
     """`run` for the batcher: a batch that runs out of memory fails with an error that says so
-    (`OutOfMemory`, or `NeedsTooMuchMemory` for a request alone), after the memory is freed, so
-    that the next batch starts with it free."""
+    (`OutOfMemory`, which the batcher answers by running the batch again in parts, or
+    `NeedsTooMuchMemory` for a request alone), after the memory is freed, so that the next
+    batch starts with it free."""
 
     def guarded(jobs: list[Any]) -> list[Any]:
         try:
@@ -462,29 +474,21 @@ class Engine:
         for lane in self.lanes.values():
             lane.close()
 
-    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None]:
+    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None, OnIsolate | None]:
         if self.metrics is None:
-            return None, None, None
+            return None, None, None, None
         return (
             partial(self.metrics.observe_batch, name, op),
             self.metrics.queue_counter(name),
             partial(self.metrics.observe_drop, name, op),
+            partial(self.metrics.observe_isolation, name, op),
         )
 
     async def _submit(
-        self,
-        model: LoadedModel,
-        operation: Operation,
-        job: Job,
-        items: int,
-        size: int | None = None,
-        gone: Gone | None = None,
-        run: str | None = None,
+        self, model: LoadedModel, op: str, job: Job, items: int, size: int | None = None, gone: Gone | None = None
     ) -> Any:
-        """`job` through `model`'s batcher of `run` (default: `operation`) on the lane that its
-        estimated cost picks."""
-        model.require(operation)
-        op = run or operation
+        """`job`, a request already checked (`LoadedModel.checked`), through `model`'s `op`
+        batcher on the lane that its estimated cost picks."""
         cost = self._costs[model.name][op]
         amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
         lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) >= self.long_cost else "short"
@@ -497,6 +501,7 @@ class Engine:
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None
     ) -> Images:
         """n images from the prior; the draws are `VAE.sample`'s with `seeded(seed)`."""
+        label = model.checked_label(label)
         return await self._submit(model, "sample", SampleJob(n, seed, temperature, label), n, gone=gone)
 
     async def encode(
@@ -509,8 +514,7 @@ class Engine:
     ) -> Encoding:
         """The posterior (or a deterministic encoder's latents); with `seed`, also one posterior
         draw per image from `seeded(seed)`, as `posterior.sample` of these images alone."""
-        if seed is not None:
-            model.require("encode", "posterior")
+        x, labels = model.checked("encode", x, labels, *(("posterior",) if seed is not None else ()))
         return await self._submit(model, "encode", ArrayJob(x, labels, seed=seed), len(x), gone=gone)
 
     async def decode(
@@ -520,14 +524,20 @@ class Engine:
         labels: np.ndarray | None,
         gone: Gone | None = None,
         values: bool = False,
+        options: tuple[int, ...] = (),
     ) -> np.ndarray:
-        """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1]."""
-        return await self._submit(model, "decode", ArrayJob(z, labels, values), len(z), gone=gone)
+        """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1].
+        `options`: values of the backend's `decode_options` (e.g. a seeded decoder's seed and steps)."""
+        options = options or default_options(model.backend)
+        z, labels = model.checked("decode", z, labels)
+        job = ArrayJob(z, labels, values, options=options)
+        return await self._submit(model, "decode", job, len(z), gone=gone)
 
     async def reconstruct(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode of the posterior mean: (pixels, means)."""
+        x, labels = model.checked("reconstruct", x, labels)
         return await self._submit(model, "reconstruct", ArrayJob(x, labels), len(x), gone=gone)
 
     async def score(
@@ -536,7 +546,7 @@ class Engine:
         """Per image: ELBO terms and the IWAE bound with k samples, each from a fresh generator
         seeded with `seed`, so an image's score does not depend on the other images. A model
         without a likelihood gets `distortion` instead."""
-        model.require("score")
+        x, labels = model.checked("score", x, labels)
         if "likelihood" not in model.backend.features:
             return await self.distortion(model, x, labels, gone)
         job = ScoreJob(x, labels, k, seed)
@@ -572,13 +582,15 @@ class Engine:
         """`steps` latents from one end to the other, decoded. `ends` are two images (`images`),
         encoded to their posterior means, or two latents; `labels`, one class per end: the
         path switches class at its midpoint, where the latent is as far from both ends."""
-        model.require("interpolate", *(("encoder",) if images else ()))
         if images:
+            model.require("interpolate", "encoder")
             ends = (await self.encode(model, ends, labels, gone)).mean
+        ends, labels = model.checked("interpolate", ends, labels)
+        if len(ends) != 2:
+            raise InvalidInput(f"latents: give exactly 2 (start and end), got {len(ends)}")
         path = latent_path(ends[0], ends[1], steps, method)
         path_labels = None
         if labels is not None:
             path_labels = np.where(np.linspace(0, 1, steps) < 0.5, labels[0], labels[1])
-        job = ArrayJob(path, path_labels)
-        pixels = await self._submit(model, "interpolate", job, len(path), gone=gone, run="decode")
+        pixels = await self._submit(model, "decode", ArrayJob(path, path_labels), len(path), gone=gone)
         return Images(pixels, path, path_labels)

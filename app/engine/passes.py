@@ -75,8 +75,13 @@ class Passes:
             outputs.append(tuple(out[: stop - start] for out in fn(*chunk)))
         return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
-    def decode_fn(self, z: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
-        return (self.backend.decode(z, labels),)
+    def decode_fn(
+        self, z: torch.Tensor, labels: torch.Tensor | None, options: torch.Tensor | None = None
+    ) -> tuple[torch.Tensor, ...]:
+        """`options`: [B, k] per-row values of a backend's `decode_options` (a seeded decoder's seed)."""
+        if options is None:
+            return (self.backend.decode(z, labels),)
+        return (self.backend.decode(z, labels, options),)  # type: ignore[call-arg]
 
     def encode_fn(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         q = self.backend.encode(x, labels)
@@ -92,8 +97,8 @@ class Passes:
 
         return fn
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        return self.run(self.decode_fn, [z, labels])[0]
+    def decode(self, z: torch.Tensor, labels: torch.Tensor | None, options: torch.Tensor | None = None) -> torch.Tensor:
+        return self.run(self.decode_fn, [z, labels, options])[0]
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> tuple[torch.Tensor, ...]:
         """(mean, variance, log_variance) of q(z|x), each [B, *latent shape]; (latents,) for a

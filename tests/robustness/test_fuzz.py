@@ -60,9 +60,12 @@ def steer(case: Case) -> Case:
     if case.operation.path.startswith("/v1/models/{name}/"):
         case.path_parameters = {"name": "tiny-vae"}
         query = case.query if isinstance(case.query, dict) else {}
-        for name in ("shape", "dtype", "height", "width"):
+        # What only some models take: labels (tiny-vae is unconditional), packed and pipeline
+        # latents, a seeded decoder's inputs.
+        for name in ("shape", "dtype", "height", "width", "labels", "latents", "pack", "steps"):
             query.pop(name, None)
         if case.operation.path.endswith("/decode"):
+            query.pop("seed", None)
             query.update(shape=[1, 4], dtype="float32")
         case.query = query
         case.body = bytes(16) if case.operation.path.endswith("/decode") else PNG

@@ -4,7 +4,8 @@
 The body is the tensor's raw little-endian bytes (app/tensors.py); `shape` (repeated), `dtype`
 and the options are query parameters, as that client sends them; a tensor answer carries
 `shape` (a JSON list) and `dtype` headers. Every model has them, the project's own included.
-Shapes and limits are checked from the query, before the body is read.
+Shapes, limits and labels (a conditional model's classes, `labels` repeated once per row) are
+checked from the query, before the body is read.
 """
 
 from __future__ import annotations
@@ -24,7 +25,8 @@ from PIL import Image
 
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
-from app.api.schemas import ERROR_RESPONSES, MAX_SEED
+from app.api.latent_spaces import Packed, Space, check, from_model, packed, to_model
+from app.api.schemas import MAX_SEED, RUN_RESPONSES
 from app.config import Settings
 from app.engine.errors import BadLatentShape, OverLimit
 from app.engine.registry import LoadedModel
@@ -46,6 +48,13 @@ Shift = Annotated[float | None, Query(ge=-1e3, le=1e3, description="diffusers' s
 DoScaling = Annotated[
     bool | None,
     Query(description="Deprecated by diffusers: true without scaling_factor uses the model's own factors"),
+]
+Labels = Annotated[
+    list[str] | None,
+    Query(
+        description="Conditional models (required): one class per row, a name or an index, repeated "
+        "(`labels=Sneaker&labels=3`); unconditional models take none"
+    ),
 ]
 
 
@@ -74,9 +83,14 @@ class Scaling:
         return (z - np.float32(self.shift)) * np.float32(self.scale)
 
 
-def scaling(model: LoadedModel, factor: float | None, shift: float | None, do_scaling: bool | None) -> Scaling:
+def scaling(
+    model: LoadedModel, factor: float | None, shift: float | None, do_scaling: bool | None, space: str = "vae"
+) -> Scaling:
     """The factors the request gives; with neither but `do_scaling` (what diffusers' client sends
-    when given none), the model's own, as diffusers' hosted endpoints do; else none."""
+    when given none), the model's own, as diffusers' hosted endpoints do; else none. Pipeline
+    latents are normalised as the model's pipeline does it, so they take no factors."""
+    if space == "pipeline" and (factor is not None or shift is not None):
+        raise unprocessable("scaling_factor, shift_factor: latents=pipeline normalises as the model's pipeline does")
     if factor is None and shift is None and do_scaling:
         facts = model.backend.describe()
         return Scaling(facts.get("scaling_factor") or 1.0, facts.get("shift_factor") or 0.0)
@@ -136,6 +150,22 @@ def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tup
     return shape
 
 
+def decode_options(model: LoadedModel, given: dict[str, int | None]) -> tuple[int, ...]:
+    """The values of the model's decode options (a seeded decoder's seed and steps), defaults
+    where not given; an option the model does not take is a 422, never ignored."""
+    declared = getattr(model.backend, "decode_options", {})
+    for name, value in given.items():
+        if value is not None and name not in declared:
+            raise unprocessable(f"{name}: model '{model.name}' has a deterministic decoder; leave {name} out")
+    values = []
+    for name, option in declared.items():
+        value = option.default if given.get(name) is None else given[name]
+        if not option.low <= value <= option.high:
+            raise unprocessable(f"{name}: between {option.low} and {option.high} ({option.description}); got {value}")
+        values.append(value)
+    return tuple(values)
+
+
 def known_parameters(request: Request, route: Callable[..., object]) -> None:
     """As every POST: a query parameter the endpoint does not take is a 422, never ignored."""
     taken = set(inspect.signature(route).parameters) - {"name", "request", "service"}
@@ -178,12 +208,15 @@ TENSOR_HEADERS = {
 def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
     media = [TENSOR_MEDIA, *(IMAGE_MEDIA[kind] for kind in images)]
     ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image file" if images else "")}
-    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
+    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **RUN_RESPONSES}
 
 
 @router.post(
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
+    description="`shape` is [B, *latent shape] (or one latent's shape): the model's latent_shape, whose "
+    "null sizes follow the image size (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "latent; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers("png", "jpg"),
     openapi_extra=BINARY_BODY,
@@ -204,27 +237,41 @@ async def decode_tensor(
     scaling_factor: Factor = None,
     shift_factor: Shift = None,
     do_scaling: DoScaling = None,
-    height: Annotated[int | None, Query(description="Packed latents' height: not supported")] = None,
-    width: Annotated[int | None, Query(description="Packed latents' width: not supported")] = None,
+    height: Annotated[
+        int | None, Query(ge=1, le=2**20, description="Packed latents [B, S, 4C]: the images' height in pixels")
+    ] = None,
+    width: Annotated[
+        int | None, Query(ge=1, le=2**20, description="Packed latents [B, S, 4C]: the images' width in pixels")
+    ] = None,
+    latents: Space = "vae",
+    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, description="A seeded decoder's noise (consistency)")] = None,
+    steps: Annotated[int | None, Query(description="A seeded decoder's steps (consistency decoder: 2)")] = None,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, decode_tensor)
     model = service.engine.model(name)
     if shape is None:
         raise unprocessable("shape: required; give the latent tensor's shape as repeated shape parameters")
-    if height is not None or width is not None:
-        raise unprocessable("height, width: packed (Flux transformer-layout) latents are not supported; unpack them")
     if dtype == "uint8":
         raise unprocessable("dtype: latents are float32, float16 or bfloat16, not uint8")
-    batch = latent_shape(model, shape, service.settings)
+    layout: Packed | None = None
+    if height is not None or width is not None:
+        layout = packed(model, shape, height, width)
+    batch = latent_shape(model, layout.latents if layout else shape, service.settings)
     if output_type == "pil" and batch[0] > 1:
         raise unprocessable(f"shape: output_type=pil returns one image; got {batch[0]} latents: use output_type=pt")
-    latents = scaling(model, scaling_factor, shift_factor, do_scaling).to_model(
-        await body_tensor(request, batch, dtype)
-    )
-    if not np.isfinite(latents).all():
-        raise unprocessable("body: latents / scaling_factor + shift_factor overflow float32")
+    if output_type == "pil" and image_format == "jpg" and model.backend.image.channels == 4:
+        raise unprocessable(f"image_format: model '{model.name}' makes RGBA images, which JPEG cannot hold: use png")
+    classes = model.label_array(labels, batch[0], "latent")
+    check(model, latents, layout is not None, "send [B, S, 4C] with height and width")
+    options = decode_options(model, {"seed": seed, "steps": steps})
+    scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).to_model
+    body = await body_tensor(request, layout.shape if layout else batch, dtype)
+    z = to_model(model, body, batch, latents, scale, layout)
+    if not np.isfinite(z).all():
+        raise unprocessable("body: the latents, scaled or denormalised, overflow float32")
     values = output_type == "pt" and not partial_postprocess
-    images = await service.engine.decode(model, latents, None, client_gone(request), values=values)
+    images = await service.engine.decode(model, z, classes, client_gone(request), values=values, options=options)
     if values:
         return tensor_response(from_unit(images, model.backend.image.value_range), model)
     if output_type == "pt":
@@ -236,6 +283,10 @@ async def decode_tensor(
 @router.post(
     "/{name}/encode",
     summary="Encode an image file or a binary image tensor: diffusers' remote_encode endpoint",
+    description="The body is one image file (no `shape`), or a tensor of `shape` [B, C, H, W] (or [C, H, W]) "
+    "with the model's channels and its image size, or for a model that takes any size, sides that are "
+    "multiples of its image_multiple (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "image; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers(),
     openapi_extra=BINARY_BODY,
@@ -251,17 +302,25 @@ async def encode_tensor(
     do_scaling: DoScaling = None,
     sample: Annotated[bool, Query(description="true: a posterior sample drawn with `seed`; false: the mean")] = False,
     seed: Annotated[int, Query(ge=0, le=MAX_SEED, description="Seeds the posterior sample")] = 0,
+    latents: Space = "vae",
+    pack: Annotated[
+        bool, Query(description="true: packed [B, (h/2)(w/2), 4C], as Flux and Qwen-Image hold them")
+    ] = False,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, encode_tensor)
     model = service.engine.model(name)
+    scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).from_model
+    check(model, latents, pack, "ask for pack=true")
     settings = service.settings
-    if shape is None:  # an image file, as remote_encode sends a PIL image
+    batch = None if shape is None else image_shape(model, shape, settings)
+    classes = model.label_array(labels, 1 if batch is None else batch[0], "image")
+    if batch is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)
     else:
-        batch = image_shape(model, shape, settings)
         x = await body_tensor(request, batch, dtype)
         x = x / np.float32(255) if dtype == "uint8" else to_unit(x, model.backend.image.value_range)
-    encoding = await service.engine.encode(model, x, None, client_gone(request), seed=seed if sample else None)
-    latents = encoding.sample if sample else encoding.mean
-    return tensor_response(scaling(model, scaling_factor, shift_factor, do_scaling).from_model(latents), model)
+    encoding = await service.engine.encode(model, x, classes, client_gone(request), seed=seed if sample else None)
+    z = encoding.sample if sample else encoding.mean
+    return tensor_response(from_model(model, z, latents, scale, pack), model)

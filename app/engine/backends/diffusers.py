@@ -1,21 +1,23 @@
-"""diffusers autoencoders as a backend: `AutoencoderKL` (Stable Diffusion 1.x/2.x, SDXL, Flux) and
-`AutoencoderTiny` (TAESD), each a folder in diffusers' `save_pretrained` layout (`config.json` +
-`diffusion_pytorch_model.safetensors`), loaded offline.
+"""diffusers' image autoencoders as one backend: every class in the table of
+app/engine/backends/diffusers_classes.py (AutoencoderKL, AutoencoderTiny, AutoencoderDC, VQModel,
+Flux.2's, Qwen-Image's, ...), each loaded offline from a folder as users keep it
+(app/engine/backends/diffusers_folders.py).
 
-Images go in and come out as [B, 3, H, W] in [0, 1], as every backend's; the models work in
+Images go in and come out as [B, C, H, W] in [0, 1], as every backend's; the models work in
 [-1, 1], and the conversions are diffusers' own (`VaeImageProcessor.normalize`/`denormalize`),
-so served results equal in-process diffusers results. Latents are [B, C, H/f, W/f], unscaled:
-scaling and shifting (`scaling_factor`, `shift_factor`) belong to the request.
+so served results equal in-process diffusers results. Latents are the VAE's own, unscaled
+([B, C, h, w]; [B, C, 1, h, w] for a video-shaped model used for single frames): scaling, or a
+pipeline's normalisation and packing (app/engine/backends/diffusers_latents.py), belong to the request.
 
-What each family defines (docs/api.md): AutoencoderKL has a diagonal-Gaussian posterior and the
-N(0, I) prior of its KL term, but no likelihood (its decoder was trained with L1, perceptual and
-adversarial losses, not a density), so no NLL, ELBO or IWAE: score reports the KL and the
-reconstruction error. AutoencoderTiny's encoder is deterministic and it has no prior at all.
+What each class defines (docs/api.md): a class whose encoder returns a diagonal-Gaussian
+posterior has the N(0, I) prior of its KL term, but no likelihood (its decoder was trained with
+L1, perceptual and adversarial losses, not a density), so no NLL, ELBO or IWAE: score reports
+the KL and the reconstruction error. A deterministic encoder (AutoencoderTiny, AutoencoderDC,
+VQModel's unquantised latents) has no prior and no KL.
 """
 
 from __future__ import annotations
 
-import hashlib
 import json
 from collections.abc import Hashable
 from pathlib import Path
@@ -26,12 +28,15 @@ import torch
 from PIL.Image import Image
 
 from app.engine.backend import Feature, ImageSpec, LatentShape, Loaded
+from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
+from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
+from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
 from app.engine.errors import StartupError
 from model import DiagonalGaussian
+from model.vae import seeded
 
-CONFIG = "config.json"
-WEIGHTS = "diffusion_pytorch_model.safetensors"
-CLASSES = ("AutoencoderKL", "AutoencoderTiny")
+__all__ = ["DiffusersBackend", "DiffusersError", "LatentGaussian", "load_diffusers"]
+
 # Sides (pixels) above which images are encoded and decoded in overlapping tiles, as diffusers'
 # enable_tiling does for SD at 512: a tile of SD's VAE takes ~1 GiB in float32 (docs/benchmarks.md).
 DEFAULT_TILE = 512
@@ -40,10 +45,7 @@ DEFAULT_TILE = 512
 # batching gains little there, so every row runs alone and a lone request decodes one row, not
 # a padded pass.
 GPU_ROWS = 8
-
-
-class DiffusersError(ValueError):
-    """A folder that is not a servable diffusers autoencoder; the message names it."""
+IMAGE_MODES = {1: "L", 3: "RGB", 4: "RGBA"}
 
 
 class LatentGaussian(DiagonalGaussian):
@@ -55,65 +57,59 @@ class LatentGaussian(DiagonalGaussian):
         return 0.5 * terms.sum(dim=list(range(1, terms.ndim)))
 
 
-def read_config(folder: Path) -> dict[str, Any]:
-    """The folder's config.json, checked to name a supported autoencoder class with weights beside it."""
-    path = folder / CONFIG
-    try:
-        config = json.loads(path.read_text())
-    except FileNotFoundError:
-        raise DiffusersError(f"{folder}: no {CONFIG} (a diffusers save_pretrained folder)") from None
-    except (OSError, ValueError) as e:
-        raise DiffusersError(f"{path}: not a readable JSON config ({e})") from None
-    kind = config.get("_class_name") if isinstance(config, dict) else None
-    if kind not in CLASSES:
-        raise DiffusersError(f"{path}: _class_name is {kind!r}; served classes: {', '.join(CLASSES)}")
-    if not (folder / WEIGHTS).is_file():
-        raise DiffusersError(f"{folder}: no {WEIGHTS} beside {CONFIG}")
-    return config
+def compute_dtype(device: torch.device, force_upcast: bool, gpu_dtype: str = "float16") -> torch.dtype:
+    """On a GPU the class's dtype (its row: float16 for SD-era VAEs, bfloat16 where its pipelines
+    run in bfloat16), unless the model says it overflows there (`force_upcast`, as SDXL's VAE
+    does), then float32, as diffusers' pipelines upcast it; float32 on the CPU."""
+    if device.type != "cuda" or force_upcast:
+        return torch.float32
+    return getattr(torch, gpu_dtype)
 
 
-def folder_sha256(folder: Path) -> str:
-    """sha256 of config.json's bytes followed by the weights' bytes: what decides the model."""
-    digest = hashlib.sha256()
-    for name in (CONFIG, WEIGHTS):
-        with (folder / name).open("rb") as f:
-            while chunk := f.read(1 << 20):
-                digest.update(chunk)
-    return digest.hexdigest()
-
-
-def compute_dtype(device: torch.device, force_upcast: bool) -> torch.dtype:
-    """float16 on a GPU unless the model says it overflows there (`force_upcast`, as SDXL's
-    VAE does), then float32, as diffusers' pipelines upcast it; float32 on the CPU."""
-    return torch.float16 if device.type == "cuda" and not force_upcast else torch.float32
+def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace:
+    """The normalisation the class's pipelines apply to its latents (diffusers_latents.py)."""
+    config = model.config
+    if spec.normalisation == "mean_std":
+        return mean_std_space(config.latents_mean, config.latents_std)
+    if spec.normalisation == "batch_norm":
+        bn = model.bn
+        return batch_norm_space(
+            bn.running_mean.float().cpu().numpy(), bn.running_var.float().cpu().numpy(), config.batch_norm_eps
+        )
+    return scale_space(scaling, shift)
 
 
 class DiffusersBackend:
-    """One diffusers autoencoder as a backend: encode, decode and prior with diffusers' maths."""
+    """One diffusers image autoencoder as a backend; what its class does differently comes from its row."""
 
     family = "diffusers"
     label_names: tuple[str, ...] = ()
 
     def __init__(self, model: torch.nn.Module, tile: int = DEFAULT_TILE) -> None:
-        self.model = model.eval()
+        self.model = model.eval()  # reachable for hooks (e.g. counting decoder calls per tile)
+        self.kind: str = type(model).__name__
+        self.spec = spec = CLASSES[self.kind]
         self.max_rows = GPU_ROWS if self.device.type == "cuda" else 1
         config = model.config
-        self.kind: str = type(model).__name__
-        self.gaussian = self.kind == "AutoencoderKL"
-        blocks = config.block_out_channels if self.gaussian else config.encoder_block_out_channels
-        self.factor = 2 ** (len(blocks) - 1)  # the downsampling factor, as diffusers' pipelines compute it
-        self.latent_channels: int = config.latent_channels
-        self.sample_size: int = int(getattr(config, "sample_size", 512) or 512)
-        self.scaling_factor = float(config.scaling_factor)
-        shift = getattr(config, "shift_factor", None)
-        self.shift_factor = float(shift) if shift is not None else 0.0
+        self.factor = spec.factor(config)
+        self.latent_channels: int = int(config[spec.latent_channels])
+        channels = int(config[spec.image_channels]) if spec.image_channels else 3
+        sample_size = getattr(config, "sample_size", None) or DEFAULT_TILE
+        self.sample_size: int = int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size)
+        self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
+        self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
         self.force_upcast = bool(getattr(config, "force_upcast", False))
+        self.pipeline = pipeline_space(model, spec, self.scaling_factor, self.shift_factor)
         self.tile = tile
+        # The class's own tile stride, as a fraction of its tile (Wan-style and DC classes have one).
+        default_tile = getattr(model, "tile_sample_min_height", None)
+        stride = getattr(model, "tile_sample_stride_height", None)
+        self.stride_ratio = stride / default_tile if stride and default_tile else None
         self.architecture: Hashable = (self.kind, json.dumps(dict(config), sort_keys=True, default=str))
-        self.image = ImageSpec(3, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0))
-        # AutoencoderTiny's encoder is deterministic and it has no prior (docs/api.md).
-        gaussian: tuple[Feature, ...] = ("prior", "posterior") if self.gaussian else ()
+        self.image = ImageSpec(channels, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0))
+        gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
+        self.decode_options = spec.decode_options
 
     @property
     def device(self) -> torch.device:
@@ -124,38 +120,72 @@ class DiffusersBackend:
         return next(self.model.parameters()).dtype
 
     def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
+        frames = (1,) if self.spec.frames else ()
         if height is None or width is None:
-            return (self.latent_channels, None, None)
-        return (self.latent_channels, height // self.factor, width // self.factor)
+            return (self.latent_channels, *frames, None, None)
+        return (self.latent_channels, *frames, height // self.factor, width // self.factor)
 
     def _tiling(self, side: int, latent: bool) -> None:
         """Tile when a side is over `tile` pixels: diffusers' enable_tiling with our tile size
-        (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at `sample_size`)."""
-        pixels = side * self.factor if latent else side
-        self.model.use_tiling = pixels > self.tile
-        self.model.tile_sample_min_size = self.tile
-        self.model.tile_latent_min_size = self.tile // self.factor
+        (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at `sample_size`).
+        Classes name their tile sizes differently; each sets those it has."""
+        if not self.spec.tiling:
+            return
+        model, tile = self.model, self.tile
+        model.use_tiling = (side * self.factor if latent else side) > tile
+        sizes = {"tile_sample_min": tile, "tile_latent_min": tile // self.factor}
+        if self.stride_ratio:
+            sizes["tile_sample_stride"] = int(tile * self.stride_ratio)
+        for prefix, size in sizes.items():
+            for suffix in ("_size", "_height", "_width"):
+                if hasattr(model, prefix + suffix):
+                    setattr(model, prefix + suffix, size)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
-        """x: [B, 3, H, W] in [0, 1]. AutoencoderKL: q(z|x); AutoencoderTiny: its latents."""
+        """x: [B, C, H, W] in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
         self._tiling(max(x.shape[-2:]), latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
-        if not self.gaussian:
-            return self.model.encode(x).latents
-        q = self.model.encode(x).latent_dist
+        if self.spec.frames:
+            x = x[:, :, None]
+        encoded = self.model.encode(x)
+        if self.spec.encoder != "posterior":
+            return getattr(encoded, self.spec.encoder)
+        q = encoded.latent_dist
         return LatentGaussian(q.mean, q.logvar)
 
-    def decode(self, z: torch.Tensor, labels: torch.Tensor | None = None) -> torch.Tensor:
-        """z: [B, C, h, w] unscaled latents -> [B, 3, h*f, w*f] images in [0, 1] (not clamped:
-        VaeImageProcessor.denormalize's clamp comes with the conversion to pixels)."""
+    def decode(
+        self, z: torch.Tensor, labels: torch.Tensor | None = None, options: torch.Tensor | None = None
+    ) -> torch.Tensor:
+        """z: unscaled latents -> [B, C, H, W] images in [0, 1] (not clamped: VaeImageProcessor.
+        denormalize's clamp comes with the conversion to pixels). `options`: [B, k] values of the
+        class's decode options per row (the consistency decoder's seed and steps), else their defaults."""
         self._tiling(max(z.shape[-2:]), latent=True)
-        return (self.model.decode(z.to(self.dtype)).sample * 0.5 + 0.5).float()
+        z = z.to(self.dtype)
+        if self.decode_options:
+            images = torch.cat(
+                [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
+            )
+        else:
+            images = self.model.decode(z).sample
+        if self.spec.frames:
+            images = images[:, :, 0]
+        return (images * 0.5 + 0.5).float()
+
+    def _decode_row(self, z: torch.Tensor, options: torch.Tensor | None) -> torch.Tensor:
+        """One row with its own generator: what `decode(z, generator=Generator().manual_seed(seed),
+        num_inference_steps=steps)` gives for that latent alone (ConsistencyDecoderVAE)."""
+        values = {name: option.default for name, option in self.decode_options.items()}
+        if options is not None:
+            values = {name: int(v) for name, v in zip(values, options.tolist(), strict=True)}
+        # A CPU generator, as in diffusers' examples: the same noise (randn_tensor draws on the
+        # generator's device, then moves it) whatever device decodes.
+        generator = seeded(values.pop("seed"))
+        return self.model.decode(z, generator=generator, num_inference_steps=values.pop("steps")).sample
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
-        """n draws of the N(0, I) prior of AutoencoderKL's KL term, at the native size. Valid, but
-        SD's VAE weighs that term ~1e-6: its samples are textures, not pictures."""
-        side = self.sample_size // self.factor
-        shape = (n, self.latent_channels, side, side)
+        """n draws of the N(0, I) prior of the KL term, at the native size. Valid, but these
+        VAEs weigh that term ~1e-6: their samples are textures, not pictures."""
+        shape = (n, *self.latent_shape(self.sample_size, self.sample_size))
         return torch.randn(shape, generator=generator, device=generator.device).to(self.device, self.dtype)
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -165,56 +195,88 @@ class DiffusersBackend:
         raise NotImplementedError(f"{self.kind} defines no likelihood p(x|z)")
 
     def to_input(self, image: Image) -> np.ndarray:
-        """An RGB image as [3, H, W] float32 in [0, 1] (VaeImageProcessor's pil_to_numpy); its
-        sides must be multiples of the downsampling factor."""
+        """An image as [C, H, W] float32 in [0, 1] (VaeImageProcessor's pil_to_numpy; RGBA for a
+        four-channel model); its sides must be multiples of the downsampling factor."""
         width, height = image.size
         if width % self.factor or height % self.factor:
             raise DiffusersError(
                 f"image is {width}x{height}; this model needs sides that are multiples of {self.factor}"
             )
-        return (np.asarray(image.convert("RGB"), dtype=np.float32) / 255.0).transpose(2, 0, 1)
+        pixels = np.asarray(image.convert(IMAGE_MODES[self.image.channels]), dtype=np.float32) / 255.0
+        return pixels.reshape(height, width, -1).transpose(2, 0, 1)
 
     def describe(self) -> dict[str, Any]:
+        shape = ["B", self.latent_channels, *([1] if self.spec.frames else []), "h", "w"]
         return {
             "class": self.kind,
             "latent_channels": self.latent_channels,
+            "latent_layout": f"[{', '.join(map(str, shape))}]",
             "downsampling": self.factor,
+            "image_channels": self.image.channels,
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
+            "stochastic_encoder": self.spec.encoder == "posterior",
+            "pipeline_latents": self.pipeline.describe(),
+            "decode_options": {name: option.description for name, option in self.decode_options.items()},
             "force_upcast": self.force_upcast,
             "dtype": str(self.dtype).removeprefix("torch."),
-            "tile": self.tile,
+            "tile": self.tile if self.spec.tiling else None,
         }
 
 
-def load_diffusers(folder: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
-    """The autoencoder saved in `folder`, on `device`, never downloading anything."""
-    config = read_config(folder)
+def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
+    """The served class's model of a located folder, in `dtype`, offline and from safetensors."""
+    kind = located.config.get("_class_name")
+    if kind in NOT_SERVED:
+        raise DiffusersError(f"{located.folder}: {kind} is not served: {NOT_SERVED[kind]}")
+    if kind not in CLASSES:
+        raise DiffusersError(
+            f"{located.folder / 'config.json'}: _class_name is {kind!r}; served classes: {', '.join(CLASSES)}"
+        )
     try:
         import diffusers  # an optional extra: imported only when a diffusers folder is served
     except ImportError:
-        raise DiffusersError(f"{folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'") from None
-
-    cls = getattr(diffusers, config["_class_name"])
-    dtype = compute_dtype(device, bool(config.get("force_upcast", False)))
+        raise DiffusersError(
+            f"{located.folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'"
+        ) from None
+    if not hasattr(diffusers, kind):
+        raise DiffusersError(
+            f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
+        )
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.
-        model = cls.from_pretrained(folder, local_files_only=True, torch_dtype=dtype, low_cpu_mem_usage=False)
-    except (OSError, ValueError, RuntimeError) as e:
-        raise DiffusersError(f"{folder}: cannot load the {config['_class_name']} ({e})") from None
-    return DiffusersBackend(model.to(device), tile)
+        return getattr(diffusers, kind).from_pretrained(
+            located.folder,
+            variant=located.variant,
+            use_safetensors=True,
+            local_files_only=True,
+            torch_dtype=dtype,
+            low_cpu_mem_usage=False,
+        )
+    except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
+        raise DiffusersError(f"{located.folder}: cannot load the {kind} ({e})") from None
+
+
+def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
+    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
+    downloading anything."""
+    located = locate(path)
+    kind = located.config.get("_class_name")
+    gpu_dtype = CLASSES[kind].gpu_dtype if kind in CLASSES else "float32"  # else load_model says why not
+    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), gpu_dtype)
+    return DiffusersBackend(load_model(located, dtype).to(device), tile)
 
 
 class DiffusersFamily:
     name = "diffusers"
 
     def model_name(self, path: Path) -> str | None:
-        """Folders with a config.json and diffusers' weights file; the folder's name."""
-        return path.name if (path / CONFIG).is_file() and (path / WEIGHTS).is_file() else None
+        """save_pretrained, pipeline and hub-cache folders; the folder's (repository's) name."""
+        return model_name(path) if is_candidate(path) else None
 
     def load(self, path: Path, device: torch.device) -> Loaded:
         try:
-            return Loaded(load_diffusers(path, device), folder_sha256(path))
+            return Loaded(load_diffusers(path, device), sha256(locate(path)))
         except DiffusersError as e:
             raise StartupError(f"cannot load model {e}") from None
 

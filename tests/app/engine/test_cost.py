@@ -5,7 +5,9 @@ from __future__ import annotations
 
 import pytest
 
+from app.engine import cost as cost_module
 from app.engine.cost import Cost, fit, measure
+from app.engine.errors import OutOfMemory
 
 
 def test_the_line_goes_through_the_smallest_and_largest_job() -> None:
@@ -38,13 +40,19 @@ def test_each_shape_learns_its_own_rate_from_the_batches_served() -> None:
     assert cost.rate(small) == 0.001
 
 
-def test_measure_runs_each_batch_and_counts_its_units() -> None:
+def test_measure_runs_each_batch_and_leaves_out_what_runs_out_of_memory(monkeypatch: pytest.MonkeyPatch) -> None:
+    now = [0.0]  # a clock that the fake work advances: 0.002 s per call and 0.0001 s per unit
+    monkeypatch.setattr(cost_module.time, "perf_counter", lambda: now[0])
     runs: list[list[int]] = []
 
     def run(jobs: list[int]) -> list[int]:
         runs.append(jobs)
+        if len(jobs) > 2:
+            raise OutOfMemory("probe", "cuda", len(jobs))
+        now[0] += 0.002 + 0.0001 * 100 * sum(jobs)
         return jobs
 
-    cost = measure(run, [[1], [2, 3]], units=lambda job: 100 * job)
-    assert runs == [[1], [2, 3]]
-    assert cost.fixed >= 0 and cost.per_unit >= 0
+    cost = measure(run, [[1], [2, 3], [4, 5, 6]], units=lambda job: 100 * job)
+    assert runs == [[1], [2, 3], [4, 5, 6]]
+    assert cost.fixed == pytest.approx(0.002) and cost.per_unit == pytest.approx(0.0001)
+    assert measure(run, [[4, 5, 6]], units=lambda job: job) == Cost(0.0, 0.0)  # nothing measured

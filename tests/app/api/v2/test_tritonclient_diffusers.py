@@ -6,32 +6,24 @@ from __future__ import annotations
 
 import json
 from collections.abc import Iterator
-from pathlib import Path
 
 import httpx
 import numpy as np
 import pytest
 
 from tests.deploy.support import Replica
-from tests.diffusers_models import save_autoencoders
+from tests.diffusers_models import TINY, save_every_class, served
 
 pytest.importorskip("diffusers")
 triton = pytest.importorskip("tritonclient.http")
-
-START_TIMEOUT = 300.0
 
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[Replica]:
     folder = tmp_path_factory.mktemp("diffusers-v2")
-    save_autoencoders(folder)
-    settings = {"VAE_TORCH_THREADS": "1", "VAE_MAX_PIXELS": str(64 * 64), "VAE_MAX_N": "4", "HF_HUB_OFFLINE": "1"}
-    replica = Replica(folder, tmp_path_factory.mktemp("logs") / "server.log", settings)
-    try:
-        replica.wait_ready(timeout=START_TIMEOUT)
+    save_every_class(folder)
+    with served(folder, tmp_path_factory.mktemp("logs")) as replica:
         yield replica
-    finally:
-        replica.stop()
 
 
 @pytest.fixture(scope="module")
@@ -61,12 +53,15 @@ def test_metadata_has_variable_sizes_and_only_what_each_model_defines(client: tr
     assert {"tiny-kl.decode", "tiny-kl.encode", "tiny-taesd.decode", "tiny-taesd.encode"} <= index
 
 
-@pytest.mark.parametrize("model", ["tiny-kl", "tiny-taesd"])
+@pytest.mark.parametrize("model", ["tiny-kl", "tiny-taesd", *TINY])
 def test_decode_and_encode_equal_v1(client: triton.InferenceServerClient, server: Replica, model: str) -> None:
-    z = np.random.default_rng(2).standard_normal((1, 4, 8, 6)).astype(np.float32)
+    info = httpx.get(f"{server.url}/v1/models/{model}").json()
+    factor, channels = info["image_multiple"], info["image_shape"][0]
+    shape = [1, *info["latent_shape"][:-2], 16 // factor, 12 // factor]  # [1, C, (1,) h, w] for 16x12 images
+    z = np.random.default_rng(2).standard_normal(shape).astype(np.float32)
     latents = triton.InferInput("latents", list(z.shape), "FP32").set_data_from_numpy(z)
     images = client.infer(f"{model}.decode", [latents]).as_numpy("images")
-    assert images.shape == (1, 16, 12, 3) and images.dtype == np.uint8
+    assert images.shape == (1, 16, 12, channels) and images.dtype == np.uint8
     shape = dict(shape=list(z.shape), dtype="float32", output_type="pt", partial_postprocess="true")
     expected = binary_v1(server, f"/v1/models/{model}/decode", z.tobytes(), **shape)
     np.testing.assert_array_equal(images, expected.reshape(images.shape))
@@ -86,3 +81,13 @@ def test_score_is_the_reconstruction_error_and_kl(client: triton.InferenceServer
     assert mse.shape == psnr.shape == kl.shape == (2,)
     np.testing.assert_allclose(psnr, 10 * np.log10(1 / mse), rtol=1e-5)
     assert (kl > 0).all() and (mse > 0).all()
+
+
+def test_scores_follow_the_encoder(client: triton.InferenceServerClient) -> None:
+    """A KL only where the encoder gives a posterior."""
+    assert [o["name"] for o in client.get_model_metadata("tiny-dc.score")["outputs"]] == ["mse", "psnr_db"]
+    outputs = client.get_model_metadata("tiny-qwenimage.score")["outputs"]
+    assert [o["name"] for o in outputs] == ["kl_nats", "mse", "psnr_db"]
+    images = np.random.default_rng(4).integers(0, 256, (1, 16, 16, 3), dtype=np.uint8)
+    pixels = triton.InferInput("images", list(images.shape), "UINT8").set_data_from_numpy(images)
+    assert client.infer("tiny-qwenimage.score", [pixels]).as_numpy("kl_nats")[0] > 0

@@ -20,8 +20,8 @@ from app.engine.backends.diffusers import (
     LatentGaussian,
     compute_dtype,
     load_diffusers,
-    read_config,
 )
+from app.engine.backends.diffusers_folders import read_json
 from app.engine.errors import StartupError
 from app.engine.operations import ArrayJob, SampleJob, run_encode, run_sample
 from app.engine.passes import Passes
@@ -38,7 +38,7 @@ def folders(tmp_path_factory: pytest.TempPathFactory) -> dict[str, Path]:
 
 
 def reference(folder: Path) -> torch.nn.Module:
-    config = read_config(folder)
+    config = read_json(folder / "config.json")
     return (
         getattr(diffusers, config["_class_name"])
         .from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
@@ -72,6 +72,9 @@ def test_half_precision_on_a_gpu_unless_the_model_says_it_overflows() -> None:
     assert compute_dtype(cuda, force_upcast=False) == torch.float16
     assert compute_dtype(cuda, force_upcast=True) == torch.float32  # SDXL's VAE sets force_upcast
     assert compute_dtype(CPU, force_upcast=False) == torch.float32
+    assert compute_dtype(cuda, False, "bfloat16") == torch.bfloat16  # Flux.2, Qwen-Image: as their pipelines
+    assert compute_dtype(cuda, True, "bfloat16") == torch.float32
+    assert compute_dtype(CPU, False, "bfloat16") == torch.float32
 
 
 @torch.inference_mode()
@@ -129,10 +132,11 @@ def test_uploads_must_fit_the_downsampling(folders: dict[str, Path]) -> None:
 
 def test_folders_that_are_no_autoencoder_say_why(tmp_path: Path) -> None:
     with pytest.raises(DiffusersError, match="no config.json"):
-        read_config(tmp_path)
+        load_diffusers(tmp_path, CPU)
     (tmp_path / "config.json").write_text('{"_class_name": "UNet2DModel"}')
+    (tmp_path / "diffusion_pytorch_model.safetensors").write_bytes(b"")
     with pytest.raises(DiffusersError, match="_class_name is 'UNet2DModel'; served classes: AutoencoderKL"):
-        read_config(tmp_path)
+        load_diffusers(tmp_path, CPU)
 
 
 @pytest.fixture(scope="module")
@@ -201,6 +205,10 @@ def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
         "/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))]
     )
     assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]
+    sizes = [("files", ("a.png", png(PHOTO), "image/png")), ("files", ("b.png", png(PHOTO[:, :14]), "image/png"))]
+    mixed = client.post("/v1/encode", data={"model": "tiny-kl"}, files=sizes)
+    assert mixed.status_code == 422
+    assert mixed.json()["detail"] == "files[1] (b.png): image is 14x12; the images of one request share one size (16x12)"
 
 
 def test_an_out_of_memory_fails_its_batch_and_the_next_one_works(

@@ -1,0 +1,116 @@
+"""Every image autoencoder class of diffusers that is served, and how each differs, as data.
+
+One row per class; the generic backend (app/engine/backends/diffusers.py) reads nothing else
+about a class. Each fact comes from the class's own code in diffusers 0.42
+(`diffusers/models/autoencoders/`) and, for the pipeline latents, from the pipeline that uses it
+(docs/api.md has the table with the test that proves each row). Video and audio autoencoders
+are more rows of the same kind (another issue): a row says its layout, its factors, its
+encoder's output and its decoder's extra inputs.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Callable, Mapping
+from dataclasses import dataclass, field
+from typing import Any, Literal
+
+Config = Mapping[str, Any]
+# What `encode()` returns: a diagonal Gaussian posterior (`.latent_dist`), or deterministic
+# latents (`.latents`, `.latent`): VQModel's are its unquantised latents (its decode quantises).
+Encoder = Literal["posterior", "latents", "latent"]
+# How the class's pipelines normalise latents before the transformer sees them:
+# "scale": (z - shift_factor) * scaling_factor (SD, SDXL, Flux.1, Sana, ...);
+# "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
+# "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents.
+Normalisation = Literal["scale", "mean_std", "batch_norm"]
+# The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
+# bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
+# the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
+GpuDtype = Literal["float16", "bfloat16", "float32"]
+
+
+def blocks(key: str) -> Callable[[Config], int]:
+    """A factor of 2 per down block after the first, as diffusers' pipelines compute it."""
+    return lambda config: 2 ** (len(config[key]) - 1)
+
+
+def downsamples(key: str) -> Callable[[Config], int]:
+    """A factor of 2 per entry (Wan-style: one per temporal_downsample flag)."""
+    return lambda config: 2 ** len(config[key])
+
+
+def value(key: str) -> Callable[[Config], int]:
+    return lambda config: int(config[key])
+
+
+@dataclass(frozen=True)
+class DecodeOption:
+    """An input a class's decode takes from the request (query parameter of the same name)."""
+
+    default: int
+    low: int
+    high: int
+    description: str
+
+
+@dataclass(frozen=True)
+class ClassSpec:
+    encoder: Encoder
+    factor: Callable[[Config], int]  # the spatial downsampling factor
+    latent_channels: str = "latent_channels"  # the config key
+    image_channels: str | None = None  # the config key, where the class is not RGB-only
+    frames: bool = False  # a video-shaped model used for one frame: images [B, C, 1, H, W], latents [B, C, 1, h, w]
+    tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
+    normalisation: Normalisation = "scale"
+    decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
+    gpu_dtype: GpuDtype = "float16"  # a config's force_upcast makes it float32
+
+
+# The consistency decoder is a 2-step diffusion model: its noise comes from the request's seed.
+CONSISTENCY_OPTIONS = {
+    "seed": DecodeOption(0, 0, 2**63 - 1, "Seeds the consistency decoder's noise: same seed, same bytes"),
+    # ConsistencyDecoderScheduler.set_timesteps refuses any other count in diffusers 0.42.
+    "steps": DecodeOption(2, 2, 2, "The consistency decoder's steps (num_inference_steps; diffusers supports 2)"),
+}
+
+CLASSES: dict[str, ClassSpec] = {
+    "AutoencoderKL": ClassSpec("posterior", blocks("block_out_channels")),
+    "AutoencoderTiny": ClassSpec("latents", blocks("encoder_block_out_channels")),
+    "AsymmetricAutoencoderKL": ClassSpec("posterior", blocks("down_block_out_channels"), tiling=False),
+    "AutoencoderDC": ClassSpec("latent", blocks("encoder_block_out_channels"), gpu_dtype="float32"),
+    "VQModel": ClassSpec("latents", blocks("block_out_channels"), tiling=False),
+    "ConsistencyDecoderVAE": ClassSpec(
+        "posterior", blocks("encoder_block_out_channels"), decode_options=CONSISTENCY_OPTIONS
+    ),
+    "AutoencoderKLFlux2": ClassSpec(
+        "posterior", blocks("block_out_channels"), normalisation="batch_norm", gpu_dtype="bfloat16"
+    ),
+    "AutoencoderKLHunyuanImage": ClassSpec("posterior", value("spatial_compression_ratio"), gpu_dtype="bfloat16"),
+    "AutoencoderKLKVAE": ClassSpec("posterior", blocks("ch_mult"), latent_channels="z_channels", gpu_dtype="float32"),
+    "AutoencoderKLQwenImage": ClassSpec(
+        "posterior",
+        downsamples("temperal_downsample"),
+        "z_dim",
+        frames=True,
+        normalisation="mean_std",
+        gpu_dtype="bfloat16",
+    ),
+    "AutoencoderKLQwenImage21": ClassSpec(
+        "posterior",
+        value("scale_factor_spatial"),
+        "z_dim",
+        "in_channels",
+        frames=True,
+        normalisation="mean_std",
+        gpu_dtype="bfloat16",
+    ),
+}
+
+# The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
+NOT_SERVED: dict[str, str] = {
+    "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
+    "pipeline reorders latent frames into channels (_restore_image_tokens_order): the video issue",
+    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): the video issue",
+    "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
+    "service does not install",
+}

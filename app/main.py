@@ -25,6 +25,7 @@ from app.api.v2.catalog import catalog
 from app.config import Settings, torch_threads
 from app.engine.backends import families
 from app.engine.operations import Engine
+from app.jobs.manager import Jobs
 from app.engine.registry import Registry, device_from_setting, load_registry
 from app.server import observability
 from app.server.middleware import install_middleware
@@ -79,6 +80,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         app.state.service = Service(settings, engine, ImageCodec(settings.max_pixels, settings.image_threads))
         app.state.v2_models = catalog(app.state.service)
+        await app.state.jobs.start(app)
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).
@@ -89,6 +91,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.ready = False
+        await app.state.jobs.close()
         if engine is not None:
             engine.close()
 
@@ -116,5 +119,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)
+    app.state.jobs = Jobs(settings)
     install_middleware(app, settings, API_ROUTES)
     return app

@@ -24,6 +24,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from app.engine import progress
 from app.engine.backend import Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnQueue, Worker
 from app.engine.errors import NeedsTooMuchMemory, OutOfMemory
@@ -350,6 +351,7 @@ class Engine:
 
     def _batcher(self, model: LoadedModel, operation: Operation, run: str | None = None) -> Batcher[Any, Any]:
         model.require(operation)
+        progress.admitted(model.name, operation)
         return self._batchers[model.name][run or operation]
 
     async def sample(

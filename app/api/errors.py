@@ -20,6 +20,7 @@ from starlette.requests import ClientDisconnect
 from app.api.images import ImageError, ImageTooLarge
 from app.api.routes import API_ROUTES
 from app.engine import errors
+from app.jobs.store import Unavailable
 from app.server.errors import error_response
 from app.server.proxy import route_path
 
@@ -35,6 +36,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.OutOfMemory, 503),
     (errors.NeedsTooMuchMemory, 413),
     (errors.BatchFailed, 500),
+    (Unavailable, 503),  # the job store
     (ImageTooLarge, 413),
     (ImageError, 422),
 ]

@@ -29,11 +29,12 @@ from starlette.types import ASGIApp, Receive, Scope, Send
 from app.config import Settings
 from app.engine import progress
 from app.jobs.replay import Answer, Call, replay
-from app.jobs.store import MemoryStore, Record, Store, new_record
+from app.jobs.store import MemoryStore, Record, Store, Unavailable, new_record
 
 log = logging.getLogger(__name__)
 
 RENEW_S = 0.5  # how often a runner renews its lease and looks for a cancel (at most)
+STORE_RETRY_S = 5.0  # how long a runner waits after the store failed it
 
 
 class Admitted(Exception):
@@ -157,11 +158,12 @@ class Jobs:
                 job_id = await self.store.claim(self.worker)
                 if job_id is not None:
                     await self._run(job_id)
-            except asyncio.CancelledError:
-                raise
-            except Exception:  # the store may be away for a moment; the runner goes on
+            except Unavailable as e:  # Redis away for a moment, or for good: said, not traced
+                log.warning("job runner: %s", e)
+                await asyncio.sleep(STORE_RETRY_S)
+            except Exception:
                 log.exception("job runner")
-                await asyncio.sleep(1)
+                await asyncio.sleep(STORE_RETRY_S)
 
     async def _run(self, job_id: str) -> None:
         assert self.store is not None and self.target is not None
@@ -215,8 +217,8 @@ class Jobs:
                 await self.store.reap()
                 if self.observe is not None:
                     self.observe(*await self.store.counts())
-            except asyncio.CancelledError:
-                raise
+            except Unavailable as e:
+                log.warning("job housekeeping: %s", e)
             except Exception:
                 log.exception("job housekeeping")
             await asyncio.sleep(interval)

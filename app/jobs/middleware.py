@@ -10,7 +10,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.jobs.manager import Jobs, owner_of, public
 from app.jobs.replay import Call
-from app.jobs.store import Full, TooMany
+from app.jobs.store import Full, TooMany, Unavailable
 from app.server.errors import error_response
 from app.server.security import given_key
 
@@ -54,7 +54,7 @@ class JobsMiddleware:
         owner = owner_of(given_key(headers) if self.keys else None)
         try:
             record = await self.jobs.submit(Call.of(scope, b"".join(chunks)), owner, admitted)
-        except Full as full:
+        except (Full, Unavailable) as full:
             await error_response(scope, 503, str(full), {"Retry-After": str(full.retry_after)})(scope, receive, send)
             return
         except TooMany as many:

@@ -13,11 +13,27 @@ from __future__ import annotations
 
 import asyncio
 import json
-from collections.abc import AsyncIterator
+from collections.abc import AsyncIterator, Callable, Coroutine
+from functools import wraps
+from typing import Any, ParamSpec, TypeVar
 
 import redis.asyncio as redis
 
-from app.jobs.store import ATTEMPTS, FINAL, STATES, WATCH_S, Full, Record, TooMany, lost_twice, too_large
+from app.jobs.store import (
+    ATTEMPTS,
+    FINAL,
+    STATES,
+    WATCH_S,
+    Full,
+    Record,
+    TooMany,
+    Unavailable,
+    lost_twice,
+    too_large,
+)
+
+P = ParamSpec("P")
+R = TypeVar("R")
 
 POLL_S = 0.2  # how often an idle runner looks at the queue
 
@@ -168,6 +184,19 @@ return 1
 """
 
 
+def reached(method: Callable[P, Coroutine[Any, Any, R]]) -> Callable[P, Coroutine[Any, Any, R]]:
+    """`method`, with Redis out of reach as `Unavailable`."""
+
+    @wraps(method)
+    async def calling(*args: P.args, **kwargs: P.kwargs) -> R:
+        try:
+            return await method(*args, **kwargs)
+        except (redis.ConnectionError, redis.TimeoutError) as e:
+            raise Unavailable(f"the job store (Redis) is unavailable: {e}") from None
+
+    return calling
+
+
 class RedisStore:
     def __init__(self, url: str, ttl: float, max_bytes: int, per_owner: int, lease_s: float, prefix: str = "vae:jobs:"):
         self.client = redis.from_url(url)
@@ -195,6 +224,7 @@ class RedisStore:
     def _key(self, kind: str, job_id: str) -> str:
         return f"{self.prefix}{kind}:{job_id}"
 
+    @reached
     async def create(self, record: Record, request: bytes) -> None:
         answer, soonest = await self._call(
             "create", record["id"], json.dumps(record), request, self.max_bytes, self.per_owner
@@ -205,16 +235,20 @@ class RedisStore:
         if answer == b"many":
             raise TooMany(self.per_owner)
 
+    @reached
     async def record(self, job_id: str) -> Record | None:
         raw = await self.client.get(self._key("job", job_id))
         return None if raw is None else json.loads(raw)
 
+    @reached
     async def request(self, job_id: str) -> bytes | None:
         return await self.client.get(self._key("req", job_id))
 
+    @reached
     async def result(self, job_id: str) -> bytes | None:
         return await self.client.get(self._key("res", job_id))
 
+    @reached
     async def claim(self, worker: str) -> str | None:
         job_id = await self._call("claim", worker, self.lease_ms)
         if job_id is None:
@@ -223,23 +257,29 @@ class RedisStore:
             return None
         return job_id.decode()  # type: ignore[union-attr]
 
+    @reached
     async def renew(self, job_id: str, worker: str) -> str:
         return (await self._call("renew", job_id, worker, self.lease_ms)).decode()  # type: ignore[union-attr]
 
+    @reached
     async def progress(self, job_id: str, worker: str, done: int, total: int, unit: str) -> None:
         await self._call("progress", job_id, worker, done, total, unit)
 
+    @reached
     async def finish(self, job_id: str, worker: str, state: str, error: str | None, result: bytes) -> None:
         message = too_large(len(result), self.max_bytes)
         await self._call("finish", job_id, worker, state, error or "", result, self.max_bytes, self.ttl, message)
 
+    @reached
     async def cancel(self, job_id: str) -> Record | None:
         raw = await self._call("cancel", job_id, self.ttl)
         return None if raw is None else json.loads(raw)  # type: ignore[arg-type]
 
+    @reached
     async def reap(self) -> None:
         await self._call("reap", self.ttl, ATTEMPTS, lost_twice(ATTEMPTS))
 
+    @reached
     async def counts(self) -> tuple[dict[str, int], int]:
         states = dict.fromkeys(STATES, 0)
         keys = [key async for key in self.client.scan_iter(match=f"{self.prefix}job:*", count=1000)]

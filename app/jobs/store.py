@@ -40,6 +40,12 @@ class Full(Exception):
         self.retry_after = retry_after
 
 
+class Unavailable(Exception):
+    """The store cannot be reached (Redis is down or unreachable)."""
+
+    retry_after = 5
+
+
 class TooMany(Exception):
     def __init__(self, limit: int) -> None:
         super().__init__(f"at most {limit} unfinished jobs per API key (VAE_JOB_MAX_PER_KEY); wait for one to finish")

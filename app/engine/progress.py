@@ -5,8 +5,9 @@ engine. The engine calls `admitted(model, operation)` when it takes the request 
 operation, once the request has passed every check the engine makes; the batcher keeps the
 listener with the request (`Pending`), and while the request's batch runs, `Passes.run` calls
 `passed` after each pass, which the listeners of the batch's requests hear as (done, total,
-unit). Once nobody waits for any request of the batch (their `gone()`), the batch stops at its
-next pass with `Abandoned`: a cancelled job or a disconnected client costs at most one more pass.
+unit). Once the check after a pass finds that nobody waits for any request of the batch (their
+`gone()`, asked on the event loop), the batch stops with `Abandoned` when the pass under way
+ends: a cancelled job or a disconnected client costs at most two more passes, not the rest.
 """
 
 from __future__ import annotations

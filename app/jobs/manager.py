@@ -190,6 +190,11 @@ class Jobs:
                 if verdict != "ok":
                     lost = verdict == "lost"
                     cancelled.set()
+        except asyncio.CancelledError:  # the replica is stopping: the job goes back to the queue
+            task.cancel()
+            with contextlib.suppress(Unavailable):  # then its lease expires instead
+                await self.store.release(job_id, self.worker)
+            raise
         except BaseException:
             task.cancel()
             raise

@@ -123,6 +123,24 @@ save(rec)
 return 1
 """
 
+# ARGV: prefix, id, worker, ttl
+RELEASE = """
+if redis.call('GET', p .. 'lease:' .. ARGV[2]) ~= ARGV[3] then return 0 end
+local rec = load(ARGV[2])
+if redis.call('EXISTS', p .. 'cancel:' .. ARGV[2]) == 1 then
+  ended(rec, 'cancelled', cjson.null, tonumber(ARGV[4]))
+  return 1
+end
+rec.state = 'queued'
+rec.attempts = rec.attempts - 1
+rec.progress = cjson.null
+redis.call('SREM', p .. 'running', ARGV[2])
+redis.call('DEL', p .. 'lease:' .. ARGV[2])
+save(rec)
+redis.call('RPUSH', p .. 'queue', ARGV[2])
+return 1
+"""
+
 # ARGV: prefix, id, worker, state, error, result, max_bytes, ttl, too_large message
 FINISH = """
 if redis.call('GET', p .. 'lease:' .. ARGV[2]) ~= ARGV[3] then return 0 end
@@ -212,6 +230,7 @@ class RedisStore:
                 ("claim", CLAIM),
                 ("renew", RENEW),
                 ("progress", PROGRESS),
+                ("release", RELEASE),
                 ("finish", FINISH),
                 ("cancel", CANCEL),
                 ("reap", REAP),
@@ -264,6 +283,10 @@ class RedisStore:
     @reached
     async def progress(self, job_id: str, worker: str, done: int, total: int, unit: str) -> None:
         await self._call("progress", job_id, worker, done, total, unit)
+
+    @reached
+    async def release(self, job_id: str, worker: str) -> None:
+        await self._call("release", job_id, worker, self.ttl)
 
     @reached
     async def finish(self, job_id: str, worker: str, state: str, error: str | None, result: bytes) -> None:

@@ -75,6 +75,7 @@ class Store(Protocol):
     async def claim(self, worker: str) -> str | None: ...  # the next queued job, now running; waits a little
     async def renew(self, job_id: str, worker: str) -> str: ...  # "ok", "cancel" (asked to stop) or "lost"
     async def progress(self, job_id: str, worker: str, done: int, total: int, unit: str) -> None: ...
+    async def release(self, job_id: str, worker: str) -> None: ...  # queued again, this attempt uncounted
     async def finish(self, job_id: str, worker: str, state: str, error: str | None, result: bytes) -> None: ...
     async def cancel(self, job_id: str) -> Record | None: ...
     async def reap(self) -> None: ...  # expired leases and finished jobs past their ttl
@@ -163,6 +164,9 @@ class MemoryStore:
         if entry is not None and entry.record["state"] == "running":
             entry.record["progress"] = {"done": done, "total": total, "unit": unit}
             await self._notify()
+
+    async def release(self, job_id: str, worker: str) -> None:
+        return None  # the jobs end with the process that is stopping
 
     async def finish(self, job_id: str, worker: str, state: str, error: str | None, result: bytes) -> None:
         entry = self.jobs.get(job_id)

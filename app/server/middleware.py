@@ -107,9 +107,9 @@ def install_middleware(app: FastAPI, settings: Settings, routes: Sequence[APIRou
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Accept", "Authorization", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Seed", "X-Model", "X-Request-ID"],
+            allow_methods=["GET", "POST", "DELETE"],  # DELETE: cancelling a job
+            allow_headers=["Content-Type", "Accept", "Authorization", "X-API-Key", "X-Request-ID", "Prefer"],
+            expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Location", "Preference-Applied"],
         )
     if settings.root_path:
         app.add_middleware(RootPath, root_path=settings.root_path)

@@ -3,7 +3,8 @@
 
 A job submitted through one replica is watched (Server-Sent Events) and fetched through
 another; queued and running jobs are cancelled; a replica killed with SIGKILL mid-job leaves a
-lease that expires: the job runs again, and a job whose replica dies twice fails and says why.
+lease that expires: the job runs again, and a job whose replica dies twice fails and says why;
+a replica stopped with SIGTERM gives its job back at once, without counting the attempt.
 """
 
 from __future__ import annotations
@@ -137,12 +138,17 @@ def test_cancel_a_queued_and_a_running_job(start: Callable[..., Replica], redis_
     assert again.status_code == 409
 
 
-def test_a_job_whose_replica_is_killed_runs_again_then_fails_with_its_reason(
+def test_a_job_whose_replica_stops_or_is_killed_runs_again_then_fails_with_its_reason(
     start: Callable[..., Replica], redis_server: RedisServer
 ) -> None:
     store = redis_server.url(3)
     watcher = start("watcher", job_store=store, job_runners="0", **SLOW)  # reaps expired leases
     submitted = submit(watcher, 64)
+    stopping = start("stopping", job_store=store, **SLOW)
+    until(watcher, submitted["id"], lambda r: (r["progress"] or {}).get("done", 0) >= 1)
+    stopping.stop()  # SIGTERM: the replica gives its job back, and the attempt does not count
+    released = job(watcher, submitted["id"])
+    assert (released["state"], released["attempts"], released["progress"]) == ("queued", 0, None)
     for attempt in (1, 2):
         runner = start(f"runner-{attempt}", job_store=store, **SLOW)
         until(watcher, submitted["id"], lambda r, a=attempt: r["state"] == "running" and r["attempts"] == a)

@@ -9,14 +9,12 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.test_page import (  # noqa: F401  (browser and driver are fixtures)
-    CHECKPOINTS,
+from tests.app.test_page import (  # noqa: F401  (browser, driver and open_page are fixtures)
     OpenPage,
-    attach,
     browser,
     driver,
+    open_page,
     pytestmark,
-    wait_loaded,
 )
 from tests.deploy.support import Replica
 
@@ -33,25 +31,6 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
         yield replica.url
     finally:
         replica.stop()
-
-
-@pytest.fixture
-def open_page(browser, server: str) -> Iterator[OpenPage]:  # noqa: F811
-    contexts = []
-
-    def opener() -> tuple[object, object]:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        record = attach(page)
-        page.goto(server + "/")
-        wait_loaded(page, record)
-        return page, record
-
-    yield opener
-    for context in contexts:
-        context.close()
 
 
 SAMPLE_JOB = '#jobs .job[data-path="v1/sample"]'

@@ -94,7 +94,9 @@ class Settings(BaseSettings):
     job_store_bytes: int = Field(
         256 * MiB, ge=1, description="Most bytes of job requests and results kept in all; past it, new jobs 503"
     )
-    job_max_per_key: int = Field(64, ge=1, description="Most queued or running jobs per API key (or in all, without keys)")
+    job_max_per_key: int = Field(
+        64, ge=1, description="Most queued or running jobs per API key (or in all, without keys)"
+    )
     job_runners: int = Field(1, ge=0, description="Jobs this replica runs at once (0: it runs none, only takes them)")
     job_lease: float = Field(
         10.0, gt=0, description="Seconds a running job's lease lasts unless renewed; a replica that died loses it"

@@ -25,8 +25,8 @@ from app.api.v2.catalog import catalog
 from app.config import Settings, torch_threads
 from app.engine.backends import families
 from app.engine.operations import Engine
-from app.jobs.manager import Jobs
 from app.engine.registry import Registry, device_from_setting, load_registry
+from app.jobs.manager import Jobs
 from app.server import observability
 from app.server.middleware import install_middleware
 from app.server.security import key_schemes, protected_path

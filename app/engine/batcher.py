@@ -142,7 +142,9 @@ class Batcher(Generic[In, Out]):
             raise Overloaded(self.name, self.limits.max_queue, retry_after=1)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
-        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get())
+        pending: Pending[In, Out] = Pending(
+            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get()
+        )
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
         if self._expiry is None:

@@ -119,7 +119,9 @@ class Jobs:
         self.observe = app.state.metrics.observe_jobs
         self.store = open_store(self.settings)
         loop = asyncio.get_running_loop()
-        self._tasks = [loop.create_task(self._runner(), name=f"job runner {i}") for i in range(self.settings.job_runners)]
+        self._tasks = [
+            loop.create_task(self._runner(), name=f"job runner {i}") for i in range(self.settings.job_runners)
+        ]
         self._tasks.append(loop.create_task(self._housekeeping(), name="job housekeeping"))
 
     async def close(self) -> None:

@@ -17,7 +17,11 @@ from app.server.security import given_key
 
 def prefers_async(headers: Headers) -> bool:
     """Whether any `Prefer` header asks for respond-async (tokens are case-insensitive)."""
-    tokens = (token.split(";")[0].split("=")[0].strip().lower() for value in headers.getlist("prefer") for token in value.split(","))
+    tokens = (
+        token.split(";")[0].split("=")[0].strip().lower()
+        for value in headers.getlist("prefer")
+        for token in value.split(",")
+    )
     return "respond-async" in tokens
 
 

@@ -218,7 +218,7 @@ class MemoryStore:
                 return
             async with self._changed:
                 try:
-                    await asyncio.wait_for(self._changed.wait_for(lambda: self.version != seen), WATCH_S)
+                    await asyncio.wait_for(self._changed.wait_for(lambda seen=seen: self.version != seen), WATCH_S)
                 except TimeoutError:
                     pass
 

@@ -113,7 +113,9 @@ class Metrics:
             registry=self.registry,
         )
         self.jobs = Gauge(
-            "vae_jobs", "Jobs in the job store by state (the store's count: the same on every replica)", ["state"],
+            "vae_jobs",
+            "Jobs in the job store by state (the store's count: the same on every replica)",
+            ["state"],
             registry=self.registry,
         )
         self.jobs_waiting = Gauge(

@@ -36,7 +36,7 @@ def server(tmp_path_factory: pytest.TempPathFactory, model_dir: Path) -> Iterato
 SAMPLE_JOB = '#jobs .job[data-path="v1/sample"]'
 
 
-def test_long_sampling_shows_progress_and_can_be_cancelled(open_page: OpenPage) -> None:
+def test_long_sampling_shows_progress_and_can_be_cancelled(open_page: OpenPage) -> None:  # noqa: F811
     page, record = open_page()  # the first 16 samples, one decode pass each: longer than a moment
     assert page.evaluate(SAMPLES) == 16
     page.eval_on_selector("#n", "n => { n.value = 64; }")  # no input event: the click alone asks

@@ -12,8 +12,8 @@ from __future__ import annotations
 import json
 import os
 import time
-from datetime import datetime
 from collections.abc import Callable, Iterator
+from datetime import datetime
 from pathlib import Path
 
 import httpx

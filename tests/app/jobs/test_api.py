@@ -46,15 +46,24 @@ def as_job(client: TestClient, method: str, url: str, **kwargs: object) -> tuple
     return record, client.get(location + "/result")
 
 
-def test_every_kind_of_operation_endpoint_gives_the_synchronous_answer_as_a_job(client: TestClient, shirt: bytes) -> None:
+def test_every_kind_of_operation_endpoint_gives_the_synchronous_answer_as_a_job(
+    client: TestClient, shirt: bytes
+) -> None:
     z = np.random.default_rng(0).standard_normal((3, 4)).astype(np.float32)
     calls = [
         ("POST", "/v1/decode", {"json": {"latents": z.tolist(), "format": "json"}}),
         ("POST", "/v1/sample", {"json": {"n": 2, "seed": 7}}),
         ("POST", "/v1/score", {"files": {"files": ("s.png", shirt, "image/png")}, "data": {"k": "5", "seed": "1"}}),
         ("POST", "/v1/models/tiny-vae/decode?shape=3&shape=4&output_type=pt", {"content": z.tobytes()}),
-        ("POST", "/v2/models/tiny-vae.decode/infer", {"json": {"inputs": [
-            {"name": "latents", "shape": [3, 4], "datatype": "FP32", "data": z.ravel().tolist()}]}}),
+        (
+            "POST",
+            "/v2/models/tiny-vae.decode/infer",
+            {
+                "json": {
+                    "inputs": [{"name": "latents", "shape": [3, 4], "datatype": "FP32", "data": z.ravel().tolist()}]
+                }
+            },
+        ),
     ]
     for method, url, kwargs in calls:
         record, result = as_job(client, method, url, **kwargs)

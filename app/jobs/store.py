@@ -124,8 +124,9 @@ class MemoryStore:
         await self._notify()
 
     def _retry_after(self) -> int:
+        """Seconds until the next finished job's bytes are freed (or a ttl, if none has finished)."""
         soonest = min((e.expires for e in self.jobs.values()), default=float("inf"))
-        return max(1, min(int(self.ttl), int(soonest - time.time()) + 1))
+        return max(1, int(min(self.ttl, soonest - time.time())) + 1)
 
     async def record(self, job_id: str) -> Record | None:
         entry = self.jobs.get(job_id)

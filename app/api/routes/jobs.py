@@ -7,6 +7,7 @@ the 404 of a job that does not exist.
 from __future__ import annotations
 
 import json
+import time
 from collections.abc import AsyncIterator
 from typing import Any
 
@@ -17,7 +18,7 @@ from starlette.datastructures import Headers
 from app.api.schemas import ERROR_RESPONSES
 from app.jobs.manager import Jobs, owner_of, public
 from app.jobs.replay import Answer
-from app.jobs.store import FINAL, Record, Store
+from app.jobs.store import FINAL, WATCH_S, Record, Store
 from app.server.security import given_key
 
 router = APIRouter(prefix="/v1/jobs", tags=["jobs"], responses=ERROR_RESPONSES)
@@ -73,16 +74,18 @@ async def events(request: Request, job_id: str) -> StreamingResponse:
     await owned(store, owner, job_id)
 
     async def stream() -> AsyncIterator[str]:
-        last = None
+        last, sent_at = None, time.monotonic()
         async for record in store.changes(job_id):
             if record is None:
                 return
             shown = json.dumps(public(record))
-            if shown == last:
+            if shown != last:
+                yield f"event: {'end' if record['state'] in FINAL else 'job'}\ndata: {shown}\n\n"
+            elif time.monotonic() - sent_at >= WATCH_S:
                 yield ": waiting\n\n"  # a comment: keeps proxies from closing an idle stream
+            else:
                 continue
-            last = shown
-            yield f"event: {'end' if record['state'] in FINAL else 'job'}\ndata: {shown}\n\n"
+            last, sent_at = shown, time.monotonic()
 
     # X-Accel-Buffering: nginx passes each event on as it comes (deploy/nginx.conf.template too).
     headers = {"Cache-Control": "no-cache", "X-Accel-Buffering": "no"}

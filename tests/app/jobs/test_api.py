@@ -3,6 +3,7 @@ synchronous call's status, headers and bytes; bad requests answered at once; key
 
 from __future__ import annotations
 
+import json
 import time
 from collections.abc import Iterator
 
@@ -113,3 +114,21 @@ def test_a_job_is_its_keys_alone_and_each_key_has_a_bound(keyed: TestClient) -> 
     cancelled = keyed.delete(location, headers=one)
     assert (cancelled.status_code, cancelled.json()["state"]) == (200, "cancelled")
     assert submit(one).status_code == 202  # a cancelled job no longer counts
+
+
+def test_the_in_process_store_expires_jobs_and_holds_at_most_its_bytes(settings: Settings) -> None:
+    ttl, bound = 1.0, 20_000
+    bounded = settings.model_copy(update={"job_ttl": ttl, "job_store_bytes": bound})
+    with TestClient(create_app(bounded)) as client:
+        _, result = as_job(client, "POST", "/v1/sample", json={"n": 1, "seed": 1})
+        assert result.status_code == 200
+        big = json.dumps({"n": 1, "seed": 2}) + " " * (bound - 1000)  # JSON: any amount of white space
+        headers = {**ASYNC, "Content-Type": "application/json"}
+        full = client.post("/v1/sample", content=big, headers=headers)
+        assert full.status_code == 503 and f"VAE_JOB_STORE_BYTES={bound}" in full.json()["detail"]
+        assert 1 <= int(full.headers["retry-after"]) <= ttl + 1
+        deadline = time.monotonic() + 10
+        while client.post("/v1/sample", content=big, headers=headers).status_code != 202:
+            assert time.monotonic() < deadline  # the first job expires, and its bytes with it
+            time.sleep(0.1)
+        assert client.get(result.url.path.removesuffix("/result")).status_code == 404

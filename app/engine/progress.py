@@ -7,13 +7,15 @@ listener with the request (`Pending`), and while the request's batch runs, `Pass
 `passed` after each pass, which the listeners of the batch's requests hear as (done, total,
 unit). Once the check after a pass finds that nobody waits for any request of the batch (their
 `gone()`, asked on the event loop), the batch stops with `Abandoned` when the pass under way
-ends: a cancelled job or a disconnected client costs at most two more passes, not the rest.
+ends: a cancelled job or a disconnected client costs at most two more passes, not the rest. (A
+batch without listeners is checked only once it has run `CHECK_AFTER_S`.)
 """
 
 from __future__ import annotations
 
 import asyncio
 import threading
+import time
 from collections.abc import Callable, Sequence
 from contextvars import ContextVar
 from typing import Protocol, TypeVar
@@ -22,6 +24,10 @@ from app.engine.errors import Abandoned
 
 T = TypeVar("T")
 R = TypeVar("R")
+
+# A batch with no listener is looked at (is anyone still waiting?) only once it has run this
+# long: a short batch would finish before stopping it saved anything, and then pays nothing.
+CHECK_AFTER_S = 0.05
 
 
 class Listener(Protocol):
@@ -58,6 +64,7 @@ class BatchProgress:
         self.done = 0
         self.total = 0
         self.stop = threading.Event()
+        self.started = time.monotonic()
 
     def passed(self, index: int, count: int) -> None:
         """Pass `index` (from 1) of `count` of one `Passes.run` is done; raises `Abandoned` when
@@ -67,7 +74,8 @@ class BatchProgress:
         if index == 1:
             self.total += count
         self.done += 1
-        self.loop.call_soon_threadsafe(self._on_loop, self.done, self.total)
+        if self.listeners or time.monotonic() - self.started >= CHECK_AFTER_S:
+            self.loop.call_soon_threadsafe(self._on_loop, self.done, self.total)
 
     def _on_loop(self, done: int, total: int) -> None:
         for listening in self.listeners:

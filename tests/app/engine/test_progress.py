@@ -95,6 +95,25 @@ def test_a_batch_stops_at_its_next_pass_once_nobody_waits() -> None:
     assert work.ran == 3  # of 100: pass 3 was under way when the check came; it is the last
 
 
+def test_a_long_batch_whose_client_left_stops_without_a_listener() -> None:
+    work = Steps(100)
+
+    async def main(worker: Worker) -> None:
+        gone = False
+        batcher = Batcher("fake", work, worker, LIMITS)
+        task = asyncio.create_task(batcher.submit(1, gone=lambda: gone))  # a plain request: no listener
+        await asyncio.sleep(progress.CHECK_AFTER_S * 2)  # longer than a moment: its passes are checked
+        gone = True
+        while not task.done():
+            work.go.release()
+            await asyncio.sleep(0.02)
+        with pytest.raises(Abandoned):
+            await task
+
+    run(main)
+    assert work.ran < 100
+
+
 def test_passes_report_each_pass_and_nothing_outside_a_batch() -> None:
     class Backend:
         max_rows = 3

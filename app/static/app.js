@@ -668,8 +668,10 @@ function encodeImage(image) {
       followPickers();
       const size = view ? ` (${view.size.width}×${view.size.height} pixels)` : "";
       $("encode-status").textContent = `Encoded ${image.name}${size}.`;
-      if (state.explore.id === "encoded") startExplore("encoded");
-      if ($("interp-a").value === "encoded" || $("interp-b").value === "encoded") requestInterpolation();
+      if (!tensors) { // no Explore or Interpolate for these (showSections), whichever point the pickers name
+        if (state.explore.id === "encoded") startExplore("encoded");
+        if ($("interp-a").value === "encoded" || $("interp-b").value === "encoded") requestInterpolation();
+      }
     }).finally(() => {
       if ($("encode-status").textContent.startsWith("Encoding")) $("encode-status").textContent = "";
     }),

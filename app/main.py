@@ -41,7 +41,9 @@ Autoencoder (Kingma & Welling, arXiv 1312.6114) trained on Fashion-MNIST.
 Every endpoint that uses a model takes an optional `model` (default: the default model, see
 `GET /v1/models`). Endpoints that return images answer with one PNG grid by default, or JSON
 (base64 PNGs plus latents) with `format=json` or `Accept: application/json`. Errors are JSON
-`{"detail": "<message>"}`. Details: docs/api.md.
+`{"detail": "<message>"}`. Long work: send any operation with `Prefer: respond-async` for a
+job (202, `Location: /v1/jobs/{id}`) to watch, fetch and cancel under `/v1/jobs`. Details:
+docs/api.md.
 """
 
 

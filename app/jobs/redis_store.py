@@ -22,13 +22,13 @@ import redis.asyncio as redis
 from app.jobs.store import (
     ATTEMPTS,
     FINAL,
+    LOST,
     STATES,
     WATCH_S,
     Full,
     Record,
     TooMany,
     Unavailable,
-    lost_twice,
     too_large,
 )
 
@@ -300,7 +300,7 @@ class RedisStore:
 
     @reached
     async def reap(self) -> None:
-        await self._call("reap", self.ttl, ATTEMPTS, lost_twice(ATTEMPTS))
+        await self._call("reap", self.ttl, ATTEMPTS, LOST)
 
     @reached
     async def counts(self) -> tuple[dict[str, int], int]:

@@ -3,8 +3,9 @@
 `MemoryStore` keeps them in the process (the default); `RedisStore` (app/jobs/redis_store.py)
 in Redis, shared by every replica. Both keep the same rules: a job's bytes (its request, then
 its result) count against `max_bytes`; at most `per_owner` unfinished jobs per owner; a
-finished job is deleted `ttl` seconds after it finished; a running job holds a lease that its
-runner renews, and one whose lease expires (its replica died) is queued again once, then failed.
+finished job is deleted `ttl` seconds after it finished. In Redis, a running job also holds a
+lease that its runner renews, and one whose lease expires (its replica died) is queued again
+once, then failed.
 """
 
 from __future__ import annotations
@@ -24,8 +25,8 @@ Record = dict[str, Any]
 WATCH_S = 15.0
 
 
-def lost_twice(attempts: int) -> str:
-    return f"the replica running this job stopped (attempt {attempts} of {ATTEMPTS}); it is not retried again"
+# Why a job whose replica died on every attempt failed.
+LOST = f"the replica running this job stopped (attempt {ATTEMPTS} of {ATTEMPTS}); it is not retried again"
 
 
 def too_large(size: int, max_bytes: int) -> str:

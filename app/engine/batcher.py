@@ -26,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.engine import progress
 from app.engine.errors import Abandoned, BatchFailed, EngineError, Overloaded, ShuttingDown, TimedOut
 
 log = logging.getLogger(__name__)
@@ -75,6 +76,7 @@ class Pending(Generic[In, Out]):
     future: asyncio.Future[Out]
     queued_at: float  # the event loop's clock
     gone: Gone | None = None
+    listener: progress.Listener | None = None  # told the progress of the request's batch
     taken: bool = False
 
 
@@ -145,7 +147,9 @@ class Batcher(Generic[In, Out]):
             raise Overloaded(self.name, self.limits.max_queue, retry_after=1)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
-        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time(), gone)
+        pending: Pending[In, Out] = Pending(
+            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get()
+        )
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
         if self._expiry is None:
@@ -234,6 +238,14 @@ class Batcher(Generic[In, Out]):
             except TimeoutError:
                 return
 
+    def _tracked(self, batch: list[Pending[In, Out]]) -> Callable[[list[In]], list[Out]]:
+        """`run` for `batch`: its progress to its requests' listeners, stopped once nobody waits."""
+        listeners = [p.listener for p in batch if p.listener is not None]
+        tracker = progress.BatchProgress(
+            self.name, asyncio.get_running_loop(), listeners, lambda: all(map(abandoned, batch))
+        )
+        return progress.tracked(self._run, tracker)
+
     async def _serve(self) -> None:
         while True:
             if not self._waiting:
@@ -250,12 +262,15 @@ class Batcher(Generic[In, Out]):
                 if self._on_batch:
                     self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at)
                 try:
-                    results = await self._worker.run(self._run, [p.item for p in batch])
+                    results = await self._worker.run(self._tracked(batch), [p.item for p in batch])
                     if len(results) != len(batch):
                         raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
                 except asyncio.CancelledError:  # closed while the batch ran
                     fail(batch, ShuttingDown())
                     raise
+                except Abandoned as error:  # stopped mid-run: nobody waits for any request of it
+                    fail(batch, error)
+                    continue
                 except Exception as error:  # the batch fails, the batcher does not
                     if len(batch) > 1 and self._on_isolate:
                         self._on_isolate()
@@ -285,9 +300,12 @@ class Batcher(Generic[In, Out]):
         try:
             for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
                 try:
-                    results = await self._worker.run(self._run, [p.item for p in part])
+                    results = await self._worker.run(self._tracked(part), [p.item for p in part])
                     if len(results) != len(part):
                         raise RuntimeError(f"{len(results)} results for {len(part)} requests")
+                except Abandoned as gone:
+                    fail(part, gone)
+                    continue
                 except Exception as part_error:
                     await self._failed(part, part_error)
                     continue

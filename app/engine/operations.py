@@ -25,6 +25,7 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from app.engine import progress
 from app.engine.backend import Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
 from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
@@ -358,6 +359,7 @@ class Engine:
 
     def _batcher(self, model: LoadedModel, operation: Operation, run: str | None = None) -> Batcher[Any, Any]:
         """The batcher for a request already checked (`LoadedModel.checked`)."""
+        progress.admitted(model.name, operation)
         return self._batchers[model.name][run or operation]
 
     async def sample(

@@ -5,7 +5,8 @@ engine. The engine calls `admitted(model, operation)` when it takes the request 
 operation, once the request has passed every check the engine makes; the batcher keeps the
 listener with the request (`Pending`), and while the request's batch runs, `Passes.run` calls
 `passed` after each pass, which the listeners of the batch's requests hear as (done, total,
-unit). Once the check after a pass finds that nobody waits for any request of the batch (their
+unit); a backend whose pass runs in steps of its own (the tiles of a tiled decode) counts them
+with `calls`, and a batch whose first step is such a finer one reports in that unit. Once the check after a pass finds that nobody waits for any request of the batch (their
 `gone()`, asked on the event loop), the batch stops with `Abandoned` when the pass under way
 ends: a cancelled job or a disconnected client costs at most two more passes, not the rest. (A
 batch without listeners is checked only once it has run `CHECK_AFTER_S`.)
@@ -14,11 +15,13 @@ batch without listeners is checked only once it has run `CHECK_AFTER_S`.)
 from __future__ import annotations
 
 import asyncio
+import itertools
 import threading
 import time
-from collections.abc import Callable, Sequence
+from collections.abc import Callable, Iterator, Sequence
+from contextlib import contextmanager
 from contextvars import ContextVar
-from typing import Protocol, TypeVar
+from typing import Any, Protocol, TypeVar
 
 from app.engine.errors import Abandoned
 
@@ -63,23 +66,29 @@ class BatchProgress:
         self.nobody_waits = nobody_waits
         self.done = 0
         self.total = 0
+        self.unit: str | None = None  # of the first step: a finer count inside passes wins
         self.stop = threading.Event()
         self.started = time.monotonic()
 
-    def passed(self, index: int, count: int) -> None:
-        """Pass `index` (from 1) of `count` of one `Passes.run` is done; raises `Abandoned` when
-        the check after the previous pass found nobody waiting."""
+    def passed(self, index: int, count: int, unit: str = "passes") -> None:
+        """Step `index` (from 1) of `count` in `unit` (the passes of one `Passes.run`, the tiles
+        of one pass) is done; raises `Abandoned` when the check after an earlier step found
+        nobody waiting. Steps in another unit than the batch's first only stop it."""
         if self.stop.is_set():
             raise Abandoned(self.name)
+        self.unit = self.unit or unit
+        if unit != self.unit:
+            return
         if index == 1:
             self.total += count
         self.done += 1
+        self.total = max(self.total, self.done)  # a count estimated ahead (tiles) never shows done > total
         if self.listeners or time.monotonic() - self.started >= CHECK_AFTER_S:
-            self.loop.call_soon_threadsafe(self._on_loop, self.done, self.total)
+            self.loop.call_soon_threadsafe(self._on_loop, self.done, self.total, unit)
 
-    def _on_loop(self, done: int, total: int) -> None:
+    def _on_loop(self, done: int, total: int, unit: str) -> None:
         for listening in self.listeners:
-            listening.progress(done, total, "passes")
+            listening.progress(done, total, unit)
         if self.nobody_waits():
             self.stop.set()
 
@@ -87,11 +96,26 @@ class BatchProgress:
 _batch: ContextVar[BatchProgress | None] = ContextVar("batch_progress", default=None)
 
 
-def passed(index: int, count: int) -> None:
+def passed(index: int, count: int, unit: str = "passes") -> None:
     """For `Passes.run`: pass `index` of `count` is done (outside a batch, as in calibration: nothing)."""
     batch = _batch.get()
     if batch is not None:
-        batch.passed(index, count)
+        batch.passed(index, count, unit)
+
+
+@contextmanager
+def calls(module: Any, total: int, unit: str) -> Iterator[None]:
+    """Within the block, each call of `module` (a torch module: a forward hook) is one step of
+    about `total` in `unit`: the decoder's calls of a tiled decode, one per tile."""
+    if _batch.get() is None:
+        yield
+        return
+    count = itertools.count(1)
+    handle = module.register_forward_hook(lambda *_: passed(next(count), total, unit))
+    try:
+        yield
+    finally:
+        handle.remove()
 
 
 def tracked(run: Callable[[T], R], progress: BatchProgress) -> Callable[[T], R]:

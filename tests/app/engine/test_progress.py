@@ -123,7 +123,7 @@ def test_passes_report_each_pass_and_nothing_outside_a_batch() -> None:
     seen: list[tuple[int, int]] = []
 
     class Tracker(progress.BatchProgress):
-        def passed(self, index: int, count: int) -> None:
+        def passed(self, index: int, count: int, unit: str = "passes") -> None:
             seen.append((index, count))
 
     x = torch.arange(7.0).reshape(7, 1)

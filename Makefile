@@ -5,8 +5,9 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
 # Debian packages the tests use (nginx as the gateway, chromium for the page, curl for the README examples,
-# podman and its network parts to build and run the image, debootstrap for stand-in base images).
-SYSTEM_PACKAGES := chromium nginx curl podman runc netavark aardvark-dns iptables debootstrap
+# podman and its network parts to build and run the image, debootstrap for stand-in base images,
+# redis-server as the job store shared by replicas).
+SYSTEM_PACKAGES := chromium nginx curl podman runc netavark aardvark-dns iptables debootstrap redis-server
 
 .PHONY: serve test bench gpu-wheels install system-deps lock clean
 

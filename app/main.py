@@ -27,6 +27,7 @@ from app.config import Settings, torch_threads
 from app.engine.backends import families
 from app.engine.operations import Engine
 from app.engine.registry import Registry, device_from_setting, load_registry
+from app.jobs.manager import Jobs
 from app.server import observability
 from app.server.middleware import install_middleware
 from app.server.security import key_schemes, protected_path
@@ -41,7 +42,9 @@ Autoencoder (Kingma & Welling, arXiv 1312.6114) trained on Fashion-MNIST.
 Every endpoint that uses a model takes an optional `model` (default: the default model, see
 `GET /v1/models`). Endpoints that return images answer with one PNG grid by default, or JSON
 (base64 PNGs plus latents) with `format=json` or `Accept: application/json`. Errors are JSON
-`{"detail": "<message>"}`. Details: docs/api.md.
+`{"detail": "<message>"}`. Long work: send any operation with `Prefer: respond-async` for a
+job (202, `Location: /v1/jobs/{id}`) to watch, fetch and cancel under `/v1/jobs`. Details:
+docs/api.md.
 """
 
 
@@ -82,6 +85,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         app.state.service = Service(settings, engine, ImageCodec(settings.max_pixels, settings.image_threads))
         app.state.v2_models = catalog(app.state.service)
+        await app.state.jobs.start(app)
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).
@@ -92,6 +96,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.ready = False
+        await app.state.jobs.close()
         if engine is not None:
             engine.close()
 
@@ -119,5 +124,6 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)
+    app.state.jobs = Jobs(settings)
     install_middleware(app, settings, API_ROUTES)
     return app

@@ -21,6 +21,7 @@ from starlette.requests import ClientDisconnect
 
 from app.api.images import ImageError, ImageTooLarge
 from app.engine import errors
+from app.jobs.store import Unavailable
 from app.server.errors import error_response
 from app.server.proxy import route_path
 
@@ -36,6 +37,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.Abandoned, 499),  # nginx's "client closed request": nobody reads it, the log and metrics do
     (errors.NeedsTooMuchMemory, 413),
     (errors.BatchFailed, 500),
+    (Unavailable, 503),  # the job store
     (ImageTooLarge, 413),
     (ImageError, 422),
 ]

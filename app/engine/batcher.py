@@ -32,6 +32,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.engine import progress
 from app.engine.errors import (
     Abandoned,
     Backlogged,
@@ -111,6 +112,7 @@ class Pending(Generic[In, Out]):
     future: asyncio.Future[Out]
     queued_at: float  # the event loop's clock
     gone: Gone | None = None
+    listener: progress.Listener | None = None  # told the progress of the request's batch
     cost: float = 0.0  # estimated seconds it adds to its lane's backlog (app/engine/cost.py)
     taken: bool = False
 
@@ -189,7 +191,9 @@ class Batcher(Generic[In, Out]):
             raise Backlogged(self.name, backlog, self.limits.timeout)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
-        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time(), gone, cost)
+        pending: Pending[In, Out] = Pending(
+            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get(), cost
+        )
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
         if self._expiry is None:
@@ -280,6 +284,14 @@ class Batcher(Generic[In, Out]):
             except TimeoutError:
                 return
 
+    def _tracked(self, batch: list[Pending[In, Out]]) -> Callable[[list[In]], list[Out]]:
+        """`run` for `batch`: its progress to its requests' listeners, stopped once nobody waits."""
+        listeners = [p.listener for p in batch if p.listener is not None]
+        tracker = progress.BatchProgress(
+            self.name, asyncio.get_running_loop(), listeners, lambda: all(map(abandoned, batch))
+        )
+        return progress.tracked(self._run, tracker)
+
     async def _serve(self) -> None:
         while True:
             if not self._waiting:
@@ -298,12 +310,15 @@ class Batcher(Generic[In, Out]):
                     self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at, waited)
                 cost = sum(p.cost for p in batch)
                 try:
-                    results = await self._worker.run(self._run, [p.item for p in batch], cost=cost)
+                    results = await self._worker.run(self._tracked(batch), [p.item for p in batch], cost=cost)
                     if len(results) != len(batch):
                         raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
                 except asyncio.CancelledError:  # closed while the batch ran
                     fail(batch, ShuttingDown())
                     raise
+                except Abandoned as error:  # stopped mid-run: nobody waits for any request of it
+                    fail(batch, error)
+                    continue
                 except Exception as error:  # the batch fails, the batcher does not
                     if len(batch) > 1 and self._on_isolate:
                         self._on_isolate()
@@ -333,9 +348,13 @@ class Batcher(Generic[In, Out]):
         try:
             for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
                 try:
-                    results = await self._worker.run(self._run, [p.item for p in part], cost=sum(p.cost for p in part))
+                    cost = sum(p.cost for p in part)
+                    results = await self._worker.run(self._tracked(part), [p.item for p in part], cost=cost)
                     if len(results) != len(part):
                         raise RuntimeError(f"{len(results)} results for {len(part)} requests")
+                except Abandoned as gone:
+                    fail(part, gone)
+                    continue
                 except Exception as part_error:
                     await self._failed(part, part_error)
                     continue

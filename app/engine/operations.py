@@ -30,7 +30,8 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
-from app.engine.backend import NEEDS, Backend
+from app.engine import progress
+from app.engine.backend import NEEDS, Backend, Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
 from app.engine.cost import Cost, measure
 from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
@@ -485,10 +486,19 @@ class Engine:
         )
 
     async def _submit(
-        self, model: LoadedModel, op: str, job: Job, items: int, size: int | None = None, gone: Gone | None = None
+        self,
+        model: LoadedModel,
+        operation: Operation,
+        job: Job,
+        items: int,
+        size: int | None = None,
+        gone: Gone | None = None,
+        run: str | None = None,
     ) -> Any:
-        """`job`, a request already checked (`LoadedModel.checked`), through `model`'s `op`
-        batcher on the lane that its estimated cost picks."""
+        """`job`, a request already checked (`LoadedModel.checked`), through `model`'s batcher of
+        `run` (default: `operation`) on the lane that its estimated cost picks."""
+        progress.admitted(model.name, operation)
+        op = run or operation
         cost = self._costs[model.name][op]
         amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
         lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) >= self.long_cost else "short"
@@ -592,5 +602,6 @@ class Engine:
         path_labels = None
         if labels is not None:
             path_labels = np.where(np.linspace(0, 1, steps) < 0.5, labels[0], labels[1])
-        pixels = await self._submit(model, "decode", ArrayJob(path, path_labels), len(path), gone=gone)
+        job = ArrayJob(path, path_labels)
+        pixels = await self._submit(model, "interpolate", job, len(path), gone=gone, run="decode")
         return Images(pixels, path, path_labels)

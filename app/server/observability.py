@@ -162,11 +162,25 @@ class Metrics:
             ["model", "op"],
             registry=self.registry,
         )
+        self.jobs = Gauge(
+            "vae_jobs",
+            "Jobs in the job store by state (the store's count: the same on every replica)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.jobs_waiting = Gauge(
+            "vae_jobs_waiting", "Jobs queued in the job store for a runner to take", registry=self.registry
+        )
         self.registry.register(ModelCollector(state))
         self.registry.register(QueuedWorkCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+
+    def observe_jobs(self, states: dict[str, int], waiting: int) -> None:
+        for state, count in states.items():
+            self.jobs.labels(state).set(count)
+        self.jobs_waiting.set(waiting)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"

@@ -19,7 +19,9 @@ VQModel's unquantised latents) has no prior and no KL.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Hashable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -27,6 +29,7 @@ import numpy as np
 import torch
 from PIL.Image import Image
 
+from app.engine import progress
 from app.engine.backend import Feature, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
 from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
@@ -125,14 +128,15 @@ class DiffusersBackend:
             return (self.latent_channels, *frames, None, None)
         return (self.latent_channels, *frames, height // self.factor, width // self.factor)
 
-    def _tiling(self, side: int, latent: bool) -> None:
-        """Tile when a side is over `tile` pixels: diffusers' enable_tiling with our tile size
-        (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at `sample_size`).
-        Classes name their tile sizes differently; each sets those it has."""
+    def _tiling(self, shape: torch.Size, latent: bool) -> AbstractContextManager[None]:
+        """Tile when a side of `shape` (h, w) is over `tile` pixels: diffusers' enable_tiling with
+        our tile size (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at
+        `sample_size`). Classes name their tile sizes differently; each sets those it has. The
+        context counts the tiles as progress: one call of the decoder (encoder) per tile."""
         if not self.spec.tiling:
-            return
+            return nullcontext()
         model, tile = self.model, self.tile
-        model.use_tiling = (side * self.factor if latent else side) > tile
+        model.use_tiling = max(shape) * (self.factor if latent else 1) > tile
         sizes = {"tile_sample_min": tile, "tile_latent_min": tile // self.factor}
         if self.stride_ratio:
             sizes["tile_sample_stride"] = int(tile * self.stride_ratio)
@@ -140,14 +144,22 @@ class DiffusersBackend:
             for suffix in ("_size", "_height", "_width"):
                 if hasattr(model, prefix + suffix):
                     setattr(model, prefix + suffix, size)
+        part = getattr(model, "decoder" if latent else "encoder", None)
+        if not model.use_tiling or part is None:
+            return nullcontext()
+        # The tiles' stride, as the class's loops step (AutoencoderKL: the tile less its overlap).
+        ratio = self.stride_ratio or 1 - getattr(model, "tile_overlap_factor", 0.25)
+        stride = max(1, int(tile * ratio) // (self.factor if latent else 1))
+        return progress.calls(part, math.prod(-(-side // stride) for side in shape), "tiles")
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
         """x: [B, C, H, W] in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
-        self._tiling(max(x.shape[-2:]), latent=False)
+        tiles = self._tiling(x.shape[-2:], latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
-        encoded = self.model.encode(x)
+        with tiles:
+            encoded = self.model.encode(x)
         if self.spec.encoder != "posterior":
             return getattr(encoded, self.spec.encoder)
         q = encoded.latent_dist
@@ -159,14 +171,15 @@ class DiffusersBackend:
         """z: unscaled latents -> [B, C, H, W] images in [0, 1] (not clamped: VaeImageProcessor.
         denormalize's clamp comes with the conversion to pixels). `options`: [B, k] values of the
         class's decode options per row (the consistency decoder's seed and steps), else their defaults."""
-        self._tiling(max(z.shape[-2:]), latent=True)
+        tiles = self._tiling(z.shape[-2:], latent=True)
         z = z.to(self.dtype)
-        if self.decode_options:
-            images = torch.cat(
-                [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
-            )
-        else:
-            images = self.model.decode(z).sample
+        with tiles:
+            if self.decode_options:
+                images = torch.cat(
+                    [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
+                )
+            else:
+                images = self.model.decode(z).sample
         if self.spec.frames:
             images = images[:, :, 0]
         return (images * 0.5 + 0.5).float()

@@ -3,6 +3,7 @@ answers every endpoint with what its family defines."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from app.engine.backends.diffusers import (
     load_diffusers,
 )
 from app.engine.backends.diffusers_folders import read_json
-from app.engine.errors import StartupError
+from app.engine import progress
+from app.engine.errors import Abandoned, StartupError
 from app.engine.operations import ArrayJob, SampleJob, run_encode, run_sample
 from app.engine.passes import Passes
 from app.main import create_app, load_models
@@ -119,6 +121,36 @@ def test_large_images_are_tiled_as_diffusers_tiles_them(folders: dict[str, Path]
     model.disable_tiling()
     small = z[..., :8, :8]  # within one tile: not tiled
     assert torch.equal(backend.decode(small), model.decode(small).sample * 0.5 + 0.5)
+
+
+class Heard:
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, str]] = []
+
+    def admitted(self, model: str, operation: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        self.steps.append((done, total, unit))
+
+
+@torch.inference_mode()
+def test_a_tiled_decode_reports_its_tiles_and_stops_between_them(folders: dict[str, Path]) -> None:
+    backend = load_diffusers(folders["tiny-kl"], CPU, tile=16)
+    z = torch.randn(1, 4, 20, 12, generator=torch.Generator().manual_seed(2))  # 4 x 2 tiles of 8, stride 6
+    loop = asyncio.new_event_loop()
+    try:
+        heard = Heard()
+        tracker = progress.BatchProgress("tiny-kl decode", loop, [heard], lambda: False)
+        progress.tracked(backend.decode, tracker)(z)
+        loop.run_until_complete(asyncio.sleep(0.01))  # the reports, queued on the loop
+        assert heard.steps == [(i, 8, "tiles") for i in range(1, 9)]
+        stopped = progress.BatchProgress("tiny-kl decode", loop, [], lambda: True)
+        stopped.stop.set()  # what the check after a step sets once nobody waits
+        with pytest.raises(Abandoned):
+            progress.tracked(backend.decode, stopped)(z)
+    finally:
+        loop.close()
 
 
 def test_uploads_must_fit_the_downsampling(folders: dict[str, Path]) -> None:

@@ -59,6 +59,16 @@ class Settings(BaseSettings):
     )
     max_queue: int = Field(256, ge=1, description="Requests waiting per model and operation; past it, 503")
     queue_timeout: float = Field(10.0, gt=0, description="Seconds a request may wait for its batch; past it, 504")
+    # Sharing the device between short and long requests (app/engine/operations.py, docs/deploy.md).
+    long_cost: float = Field(
+        0.25, ge=0, description="Estimated seconds from which a request is long work, run on the long threads"
+    )
+    long_threads: int = Field(
+        1,
+        ge=0,
+        description="Threads for long work beside the one for short work: up to this many long batches (of "
+        "different models or operations) run at once; 0: one thread runs everything in turn",
+    )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; default: usable cores / uvicorn workers (WEB_CONCURRENCY) - 1"
     )

@@ -69,6 +69,8 @@ def make_engine(settings: Settings, registry: Registry, metrics: observability.M
         batching=settings.batching,
         batch_invariant=settings.batch_invariant,
         threads=torch_threads(settings),
+        long_threads=settings.long_threads,
+        long_cost=settings.long_cost,
         metrics=metrics,
     )
 

@@ -31,6 +31,7 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.InvalidInput, 422),  # bad label, bad latent shape, over a limit
     (errors.NotSupported, 422),
     (errors.Overloaded, 503),
+    (errors.Backlogged, 503),
     (errors.ShuttingDown, 503),
     (errors.TimedOut, 504),
     (errors.Abandoned, 499),  # nginx's "client closed request": nobody reads it, the log and metrics do

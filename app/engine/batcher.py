@@ -1,18 +1,23 @@
 """Dynamic batching: concurrent requests for one model operation run as one batch.
 
-Every batcher of a process shares one `Worker`, the inference thread, which runs one batch at
-a time. A batcher queues its requests and, whenever the worker is free, hands it everything
-queued (up to `max_size`) as one batch, so batches grow with the load by themselves: an idle
-server runs a lone request at once, a busy one runs the requests that arrived during the last
-batch together. Under load a batch that is not full may also wait up to `max_delay` (counted
-from its oldest request) for more; a request that finds the worker free never waits.
+A batcher runs its batches on one `Worker`, a lane of inference threads that several batchers
+share, one batch per thread at a time. A batcher queues its requests and, whenever its lane has
+a thread free, hands it everything queued (up to `max_size`) as one batch, so batches grow with
+the load by themselves: an idle server runs a lone request at once, a busy one runs the requests
+that arrived during the last batch together. Under load a batch that is not full may also wait
+up to `max_delay` (counted from its oldest request) for more; a request that finds the lane free
+never waits.
 
-Back-pressure: past `max_queue` waiting requests `submit` raises `Overloaded` at once; a
-request still queued after `timeout` seconds gets `TimedOut`. A batch that raises is isolated:
-its requests run again in halves, down to one, so that only a request that fails alone gets an
-error (the `EngineError` it raised, else `BatchFailed`), and the batcher goes on. A request
-whose `gone()` says, when its batch is about to run, that nobody waits for it any more (its
-client disconnected) is dropped with `Abandoned` instead of run. Every request is answered
+Back-pressure: each request brings its estimated cost in seconds (app/engine/cost.py), and a lane
+keeps its backlog, the estimated seconds of work queued for it and left in its running batches.
+A request that would not start before its deadline, the backlog ahead of it being over
+`timeout`, gets `Backlogged` at once, with the backlog as its retry delay; past `max_queue`
+waiting requests, `Overloaded`. A request still queued after `timeout` seconds (the estimates
+were short) gets `TimedOut`. A batch that raises is isolated: its requests run again in halves,
+down to one, so that only a request that fails alone gets an error (the `EngineError` it raised,
+else `BatchFailed`), and the batcher goes on. A request whose `gone()` says, when its batch is
+about to run, that nobody waits for it any more (its client disconnected) is dropped with
+`Abandoned` instead of run. Every request is answered
 exactly once: its future is resolved by whichever comes first.
 """
 
@@ -20,6 +25,7 @@ from __future__ import annotations
 
 import asyncio
 import logging
+import time
 from collections import deque
 from collections.abc import Callable, Iterable
 from concurrent.futures import ThreadPoolExecutor
@@ -27,14 +33,24 @@ from dataclasses import dataclass
 from typing import Generic, TypeVar
 
 from app.engine import progress
-from app.engine.errors import Abandoned, BatchFailed, EngineError, Overloaded, ShuttingDown, TimedOut
+from app.engine.errors import (
+    Abandoned,
+    Backlogged,
+    BatchFailed,
+    EngineError,
+    Overloaded,
+    ShuttingDown,
+    TimedOut,
+    retry_after,
+)
 
 log = logging.getLogger(__name__)
 
 In = TypeVar("In")  # a request's input
 Out = TypeVar("Out")  # its result
 T = TypeVar("T")
-OnBatch = Callable[[int, float], None]  # (items in the batch, seconds its oldest request waited)
+# (items in the batch, seconds its oldest request waited, seconds its requests waited in all)
+OnBatch = Callable[[int, float, float], None]
 OnQueue = Callable[[int], None]  # change in the number of items waiting
 OnDrop = Callable[[], None]  # a request dropped because nobody waits for it
 OnIsolate = Callable[[], None]  # a batch of several requests failed: they run again in parts
@@ -51,18 +67,38 @@ class Limits:
 
 
 class Worker:
-    """The one thread that runs batches, one at a time; `slot` is held while a batch runs."""
+    """A lane: `threads` inference threads, each running one batch at a time; a `slot` is held
+    while a batch runs. It keeps its backlog: the estimated seconds of work queued for it
+    (`queued`, kept by its batchers) and the estimated end of each batch it runs."""
 
-    def __init__(self, initializer: Callable[[], None] | None = None) -> None:
-        self._executor = ThreadPoolExecutor(max_workers=1, thread_name_prefix="inference", initializer=initializer)
-        self.slot = asyncio.Lock()
+    def __init__(
+        self, initializer: Callable[[], None] | None = None, threads: int = 1, name: str = "inference"
+    ) -> None:
+        self._executor = ThreadPoolExecutor(max_workers=threads, thread_name_prefix=name, initializer=initializer)
+        self.slot = asyncio.Semaphore(threads)
+        self.threads = threads
+        self.queued = 0.0
+        self._ends: list[float] = []  # time.monotonic() at which each running batch should end
 
     @property
     def busy(self) -> bool:
         return self.slot.locked()
 
-    async def run(self, fn: Callable[..., T], *args: object) -> T:
-        return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+    def backlog(self) -> float:
+        """Estimated seconds before a request arriving now could start: the work queued and
+        left in the running batches, spread over the lane's threads."""
+        now = time.monotonic()
+        return (self.queued + sum(max(0.0, end - now) for end in self._ends)) / self.threads
+
+    async def run(self, fn: Callable[..., T], *args: object, cost: float = 0.0) -> T:
+        """`fn(*args)` in one of the lane's threads; `cost`, its estimated seconds, counts in the
+        backlog while it runs."""
+        end = time.monotonic() + cost
+        self._ends.append(end)
+        try:
+            return await asyncio.get_running_loop().run_in_executor(self._executor, fn, *args)
+        finally:
+            self._ends.remove(end)
 
     def close(self) -> None:
         self._executor.shutdown(wait=True, cancel_futures=True)
@@ -77,6 +113,7 @@ class Pending(Generic[In, Out]):
     queued_at: float  # the event loop's clock
     gone: Gone | None = None
     listener: progress.Listener | None = None  # told the progress of the request's batch
+    cost: float = 0.0  # estimated seconds it adds to its lane's backlog (app/engine/cost.py)
     taken: bool = False
 
 
@@ -101,10 +138,11 @@ class Batcher(Generic[In, Out]):
     """Queues `In`s and runs them in batches through `run` (in the worker thread), which returns
     one `Out` per input, in order.
 
-    `on_batch(items, wait_s)` is told each batch's item count and how long its oldest request
-    waited; `on_queue(delta)` each change in the number of items waiting; `on_drop()` each
-    request dropped because nobody waited for it; `on_isolate()` each batch of several requests
-    that failed, whose requests then run again in parts.
+    `on_batch(items, wait_s, waited_s)` is told each batch's item count, how long its oldest
+    request waited and how long its requests waited in all; `on_queue(delta)` each change in
+    the number of items waiting; `on_drop()` each request dropped because nobody waited for it;
+    `on_isolate()` each batch of several requests that failed, whose requests then run again in
+    parts.
     """
 
     def __init__(
@@ -138,17 +176,23 @@ class Batcher(Generic[In, Out]):
     def waiting(self) -> int:
         return self._waiting
 
-    async def submit(self, item: In, items: int = 1, size: int | None = None, gone: Gone | None = None) -> Out:
+    async def submit(
+        self, item: In, items: int = 1, size: int | None = None, gone: Gone | None = None, cost: float = 0.0
+    ) -> Out:
         """The result of `run([item, ...])` for `item`, computed in some batch. `gone`, if given,
-        is asked just before the batch runs whether anyone still waits for this result."""
+        is asked just before the batch runs whether anyone still waits for this result; `cost`
+        is the estimated seconds it adds to the lane's backlog."""
         if self._closed:
             raise ShuttingDown()
+        backlog = self._worker.backlog()
         if self._waiting >= self.limits.max_queue:
-            raise Overloaded(self.name, self.limits.max_queue, retry_after=1)
+            raise Overloaded(self.name, self.limits.max_queue, retry_after(backlog))
+        if backlog > self.limits.timeout:
+            raise Backlogged(self.name, backlog, self.limits.timeout)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
         pending: Pending[In, Out] = Pending(
-            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get()
+            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get(), cost
         )
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
@@ -156,6 +200,7 @@ class Batcher(Generic[In, Out]):
             self._expiry = loop.call_at(pending.queued_at + self.limits.timeout, self._expire)
         self._waiting += 1
         self._waiting_size += pending.size
+        self._worker.queued += cost
         if self._on_queue:
             self._on_queue(items)
         self._changed.set()
@@ -198,6 +243,7 @@ class Batcher(Generic[In, Out]):
     def _uncount(self, pending: Pending[In, Out]) -> None:
         self._waiting -= 1
         self._waiting_size -= pending.size
+        self._worker.queued -= pending.cost
         if self._on_queue:
             self._on_queue(-pending.items)
 
@@ -260,9 +306,11 @@ class Batcher(Generic[In, Out]):
                     continue
                 started = asyncio.get_running_loop().time()
                 if self._on_batch:
-                    self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at)
+                    waited = started * len(batch) - sum(p.queued_at for p in batch)
+                    self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at, waited)
+                cost = sum(p.cost for p in batch)
                 try:
-                    results = await self._worker.run(self._tracked(batch), [p.item for p in batch])
+                    results = await self._worker.run(self._tracked(batch), [p.item for p in batch], cost=cost)
                     if len(results) != len(batch):
                         raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
                 except asyncio.CancelledError:  # closed while the batch ran
@@ -300,7 +348,8 @@ class Batcher(Generic[In, Out]):
         try:
             for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
                 try:
-                    results = await self._worker.run(self._tracked(part), [p.item for p in part])
+                    cost = sum(p.cost for p in part)
+                    results = await self._worker.run(self._tracked(part), [p.item for p in part], cost=cost)
                     if len(results) != len(part):
                         raise RuntimeError(f"{len(results)} results for {len(part)} requests")
                 except Abandoned as gone:

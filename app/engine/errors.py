@@ -6,6 +6,8 @@ one place (for HTTP, `app/api/errors.py`).
 
 from __future__ import annotations
 
+import math
+
 
 class EngineError(Exception):
     """A request the engine cannot serve; the message is for the client."""
@@ -53,6 +55,23 @@ class Overloaded(EngineError):
     def __init__(self, name: str, limit: int, retry_after: int) -> None:
         super().__init__(f"server busy: {limit} requests are already waiting for {name}; retry in {retry_after} s")
         self.retry_after = retry_after
+
+
+def retry_after(seconds: float) -> int:
+    """Whole seconds for a retry delay: at least 1."""
+    return max(1, math.ceil(seconds))
+
+
+class Backlogged(EngineError):
+    """The work already waiting for this request's lane is estimated to take longer than the
+    request may wait: answered at once, with the backlog as the retry delay."""
+
+    def __init__(self, name: str, backlog: float, timeout: float) -> None:
+        self.retry_after = retry_after(backlog)
+        super().__init__(
+            f"server busy: about {backlog:.0f} s of work is ahead of this request for {name}, more than the "
+            f"{timeout:g} s it may wait; retry in {self.retry_after} s"
+        )
 
 
 class TimedOut(EngineError):

@@ -2,11 +2,15 @@
 
 Callers hand over NumPy arrays and get NumPy arrays back, images as uint8 pixels; each request
 is checked (`LoadedModel.checked`) before it joins a batch, so that it cannot fail the requests
-batched with it. Torch runs only in the inference thread, where a batch pays each torch call's
+batched with it. Torch runs only in the inference threads, where a batch pays each torch call's
 overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the
 event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
-requests queue there and run together, in the one inference thread that all batchers share, as
-batch-invariant passes (app/engine/passes.py). The maths is the model side's (the backend's
+requests queue there and run together as batch-invariant passes (app/engine/passes.py), on one
+of two lanes that all batchers share: a request whose estimated cost (app/engine/cost.py) is
+`long_cost` seconds or more runs on the long lane's threads, every other on the short lane's
+thread, so short work never waits behind long work, and long work keeps its threads whatever
+the flood of short work. Every lane thread runs torch with the same thread count, the one the
+passes were calibrated with, so a request's bytes do not depend on its lane. The maths is the model side's (the backend's
 `prior`, posterior draws and `log_weights`, model/vae.py's `seeded`, `elbo_terms` and
 `iwae_bound`): each request draws from its own generator seeded by the request, for its own rows,
 so a request's result never depends on what it was batched with (same seed, same bytes, with
@@ -17,6 +21,7 @@ from __future__ import annotations
 
 import gc
 import math
+import time
 from collections.abc import Callable, Hashable
 from dataclasses import dataclass, replace
 from functools import partial
@@ -26,8 +31,9 @@ import numpy as np
 import torch
 
 from app.engine import progress
-from app.engine.backend import Operation
+from app.engine.backend import NEEDS, Backend, Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
+from app.engine.cost import Cost, measure
 from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
 from app.engine.passes import Passes
@@ -41,7 +47,7 @@ SCORE_PASSES = 64
 class MetricsSink(Protocol):
     """Where the engine reports its batches, queue depth, dropped requests and isolated batches."""
 
-    def observe_batch(self, model: str, op: str, size: int, wait_s: float) -> None: ...
+    def observe_batch(self, model: str, op: str, size: int, wait_s: float, waited_s: float) -> None: ...
     def queue_counter(self, model: str) -> Callable[[int], None]: ...
     def observe_drop(self, model: str, op: str) -> None: ...
     def observe_isolation(self, model: str, op: str) -> None: ...
@@ -251,6 +257,45 @@ def run_score(passes: Passes, jobs: list[ScoreJob]) -> list[Scores]:
     return scores
 
 
+Job = SampleJob | ArrayJob | ScoreJob
+
+
+def default_options(backend: Backend) -> tuple[int, ...]:
+    """The defaults of the backend's `decode_options`, in their order (none for most models)."""
+    return tuple(option.default for option in getattr(backend, "decode_options", {}).values())
+
+
+def units(job: Job, latent_size: int) -> int:
+    """The elements a job feeds the model, the unit of its cost: latents (`latent_size` per
+    sampled image), images, and for score those times the 1 + k likelihood rows per image."""
+    if isinstance(job, SampleJob):
+        return job.n * latent_size
+    if isinstance(job, ScoreJob):
+        return job.x.size * (1 + job.k)
+    return job.x.size
+
+
+def row_shape(job: Job) -> Hashable:
+    """The shape of a job's rows, by which its cost per element is learnt (None: the model's own)."""
+    return None if isinstance(job, SampleJob) else job.x.shape[1:]
+
+
+def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
+    """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
+    side (or the model's own size); score with k = 8."""
+    backend = passes.backend
+    image = backend.image
+    height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
+    generator = np.random.default_rng(0)
+    labels = np.zeros(rows, np.int64) if backend.label_names else None
+    if op == "decode":
+        latent = backend.latent_shape(height, width)
+        z = generator.standard_normal((rows, *latent), dtype=np.float32)  # type: ignore[arg-type]
+        return [ArrayJob(z, labels, options=default_options(backend))]
+    x = generator.random((rows, image.channels, height, width), dtype=np.float32)
+    return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
+
+
 RUNS: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
     "sample": run_sample,
     "decode": by_shape(run_decode),
@@ -258,6 +303,68 @@ RUNS: dict[str, Callable[[Passes, list[Any]], list[Any]]] = {
     "reconstruct": by_shape(run_reconstruct),
     "score": by_shape(run_score),
 }
+
+
+# The operations whose cost is measured at load, each only where the model has what it needs;
+# sample shares decode's cost (the same decoder passes, per latent element).
+MEASURED: dict[str, tuple[str, ...]] = {
+    "decode": NEEDS["decode"],
+    "encode": NEEDS["encode"],
+    "reconstruct": NEEDS["reconstruct"],
+    "score": ("encoder", "likelihood"),
+}
+# Measured jobs, (rows, latent cells a side): a row at the smallest probe size, then a full pass
+# (max_rows) at twice the side. One row and a few would run the same pass: passes are padded.
+PROBES = ((1, 4), (None, 8))
+
+
+def sample_units(passes: Passes) -> int:
+    """The elements of one latent at the model's own image size: what one sampled image costs."""
+    image = passes.backend.image
+    return math.prod(passes.backend.latent_shape(image.height, image.width))  # type: ignore[arg-type]
+
+
+def costs_of(passes: Passes, latent_size: int) -> dict[str, Cost]:
+    """Each operation's cost line, measured on probe jobs in the thread that serves."""
+    features = passes.backend.features
+    found: dict[str, Cost] = {}
+    for op, needs in MEASURED.items():
+        if all(feature in features for feature in needs):
+            jobs = [probe_jobs(passes, op, rows or passes.max_rows, side) for rows, side in PROBES]
+            run = memory_guarded(RUNS[op], passes, f"measuring {op}")
+            found[op] = measure(run, jobs, partial(units, latent_size=latent_size))
+    if "decode" in found:
+        found["sample"] = found["decode"]
+    return found
+
+
+def observed(
+    run: Callable[[list[Any]], list[Any]], cost: Cost, latent_size: int
+) -> Callable[[list[Any]], list[Any]]:
+    """`run`, each batch's time moving `cost` (app/engine/cost.py)."""
+
+    def timed(jobs: list[Any]) -> list[Any]:
+        start = time.perf_counter()
+        results = run(jobs)
+        shapes = {row_shape(job) for job in jobs}
+        if len(shapes) == 1:  # rows of several shapes say nothing about one
+            cost.observe(sum(units(job, latent_size) for job in jobs), time.perf_counter() - start, shapes.pop())
+        return results
+
+    return timed
+
+
+def lane_setup(threads: int, devices: set[torch.device]) -> Callable[[], None]:
+    """What each lane thread does first: take torch's thread count (the one calibration ran
+    with), and on each GPU a CUDA stream of its own, so that one lane's kernels do not queue
+    behind those another lane has launched."""
+
+    def setup() -> None:
+        torch.set_num_threads(threads)
+        for device in devices:
+            torch.cuda.set_stream(torch.cuda.Stream(device))
+
+    return setup
 
 
 def out_of_memory(error: Exception) -> bool:
@@ -293,8 +400,11 @@ def memory_guarded(
 
 class Engine:
     """The async model operations of the served models; each goes through its (model,
-    operation) batcher. `start` calibrates every model's passes and makes its batchers;
-    `close` answers whatever still waits with `ShuttingDown`."""
+    operation, lane) batcher. `start` calibrates every model's passes, measures its costs and
+    makes its batchers; `close` answers whatever still waits with `ShuttingDown`.
+
+    `long_threads` threads run the requests estimated at `long_cost` seconds or more, one thread
+    the others; with `long_threads=0` one thread runs everything, in turn."""
 
     def __init__(
         self,
@@ -307,15 +417,23 @@ class Engine:
         batching: bool = True,
         batch_invariant: bool = True,
         threads: int = 1,
+        long_threads: int = 1,
+        long_cost: float = 0.25,
         metrics: MetricsSink | None = None,
     ) -> None:
         self.registry = registry
-        self.worker = Worker(initializer=partial(torch.set_num_threads, threads))
+        setup = lane_setup(threads, {m.backend.device for m in registry if m.backend.device.type == "cuda"})
+        self.lanes = {"short": Worker(setup, name="short")}
+        if long_threads:
+            self.lanes["long"] = Worker(setup, long_threads, "long")
+        self.long_cost = long_cost
         self.max_batch = max_batch
         self.batch_invariant = batch_invariant
         self.limits = Limits(max_batch, max_delay, max_queue, queue_timeout, batching)
         self.metrics = metrics
-        self._batchers: dict[str, dict[str, Batcher[Any, Any]]] = {}
+        self._batchers: dict[str, dict[str, dict[str, Batcher[Any, Any]]]] = {}  # model, op, lane
+        self._costs: dict[str, dict[str, Cost]] = {}  # model, op
+        self._latent_sizes: dict[str, int] = {}
 
     def model(self, name: str | None) -> LoadedModel:
         """The named model, or the default one; `UnknownModel` otherwise."""
@@ -329,23 +447,33 @@ class Engine:
         """Calibrate `model`'s passes (which also pays every pass shape's first-call costs before
         the first request) and make its batchers."""
         passes = Passes(model.backend, self.max_batch, self.batch_invariant)
-        await self.worker.run(passes.calibrate)
+        short = self.lanes["short"]
+        await short.run(passes.calibrate)
+        latent_size = self._latent_sizes[model.name] = sample_units(passes)
+        costs = self._costs[model.name] = await short.run(costs_of, passes, latent_size)
+        score_limits = replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES)
         self._batchers[model.name] = {
-            op: Batcher(
-                f"{model.name} {op}",
-                memory_guarded(run, passes, f"{model.name} {op}"),
-                self.worker,
-                self.limits if op != "score" else replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES),
-                *self._observers(model.name, op),
-            )
+            op: {
+                lane: Batcher(
+                    f"{model.name} {op}",
+                    observed(memory_guarded(run, passes, f"{model.name} {op}"), costs[op], latent_size),
+                    worker,
+                    self.limits if op != "score" else score_limits,
+                    *self._observers(model.name, op),
+                )
+                for lane, worker in self.lanes.items()
+            }
             for op, run in RUNS.items()
+            if op in costs
         }
 
     def close(self) -> None:
         for batchers in self._batchers.values():
-            for batcher in batchers.values():
-                batcher.close()
-        self.worker.close()
+            for lanes in batchers.values():
+                for batcher in lanes.values():
+                    batcher.close()
+        for lane in self.lanes.values():
+            lane.close()
 
     def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None, OnIsolate | None]:
         if self.metrics is None:
@@ -357,17 +485,34 @@ class Engine:
             partial(self.metrics.observe_isolation, name, op),
         )
 
-    def _batcher(self, model: LoadedModel, operation: Operation, run: str | None = None) -> Batcher[Any, Any]:
-        """The batcher for a request already checked (`LoadedModel.checked`)."""
+    async def _submit(
+        self,
+        model: LoadedModel,
+        operation: Operation,
+        job: Job,
+        items: int,
+        size: int | None = None,
+        gone: Gone | None = None,
+        run: str | None = None,
+    ) -> Any:
+        """`job`, a request already checked (`LoadedModel.checked`), through `model`'s batcher of
+        `run` (default: `operation`) on the lane that its estimated cost picks."""
         progress.admitted(model.name, operation)
-        return self._batchers[model.name][run or operation]
+        op = run or operation
+        cost = self._costs[model.name][op]
+        amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
+        lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) >= self.long_cost else "short"
+        batcher = self._batchers[model.name][op][lane]
+        rows = items if size is None else size
+        share = cost.share(amount, shape, rows, batcher.limits.max_size)
+        return await batcher.submit(job, items, size, gone, share)
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None
     ) -> Images:
         """n images from the prior; the draws are `VAE.sample`'s with `seeded(seed)`."""
         label = model.checked_label(label)
-        return await self._batcher(model, "sample").submit(SampleJob(n, seed, temperature, label), n, gone=gone)
+        return await self._submit(model, "sample", SampleJob(n, seed, temperature, label), n, gone=gone)
 
     async def encode(
         self,
@@ -380,7 +525,7 @@ class Engine:
         """The posterior (or a deterministic encoder's latents); with `seed`, also one posterior
         draw per image from `seeded(seed)`, as `posterior.sample` of these images alone."""
         x, labels = model.checked("encode", x, labels, *(("posterior",) if seed is not None else ()))
-        return await self._batcher(model, "encode").submit(ArrayJob(x, labels, seed=seed), len(x), gone=gone)
+        return await self._submit(model, "encode", ArrayJob(x, labels, seed=seed), len(x), gone=gone)
 
     async def decode(
         self,
@@ -393,18 +538,17 @@ class Engine:
     ) -> np.ndarray:
         """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1].
         `options`: values of the backend's `decode_options` (e.g. a seeded decoder's seed and steps)."""
-        declared = getattr(model.backend, "decode_options", {})
-        options = options or tuple(option.default for option in declared.values())
+        options = options or default_options(model.backend)
         z, labels = model.checked("decode", z, labels)
         job = ArrayJob(z, labels, values, options=options)
-        return await self._batcher(model, "decode").submit(job, len(z), gone=gone)
+        return await self._submit(model, "decode", job, len(z), gone=gone)
 
     async def reconstruct(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode of the posterior mean: (pixels, means)."""
         x, labels = model.checked("reconstruct", x, labels)
-        return await self._batcher(model, "reconstruct").submit(ArrayJob(x, labels), len(x), gone=gone)
+        return await self._submit(model, "reconstruct", ArrayJob(x, labels), len(x), gone=gone)
 
     async def score(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int, gone: Gone | None = None
@@ -416,7 +560,7 @@ class Engine:
         if "likelihood" not in model.backend.features:
             return await self.distortion(model, x, labels, gone)
         job = ScoreJob(x, labels, k, seed)
-        return await self._batcher(model, "score").submit(job, len(x), len(x) * (1 + k), gone=gone)
+        return await self._submit(model, "score", job, len(x), len(x) * (1 + k), gone=gone)
 
     async def distortion(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
@@ -458,7 +602,6 @@ class Engine:
         path_labels = None
         if labels is not None:
             path_labels = np.where(np.linspace(0, 1, steps) < 0.5, labels[0], labels[1])
-        pixels = await self._batcher(model, "interpolate", "decode").submit(
-            ArrayJob(path, path_labels), len(path), gone=gone
-        )
+        job = ArrayJob(path, path_labels)
+        pixels = await self._submit(model, "interpolate", job, len(path), gone=gone, run="decode")
         return Images(pixels, path, path_labels)

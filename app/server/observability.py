@@ -93,6 +93,31 @@ def gpu_memory(registry: Registry | None) -> list[GaugeMetricFamily]:
     return [now, peak]
 
 
+class QueuedWorkCollector(Collector):
+    """`vae_queued_work_seconds`: per lane, the estimated seconds of work waiting to start (per
+    lane thread), read from the engine at scrape time."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return [self.family()]
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        family = self.family()
+        if getattr(self.state, "ready", False):
+            for name, lane in self.state.service.engine.lanes.items():
+                family.add_metric([name], lane.queued / lane.threads)
+        return [family]
+
+    def family(self) -> GaugeMetricFamily:
+        return GaugeMetricFamily(
+            "vae_queued_work_seconds",
+            "Estimated seconds of work waiting to start, per lane (short, long) and lane thread",
+            labels=["lane"],
+        )
+
+
 class Metrics:
     def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry()
@@ -118,6 +143,12 @@ class Metrics:
             registry=self.registry,
         )
         self.queue_depth = Gauge("vae_queue_depth", "Items waiting for a model call", ["model"], registry=self.registry)
+        self.waited = Counter(
+            "vae_queue_waited_seconds",
+            "Seconds requests waited for their model call to start, summed over requests",
+            ["model", "op"],
+            registry=self.registry,
+        )
         self.dropped = Counter(
             "vae_dropped_requests",
             "Requests dropped before their batch ran because their client had disconnected",
@@ -141,6 +172,7 @@ class Metrics:
             "vae_jobs_waiting", "Jobs queued in the job store for a runner to take", registry=self.registry
         )
         self.registry.register(ModelCollector(state))
+        self.registry.register(QueuedWorkCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
@@ -155,10 +187,12 @@ class Metrics:
         self.requests.labels(method, route, str(status)).inc()
         self.latency.labels(method, route).observe(seconds)
 
-    def observe_batch(self, model: str, op: str, size: int, wait_s: float) -> None:
-        """One model call of `size` items whose oldest item waited `wait_s` seconds in the queue."""
+    def observe_batch(self, model: str, op: str, size: int, wait_s: float, waited_s: float) -> None:
+        """One model call of `size` items whose oldest item waited `wait_s` seconds in the queue,
+        and its requests `waited_s` seconds in all."""
         self.batch_size.labels(model, op).observe(size)
         self.queue_wait.labels(model, op).observe(wait_s)
+        self.waited.labels(model, op).inc(waited_s)
 
     def queue_counter(self, model: str) -> Callable[[int], None]:
         """Adds a change in the number of items waiting for `model`."""

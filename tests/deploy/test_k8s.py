@@ -206,7 +206,7 @@ def hpa_targets(hpa: dict) -> dict[str, str]:
 def test_hpa_scales_on_gauges_the_app_exports_through_the_adapter(overlay: str, exported: dict[str, str]) -> None:
     targets = hpa_targets(one(rendered(overlay), "HorizontalPodAutoscaler"))
     custom = set(targets) - {"cpu"}
-    assert custom == {"vae_http_requests_in_flight", "vae_queue_depth"} and "cpu" in targets
+    assert custom == {"vae_http_requests_in_flight", "vae_queued_work_seconds"} and "cpu" in targets
     for name in custom:
         assert exported[name] == "gauge", name
     # The Prometheus Adapter serves each under the same name, from the series of that name.

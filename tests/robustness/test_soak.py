@@ -123,9 +123,9 @@ def test_soak_no_5xx_below_the_queue_bound_503_beyond_and_bounded_memory(soaked:
     assert set(below.statuses) == {200}, below.statuses
     assert set(beyond.statuses) == {200, 503}, beyond.statuses
     for busy in beyond.busy_answers:
-        assert busy.headers["retry-after"] == "1"
-        detail = f"server busy: {MAX_QUEUE} requests are already waiting for tiny-vae score; retry in 1 s"
-        assert busy.json() == {"detail": detail}
+        retry = int(busy.headers["retry-after"])  # the seconds of work ahead, estimated; at least 1
+        detail = f"server busy: {MAX_QUEUE} requests are already waiting for tiny-vae score; retry in {retry} s"
+        assert retry >= 1 and busy.json() == {"detail": detail}
     # The bound sheds the excess and the work goes on: at least a full queue's worth answered. Not a
     # throughput bound (how many finish in 8 s depends on the machine and its load).
     assert beyond.statuses[200] >= MAX_QUEUE

@@ -13,7 +13,7 @@ import pytest
 
 from app.api.errors import status_code
 from app.engine.batcher import Batcher, Limits, Worker
-from app.engine.errors import Abandoned, BatchFailed, InvalidInput, Overloaded, ShuttingDown, TimedOut
+from app.engine.errors import Abandoned, Backlogged, BatchFailed, InvalidInput, Overloaded, ShuttingDown, TimedOut
 
 LIMITS = Limits(max_size=8, max_delay=0.0, max_queue=100, timeout=5.0)
 
@@ -220,3 +220,46 @@ def test_a_request_nobody_waits_for_is_dropped_before_its_batch_runs() -> None:
     run(main)
     assert work.batches == [[0], [2]]
     assert drops == [1]
+
+
+def test_a_request_that_cannot_start_before_its_deadline_is_answered_at_once() -> None:
+    """The lane's backlog, estimated from each request's cost, is over the timeout: 503 with a
+    Retry-After of the backlog, before the request queues; the work ahead is not disturbed."""
+    work = Recorder(delay=0.3)
+
+    async def main(worker: Worker) -> None:
+        batcher = Batcher("fake", work, worker, replace(LIMITS, timeout=2.0))
+        other = Batcher("other", work, worker, replace(LIMITS, timeout=2.0))
+        running = asyncio.create_task(batcher.submit(1, cost=1.5))
+        await asyncio.sleep(0.05)  # running: about 1.45 s of it left
+        queued = asyncio.create_task(other.submit(2, cost=1.5))
+        await asyncio.sleep(0.05)
+        assert worker.queued == 1.5  # the waiting work, what /metrics shows
+        assert 2.0 < worker.backlog() <= 3.0  # over the timeout while the sleeps above take under 1 s
+        start = time.perf_counter()
+        with pytest.raises(Backlogged) as refused:
+            await batcher.submit(3, cost=0.1)
+        assert time.perf_counter() - start < 0.1
+        assert status_code(refused.value) == 503 and refused.value.retry_after == 3
+        assert "about 3 s of work is ahead of this request for fake" in str(refused.value)
+        assert await asyncio.gather(running, queued) == [2, 4]
+        assert worker.backlog() == 0 and worker.queued == pytest.approx(0)
+
+    run(main)
+    assert work.batches == [[1], [2]]
+
+
+def test_a_lane_of_two_threads_runs_two_batchers_at_once() -> None:
+    work = Recorder(delay=0.3)
+
+    async def main() -> float:
+        lane = Worker(threads=2)
+        try:
+            one, two = (Batcher(name, work, lane, LIMITS) for name in ("one", "two"))
+            start = time.perf_counter()
+            assert await asyncio.gather(one.submit(1, cost=0.3), two.submit(2, cost=0.3)) == [2, 4]
+            return time.perf_counter() - start
+        finally:
+            lane.close()
+
+    assert asyncio.run(main()) < 0.55  # one after the other: 0.6 s

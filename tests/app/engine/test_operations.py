@@ -115,6 +115,9 @@ def test_batched_results_are_byte_identical_whatever_the_neighbours(
             assert identical(result, reference[i]), f"request {i} changed when batched"
     unbatched = serve(alone, batching=False)
     assert all(identical(a, b) for a, b in zip(unbatched, reference, strict=True))
+    # Whichever lane runs a request (here every one on the long lane, or one lane for all), the same bytes.
+    for lanes in ({"long_cost": 0.0}, {"long_threads": 0}):
+        assert all(identical(a, b) for a, b in zip(serve(alone, **lanes), reference, strict=True))
     # Another deployment's own promise: passes of 8 rows, so the score requests span several.
     reference = serve(alone, max_batch=8)
     for results in serve(batched, max_batch=8):

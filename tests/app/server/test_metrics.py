@@ -74,8 +74,8 @@ def test_a_body_refused_before_routing_is_counted_under_its_route(fresh: TestCli
 
 def test_the_batcher_reports_batches_and_queue_depth(fresh: TestClient) -> None:
     metrics = fresh.app.state.metrics
-    metrics.observe_batch("tiny-vae", "decode", 8, 0.004)
-    metrics.observe_batch("tiny-vae", "decode", 2, 0.001)
+    metrics.observe_batch("tiny-vae", "decode", 8, 0.004, 0.02)
+    metrics.observe_batch("tiny-vae", "decode", 2, 0.001, 0.0015)
     metrics.queue_depth.labels("tiny-vae").set(5)
     text = scrape(fresh)
     batch = {"model": "tiny-vae", "op": "decode"}
@@ -84,7 +84,10 @@ def test_the_batcher_reports_batches_and_queue_depth(fresh: TestClient) -> None:
     assert metric(text, "vae_batch_size_bucket", **batch, le="4.0") == 1
     assert metric(text, "vae_queue_wait_seconds_sum", **batch) == pytest.approx(0.005)
     assert metric(text, "vae_queue_wait_seconds_bucket", **batch, le="0.0025") == 1
+    assert metric(text, "vae_queue_waited_seconds_total", **batch) == pytest.approx(0.0215)
     assert metric(text, "vae_queue_depth", model="tiny-vae") == 5
+    assert metric(text, "vae_queued_work_seconds", lane="short") == 0  # idle
+    assert metric(text, "vae_queued_work_seconds", lane="long") == 0
 
 
 def test_each_app_has_its_own_registry(settings: Settings) -> None:

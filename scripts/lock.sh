@@ -20,6 +20,9 @@ torch=$("$python" -c 'import tomllib; print(next(d for d in tomllib.load(open("p
 # The CPU wheel first, as `make install` does, so torch's CUDA dependencies stay out.
 "$venv/bin/pip" install -q "$torch"
 "$venv/bin/pip" install -q ".${extras:+[$extras]}"
+# What pip adds only on an older Python 3.11 such as the image's (Debian 12's 3.11.2): redis's
+# async-timeout (python_full_version < "3.11.3"), locked too so that every package there is.
+"$venv/bin/pip" install -q async-timeout
 {
   echo "# Exact versions of everything vaeserve installs, extras included ($extras), for"
   echo "# $("$venv/bin/python" -c 'import platform, sys; print(f"Python {sys.version_info.major}.{sys.version_info.minor} on {platform.system()} {platform.machine()}")')."

@@ -99,8 +99,9 @@ class ScoreJob:
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
-    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels, once per batch."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels, once per batch; videos
+    [B, C, T, H, W] -> [B, T, H, W, C]."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu().numpy()
 
 
 def floats(t: torch.Tensor) -> np.ndarray:

@@ -1,12 +1,14 @@
-"""diffusers' image autoencoders as one backend: every class in the table of
+"""diffusers' image and video autoencoders as one backend: every class in the table of
 app/engine/backends/diffusers_classes.py (AutoencoderKL, AutoencoderTiny, AutoencoderDC, VQModel,
-Flux.2's, Qwen-Image's, ...), each loaded offline from a folder as users keep it
-(app/engine/backends/diffusers_folders.py).
+Flux.2's, Qwen-Image's, Wan's, HunyuanVideo's, ...), each loaded offline from a folder as users
+keep it (app/engine/backends/diffusers_folders.py).
 
-Images go in and come out as [B, C, H, W] in [0, 1], as every backend's; the models work in
+Images go in and come out as [B, C, H, W] in [0, 1] (videos [B, C, T, H, W]), as every
+backend's; the models work in
 [-1, 1], and the conversions are diffusers' own (`VaeImageProcessor.normalize`/`denormalize`),
 so served results equal in-process diffusers results. Latents are the VAE's own, unscaled
-([B, C, h, w]; [B, C, 1, h, w] for a video-shaped model used for single frames): scaling, or a
+([B, C, h, w]; [B, C, t, h, w] for a video model, [B, C, 1, h, w] for a video-shaped model used
+for single frames): scaling, or a
 pipeline's normalisation and packing (app/engine/backends/diffusers_latents.py), belong to the request.
 
 What each class defines (docs/api.md): a class whose encoder returns a diagonal-Gaussian
@@ -27,7 +29,7 @@ import numpy as np
 import torch
 from PIL.Image import Image
 
-from app.engine.backend import Feature, ImageSpec, LatentShape, Loaded
+from app.engine.backend import Feature, Frames, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
 from app.engine.backends.diffusers_folders import DiffusersError, is_candidate, locate, model_name, sha256
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
@@ -106,7 +108,13 @@ class DiffusersBackend:
         stride = getattr(model, "tile_sample_stride_height", None)
         self.stride_ratio = stride / default_tile if stride and default_tile else None
         self.architecture: Hashable = (self.kind, json.dumps(dict(config), sort_keys=True, default=str))
-        self.image = ImageSpec(channels, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0))
+        frames = None
+        if spec.temporal is not None:
+            ratio = spec.temporal(config)
+            step = spec.frame_step or ratio
+            # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
+            frames = Frames(1, step, ratio, 1 + step)
+        self.image = ImageSpec(channels, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0), frames)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
         self.decode_options = spec.decode_options
@@ -119,11 +127,18 @@ class DiffusersBackend:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
-        frames = (1,) if self.spec.frames else ()
+    def latent_shape(
+        self, height: int | None = None, width: int | None = None, frames: int | None = None
+    ) -> LatentShape:
+        video = self.image.frames
         if height is None or width is None:
-            return (self.latent_channels, *frames, None, None)
-        return (self.latent_channels, *frames, height // self.factor, width // self.factor)
+            time: tuple[int | None, ...] = (None,) if video else (1,) if self.spec.frames else ()
+            return (self.latent_channels, *time, None, None)
+        if video:
+            time = (video.latent(video.native if frames is None else frames),)
+        else:
+            time = (1,) if self.spec.frames else ()
+        return (self.latent_channels, *time, height // self.factor, width // self.factor)
 
     def _tiling(self, side: int, latent: bool) -> None:
         """Tile when a side is over `tile` pixels: diffusers' enable_tiling with our tile size
@@ -142,7 +157,7 @@ class DiffusersBackend:
                     setattr(model, prefix + suffix, size)
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
-        """x: [B, C, H, W] in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
+        """x: [B, C, H, W] (videos [B, C, T, H, W]) in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
         self._tiling(max(x.shape[-2:]), latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
@@ -203,12 +218,18 @@ class DiffusersBackend:
                 f"image is {width}x{height}; this model needs sides that are multiples of {self.factor}"
             )
         pixels = np.asarray(image.convert(IMAGE_MODES[self.image.channels]), dtype=np.float32) / 255.0
-        return pixels.reshape(height, width, -1).transpose(2, 0, 1)
+        pixels = pixels.reshape(height, width, -1).transpose(2, 0, 1)
+        # A video model takes a still as a one-frame video: every served one encodes its first frame alone.
+        return pixels if self.image.frames is None else pixels[:, None]
 
     def describe(self) -> dict[str, Any]:
-        shape = ["B", self.latent_channels, *([1] if self.spec.frames else []), "h", "w"]
+        video = self.image.frames
+        shape = ["B", self.latent_channels, *(["t"] if video else [1] if self.spec.frames else []), "h", "w"]
         return {
             "class": self.kind,
+            "media": self.image.media,
+            "frames": video.rule() if video else None,
+            "temporal_compression": video.ratio if video else None,
             "latent_channels": self.latent_channels,
             "latent_layout": f"[{', '.join(map(str, shape))}]",
             "downsampling": self.factor,

@@ -4,8 +4,8 @@ One row per class; the generic backend (app/engine/backends/diffusers.py) reads 
 about a class. Each fact comes from the class's own code in diffusers 0.42
 (`diffusers/models/autoencoders/`) and, for the pipeline latents, from the pipeline that uses it
 (docs/api.md has the table with the test that proves each row). Video and audio autoencoders
-are more rows of the same kind (another issue): a row says its layout, its factors, its
-encoder's output and its decoder's extra inputs.
+are more rows of the same kind: a row says its layout, its factors (a video class's temporal
+compression too), its encoder's output and its decoder's extra inputs.
 """
 
 from __future__ import annotations
@@ -39,6 +39,17 @@ def downsamples(key: str) -> Callable[[Config], int]:
     return lambda config: 2 ** len(config[key])
 
 
+def ltx(axis: str, patch: str) -> Callable[[Config], int]:
+    """LTX-Video's compression along `axis` (spatial, temporal): the config's, else a factor of 2
+    per scaling block times the patch size, as AutoencoderKLLTXVideo computes it."""
+
+    def ratio(config: Config) -> int:
+        given = config.get(f"{axis}_compression_ratio")
+        return int(given) if given else int(config[patch]) * 2 ** sum(config["spatio_temporal_scaling"])
+
+    return ratio
+
+
 def value(key: str) -> Callable[[Config], int]:
     return lambda config: int(config[key])
 
@@ -60,6 +71,10 @@ class ClassSpec:
     latent_channels: str = "latent_channels"  # the config key
     image_channels: str | None = None  # the config key, where the class is not RGB-only
     frames: bool = False  # a video-shaped model used for one frame: images [B, C, 1, H, W], latents [B, C, 1, h, w]
+    # A video class: its temporal compression (frames per latent frame after the first, which is
+    # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
+    temporal: Callable[[Config], int] | None = None
+    frame_step: int | None = None  # frame counts go by this step (else by `temporal`): CogVideoX encodes 8 at a time
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
@@ -105,6 +120,34 @@ CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="bfloat16",
     ),
 }
+
+# The video autoencoders: causal 3D convolutions, the first frame alone, then `temporal` frames
+# per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
+VIDEO_CLASSES: dict[str, ClassSpec] = {
+    "AutoencoderKLWan": ClassSpec(
+        "posterior",
+        downsamples("temperal_downsample"),
+        "z_dim",
+        normalisation="mean_std",
+        gpu_dtype="float32",
+        temporal=lambda config: 2 ** sum(config["temperal_downsample"]),
+    ),
+    "AutoencoderKLHunyuanVideo": ClassSpec(
+        "posterior", value("spatial_compression_ratio"), temporal=value("temporal_compression_ratio")
+    ),
+    # Encodes 8 frames (2 latent frames) at a time after the first: 1 + 8k frames (49 in its pipelines).
+    "AutoencoderKLCogVideoX": ClassSpec(
+        "posterior",
+        blocks("block_out_channels"),
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+        frame_step=8,
+    ),
+    "AutoencoderKLLTXVideo": ClassSpec(
+        "posterior", ltx("spatial", "patch_size"), gpu_dtype="bfloat16", temporal=ltx("temporal", "patch_size_t")
+    ),
+}
+CLASSES.update(VIDEO_CLASSES)
 
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {

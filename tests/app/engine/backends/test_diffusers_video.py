@@ -1,0 +1,88 @@
+"""Every served diffusers video autoencoder class, in-process: the backend computes what the
+class computes in diffusers for videos [B, C, T, H, W], with the frame counts it takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.engine.backends.diffusers import DiffusersBackend, LatentGaussian, load_diffusers
+from app.engine.backends.diffusers_classes import VIDEO_CLASSES
+from app.engine.passes import Passes
+from tests.diffusers_video_models import TINY_VIDEO, save_video_classes
+
+diffusers = pytest.importorskip("diffusers")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[DiffusersBackend, torch.nn.Module]]:
+    """Each model served, and the same folder loaded by diffusers itself."""
+    models = {}
+    for name, folder in save_video_classes(tmp_path_factory.mktemp("video")).items():
+        backend = load_diffusers(folder, CPU)
+        cls = getattr(diffusers, backend.kind)
+        models[name] = (backend, cls.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False).eval())
+    return models
+
+
+def video(frames: int, seed: int = 0, height: int = 16, width: int = 24) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (1, 3, frames, height, width), generator=generator) / 255.0).float()
+
+
+def test_every_video_class_has_a_tiny_model() -> None:
+    assert {kind for kind, _ in TINY_VIDEO.values()} == set(VIDEO_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+@torch.inference_mode()
+def test_encode_and_decode_equal_diffusers(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
+) -> None:
+    backend, model = loaded[name]
+    frames = backend.image.frames
+    assert frames is not None and frames.accepts(9) and frames.latent(9) == 3 and frames.decoded(3) == 9
+    x = video(9)
+    encoded = model.encode(x * 2.0 - 1.0).latent_dist
+    q = backend.encode(x)
+    assert isinstance(q, LatentGaussian)
+    assert torch.equal(q.mean, encoded.mean) and torch.equal(q.variance, encoded.var)
+    assert tuple(q.mean.shape) == (1, *backend.latent_shape(16, 24, 9))
+    expected = model.decode(q.mean).sample
+    decoded = backend.decode(q.mean)
+    assert decoded.shape == x.shape
+    torch.testing.assert_close(decoded, expected * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]]) -> None:
+    facts = {name: backend.describe() for name, (backend, _) in loaded.items()}
+    assert facts["tiny-wan"]["latent_layout"] == "[B, 16, t, h, w]" and facts["tiny-wan"]["frames"] == "1 + 4k"
+    assert facts["tiny-cogvideox"]["frames"] == "1 + 8k"  # CogVideoX encodes 8 frames at a time
+    cog = loaded["tiny-cogvideox"][0].image.frames
+    assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
+    assert {name: fact["downsampling"] for name, fact in facts.items()} == {
+        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-cogvideox": 8, "tiny-ltx": 4
+    }  # fmt: skip
+    for backend, _ in loaded.values():
+        assert backend.image.media == "video" and backend.latent_shape() == (backend.latent_channels, None, None, None)
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-ltx"])
+@torch.inference_mode()
+def test_passes_calibrate_and_sample_on_videos(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
+) -> None:
+    backend, _ = loaded[name]
+    passes = Passes(backend, max_rows=2)
+    passes.calibrate()
+    z = backend.prior(2, torch.Generator().manual_seed(0))
+    native = backend.image.frames.native  # type: ignore[union-attr]
+    assert z.shape == (2, *backend.latent_shape(backend.sample_size, backend.sample_size, native))
+    # The prior's native size (no sample_size in these configs: 512) is large; decode a crop of it.
+    crop = z[..., :2, :3]
+    decoded = passes.decode(crop, None)
+    assert decoded.shape == (2, 3, native, 2 * backend.factor, 3 * backend.factor)
+    assert torch.equal(decoded[1:], passes.decode(crop[1:], None))  # a row alone: the same bits

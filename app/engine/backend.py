@@ -59,6 +59,7 @@ class Frames:
     step: int
     ratio: int  # the temporal compression: frames per latent frame after the first
     native: int  # what `sample` makes
+    fps: float  # the frame rate its pipelines export videos at: an mp4's, unless the request says
 
     def accepts(self, frames: int) -> bool:
         return frames >= self.first and (frames - self.first) % self.step == 0

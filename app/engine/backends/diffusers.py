@@ -113,7 +113,7 @@ class DiffusersBackend:
             ratio = spec.temporal(config)
             step = spec.frame_step or ratio
             # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
-            frames = Frames(1, step, ratio, 1 + step)
+            frames = Frames(1, step, ratio, 1 + step, spec.fps)
         self.image = ImageSpec(channels, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0), frames)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
@@ -230,6 +230,7 @@ class DiffusersBackend:
             "media": self.image.media,
             "frames": video.rule() if video else None,
             "temporal_compression": video.ratio if video else None,
+            "fps": video.fps if video else None,
             "latent_channels": self.latent_channels,
             "latent_layout": f"[{', '.join(map(str, shape))}]",
             "downsampling": self.factor,

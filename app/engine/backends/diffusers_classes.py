@@ -75,6 +75,7 @@ class ClassSpec:
     # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
     temporal: Callable[[Config], int] | None = None
     frame_step: int | None = None  # frame counts go by this step (else by `temporal`): CogVideoX encodes 8 at a time
+    fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
@@ -131,9 +132,10 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         normalisation="mean_std",
         gpu_dtype="float32",
         temporal=lambda config: 2 ** sum(config["temperal_downsample"]),
+        fps=16,
     ),
     "AutoencoderKLHunyuanVideo": ClassSpec(
-        "posterior", value("spatial_compression_ratio"), temporal=value("temporal_compression_ratio")
+        "posterior", value("spatial_compression_ratio"), temporal=value("temporal_compression_ratio"), fps=15
     ),
     # Encodes 8 frames (2 latent frames) at a time after the first: 1 + 8k frames (49 in its pipelines).
     "AutoencoderKLCogVideoX": ClassSpec(
@@ -142,6 +144,7 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="bfloat16",
         temporal=value("temporal_compression_ratio"),
         frame_step=8,
+        fps=8,
     ),
     "AutoencoderKLLTXVideo": ClassSpec(
         "posterior", ltx("spatial", "patch_size"), gpu_dtype="bfloat16", temporal=ltx("temporal", "patch_size_t")

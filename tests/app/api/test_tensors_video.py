@@ -1,0 +1,169 @@
+"""Every served diffusers video autoencoder class through diffusers' own `remote_decode` client
+against a real server, each of the answers that client asks for (mp4, pt with a VideoProcessor,
+partial_postprocess, pil with a processor), equal to the same model in-process (float32 within
+1e-5, pixels within one level: tests/app/api/test_tensors.py says why not bit for bit); the mp4
+read back with PyAV has the frames and size decoded."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import av
+import httpx
+import numpy as np
+import pytest
+import torch
+
+from app.tensors import tensor_bytes
+from tests.diffusers_models import served
+from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, save_video_classes
+
+diffusers = pytest.importorskip("diffusers")
+from diffusers.utils.remote_utils import remote_decode
+from diffusers.video_processor import VideoProcessor
+
+FLOAT_TOLERANCE = 1e-5
+RAW = {"do_scaling": False}  # the VAE's own latents, unscaled
+FRAMES, HEIGHT, WIDTH = 9, 16, 24  # three latent frames of 1 + 4k
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Module]:
+    """Each tiny model, as diffusers itself loads its folder."""
+    folders = save_video_classes(tmp_path_factory.mktemp("video-served"))
+    loaded = {}
+    for name, folder in folders.items():
+        kind = json.loads((folder / "config.json").read_text())["_class_name"]
+        model = getattr(diffusers, kind).from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+        loaded[name] = model.eval()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def server(models: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = Path(str(models["tiny-wan"].config["_name_or_path"])).parent
+    with served(folder, tmp_path_factory.mktemp("logs")) as replica:
+        yield replica.url
+
+
+def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
+    """Latents of a 9-frame 16x24 video: the encoder's posterior mean of a random one."""
+    generator = torch.Generator().manual_seed(seed)
+    video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH, generator=generator) * 2 - 1
+    with torch.inference_mode():
+        return model.encode(video).latent_dist.mean
+
+
+def in_process(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        return model.decode(z).sample  # [B, C, F, H, W] in [-1, 1]
+
+
+def pixels(video: torch.Tensor) -> np.ndarray:
+    """[1, C, F, H, W] in [-1, 1] -> uint8 [F, H, W, C], as VideoProcessor makes them."""
+    return (video[0].permute(1, 2, 3, 0).clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_pt_with_a_video_processor_equals_diffusers(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    decoded = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pt", **RAW)
+    expected = in_process(model, z)
+    assert decoded.shape == (1, 3, FRAMES, HEIGHT, WIDTH) and decoded.dtype == torch.float32
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=FLOAT_TOLERANCE)
+    frames = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pil", **RAW)
+    assert len(frames) == FRAMES and frames[0].size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_partial_postprocess_gives_uint8_frames(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    frames = remote_decode(endpoint, z, output_type="pt", partial_postprocess=True, return_type="pt", **RAW)
+    assert frames.shape == (FRAMES, HEIGHT, WIDTH, 3) and frames.dtype == torch.uint8
+    difference = np.abs(frames.numpy().astype(int) - pixels(in_process(model, z)).astype(int))
+    assert difference.max() <= 1
+    images = remote_decode(endpoint, z, output_type="pt", partial_postprocess=True, return_type="pil", **RAW)
+    assert len(images) == FRAMES and images[0].size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_pil_with_a_processor_gives_the_frames(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    images = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pil", return_type="pil", **RAW)
+    assert len(images) == FRAMES and images[0].size == (WIDTH, HEIGHT)
+    expected = pixels(in_process(model, z))
+    assert np.abs(np.asarray(images[4]).astype(int) - expected[4].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_mp4_reads_back_with_its_frames_and_size(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    data = remote_decode(endpoint, z, output_type="mp4", return_type="mp4", **RAW)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        rate = stream.average_rate
+    assert len(decoded) == FRAMES and decoded[0].shape == (HEIGHT, WIDTH, 3)
+    assert rate == httpx.get(f"{server}/v1/models/{name}").json()["details"]["fps"]  # the model's frame rate
+
+
+def test_wan_pipeline_latents_are_denormalised_per_channel(models: dict[str, torch.nn.Module], server: str) -> None:
+    model = models["tiny-wan"]
+    z = latents(model)
+    shape = (1, len(WAN_MEAN), 1, 1, 1)
+    mean, std = torch.tensor(WAN_MEAN).reshape(shape), torch.tensor(WAN_STD).reshape(shape)
+    normalised = (z - mean) / std  # what WanPipeline's transformer works on
+    endpoint = f"{server}/v1/models/tiny-wan/decode?latents=pipeline"
+    decoded = remote_decode(endpoint, normalised, processor=VideoProcessor(), output_type="pt", return_type="pt")
+    torch.testing.assert_close(decoded, in_process(model, normalised * std + mean), rtol=0, atol=FLOAT_TOLERANCE)
+
+
+def test_encode_a_video_tensor_equals_diffusers(models: dict[str, torch.nn.Module], server: str) -> None:
+    model = models["tiny-hunyuanvideo"]
+    video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    data, shape, _ = tensor_bytes(video.numpy())
+    answer = httpx.post(f"{server}/v1/models/tiny-hunyuanvideo/encode", params={"shape": shape}, content=data)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    with torch.inference_mode():
+        expected = model.encode(video).latent_dist.mean.numpy()
+    assert z.shape == (1, 4, 3, 2, 3)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "query", "message"),
+    [
+        ("tiny-cogvideox", [1, 4, 2, 2, 3], {}, "2 latent frames decode to 5 frames; model 'tiny-cogvideox' takes 1 + 8k"),
+        ("tiny-wan", [16, 2, 3], {}, "takes latents [B, C, t, h, w]"),
+        ("tiny-wan", [1, 16, 66, 2, 3], {}, "frames of the video (VAE_MAX_FRAMES): at most 257 allowed, got 261"),
+        ("tiny-wan", [2, 16, 3, 1, 1], {"output_type": "mp4"}, "output_type=mp4 returns one file"),
+        ("tiny-wan", [1, 16, 3, 2, 3], {"output_type": "pil"}, "makes videos: use mp4 or pt"),
+        ("tiny-wan", [1, 16, 3, 2, 3], {"fps": 8, "output_type": "pt"}, "fps: the frame rate of an mp4 answer"),
+    ],
+)
+def test_video_requests_the_model_cannot_take_are_refused(
+    server: str, name: str, shape: list[int], query: dict[str, object], message: str
+) -> None:
+    body = np.zeros(shape, np.float32).tobytes()
+    answer = httpx.post(f"{server}/v1/models/{name}/decode", params={"shape": shape, **query}, content=body)
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+
+
+def test_what_the_listing_says_of_a_video_model(server: str) -> None:
+    info = httpx.get(f"{server}/v1/models/tiny-wan").json()
+    assert info["image_shape"] == [3, 5, 512, 512] and info["latent_shape"] == [16, None, None, None]
+    assert info["details"]["media"] == "video" and info["details"]["frames"] == "1 + 4k"
+    assert info["details"]["latent_layout"] == "[B, 16, t, h, w]" and info["details"]["fps"] == 16

@@ -50,7 +50,12 @@ async def image_response(
     seed: int | None = None,
     nrow: int | None = None,
 ) -> Response:
-    """`nrow` is the grid's default when the request gives none; else a square-ish grid."""
+    """`nrow` is the grid's default when the request gives none; else a square-ish grid. Videos
+    [n, T, H, W, C] come as their frames, in order: in JSON one image per frame, in the grid one
+    row per video."""
+    if pixels.ndim == 5:
+        nrow = nrow or pixels.shape[1]
+        pixels = pixels.reshape(-1, *pixels.shape[2:])
     headers = {"X-Model": model.name, "Vary": "Accept"}
     if seed is not None:
         headers["X-Seed"] = str(seed)

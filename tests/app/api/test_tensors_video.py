@@ -16,6 +16,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from PIL import Image
 
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
@@ -167,3 +168,15 @@ def test_what_the_listing_says_of_a_video_model(server: str) -> None:
     assert info["image_shape"] == [3, 5, 512, 512] and info["latent_shape"] == [16, None, None, None]
     assert info["details"]["media"] == "video" and info["details"]["frames"] == "1 + 4k"
     assert info["details"]["latent_layout"] == "[B, 16, t, h, w]" and info["details"]["fps"] == 16
+
+
+def test_the_other_endpoints_take_a_still_as_a_one_frame_video(server: str) -> None:
+    png = io.BytesIO()
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), 128, np.uint8)).save(png, "PNG")
+    files = {"files": ("still.png", png.getvalue())}
+    grid = httpx.post(f"{server}/v1/reconstruct", files=files, data={"model": "tiny-wan"}, timeout=60)
+    assert grid.status_code == 200 and Image.open(io.BytesIO(grid.content)).size == (WIDTH, HEIGHT)
+    scores = httpx.post(f"{server}/v1/score", files=files, data={"model": "tiny-wan"}, timeout=60)
+    assert scores.status_code == 200 and scores.json()["scores"][0]["mse"] > 0
+    v2 = httpx.get(f"{server}/v2/models/tiny-wan.decode").json()
+    assert v2["inputs"][0]["shape"] == [-1, 16, -1, -1, -1] and v2["outputs"][0]["shape"] == [-1, -1, -1, -1, 3]

@@ -12,7 +12,8 @@ from tests.diffusers_models import save
 WAN_MEAN = [0.1 * (i % 5) - 0.2 for i in range(16)]
 WAN_STD = [0.5 + 0.25 * (i % 4) for i in range(16)]
 
-# name: (class, config); each compresses 4x in time (1 + 4k frames) and 8x in space (LTX: 4x).
+# name: (class, config); each compresses 8x in space (LTX: 4x) and 4x in time, 1 + 4k frames
+# (CogVideoX: 1 + 8k; Mochi 6x: 1 + 6k).
 TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-wan": (
         "AutoencoderKLWan",
@@ -80,6 +81,35 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "patch_size_t": 1,
             "encoder_causal": True,
             "decoder_causal": False,
+        },
+    ),
+    "tiny-mochi": (
+        "AutoencoderKLMochi",
+        {
+            "in_channels": 15,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "encoder_block_out_channels": [32, 32, 32, 32],
+            "decoder_block_out_channels": [32, 32, 32, 32],
+            "layers_per_block": [1, 1, 1, 1, 1],
+            "act_fn": "silu",
+            "scaling_factor": 1.0,
+            "latents_mean": WAN_MEAN[:4],
+            "latents_std": WAN_STD[:4],
+        },
+    ),
+    "tiny-magvit": (
+        "AutoencoderKLMagvit",
+        {
+            "in_channels": 3,
+            "latent_channels": 4,
+            "out_channels": 3,
+            "block_out_channels": [8, 8, 8, 8],
+            "down_block_types": ["SpatialDownBlock3D", *["SpatialTemporalDownBlock3D"] * 3],
+            "up_block_types": ["SpatialUpBlock3D", *["SpatialTemporalUpBlock3D"] * 3],
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "spatial_group_norm": True,
         },
     ),
 }

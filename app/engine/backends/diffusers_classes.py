@@ -10,6 +10,7 @@ compression too), its encoder's output and its decoder's extra inputs.
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
@@ -48,6 +49,11 @@ def ltx(axis: str, patch: str) -> Callable[[Config], int]:
         return int(given) if given else int(config[patch]) * 2 ** sum(config["spatio_temporal_scaling"])
 
     return ratio
+
+
+def product(key: str) -> Callable[[Config], int]:
+    """The product of the entries (Mochi: one expansion factor per decoder block)."""
+    return lambda config: math.prod(config[key])
 
 
 def value(key: str) -> Callable[[Config], int]:
@@ -148,6 +154,25 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
     ),
     "AutoencoderKLLTXVideo": ClassSpec(
         "posterior", ltx("spatial", "patch_size"), gpu_dtype="bfloat16", temporal=ltx("temporal", "patch_size_t")
+    ),
+    # 6 frames per latent frame (1 + 6k; 163 in its pipeline); MochiPipeline denormalises per
+    # channel (latents * latents_std / scaling_factor + latents_mean, scaling_factor 1.0).
+    "AutoencoderKLMochi": ClassSpec(
+        "posterior",
+        product("spatial_expansions"),
+        image_channels="out_channels",
+        normalisation="mean_std",
+        gpu_dtype="bfloat16",
+        temporal=product("temporal_expansions"),
+        fps=30,
+    ),
+    # EasyAnimate's: a factor of 2 in time per block after the second.
+    "AutoencoderKLMagvit": ClassSpec(
+        "posterior",
+        blocks("block_out_channels"),
+        gpu_dtype="bfloat16",
+        temporal=lambda config: 2 ** (len(config["block_out_channels"]) - 2),
+        fps=8,
     ),
 }
 CLASSES.update(VIDEO_CLASSES)

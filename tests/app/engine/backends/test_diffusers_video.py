@@ -43,14 +43,16 @@ def test_encode_and_decode_equal_diffusers(
     loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
 ) -> None:
     backend, model = loaded[name]
-    frames = backend.image.frames
-    assert frames is not None and frames.accepts(9) and frames.latent(9) == 3 and frames.decoded(3) == 9
-    x = video(9)
+    rule = backend.image.frames
+    assert rule is not None
+    frames = rule.first + 2 * rule.ratio  # three latent frames
+    assert rule.accepts(frames) and rule.latent(frames) == 3 and rule.decoded(3) == frames
+    x = video(frames)
     encoded = model.encode(x * 2.0 - 1.0).latent_dist
     q = backend.encode(x)
     assert isinstance(q, LatentGaussian)
     assert torch.equal(q.mean, encoded.mean) and torch.equal(q.variance, encoded.var)
-    assert tuple(q.mean.shape) == (1, *backend.latent_shape(16, 24, 9))
+    assert tuple(q.mean.shape) == (1, *backend.latent_shape(16, 24, frames))
     expected = model.decode(q.mean).sample
     decoded = backend.decode(q.mean)
     assert decoded.shape == x.shape
@@ -64,8 +66,9 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     cog = loaded["tiny-cogvideox"][0].image.frames
     assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
-        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-cogvideox": 8, "tiny-ltx": 4
+        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-cogvideox": 8, "tiny-ltx": 4, "tiny-mochi": 8, "tiny-magvit": 8
     }  # fmt: skip
+    assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
     for backend, _ in loaded.values():
         assert backend.image.media == "video" and backend.latent_shape() == (backend.latent_channels, None, None, None)
 

@@ -45,8 +45,9 @@ NEEDS: dict[Operation, tuple[Feature, ...]] = {
 
 # A latent's shape; None where it follows the image size (a [C, h, w] latent of a convolutional VAE).
 LatentShape = tuple[int | None, ...]
-# What a model takes and makes: images [C, H, W], or videos [C, T, H, W] (T frames).
-Media = Literal["image", "video"]
+# What a model takes and makes: images [C, H, W], videos [C, T, H, W] (T frames), or audio
+# [C, samples] (C channels of a waveform).
+Media = Literal["image", "video", "audio"]
 
 
 @dataclass(frozen=True)
@@ -79,7 +80,9 @@ class Frames:
 @dataclass(frozen=True)
 class ImageSpec:
     """The images a model takes and makes: float values in [0, 1], [C, H, W]; a video model's
-    ([C, T, H, W]) says which frame counts T it takes in `frames`."""
+    ([C, T, H, W]) says which frame counts T it takes in `frames`; an audio model's waveforms
+    [C, samples] have a `sample_rate`, their length is `width` (samples; `height` is 1) and
+    `multiple` the samples per latent step."""
 
     channels: int
     height: int  # the native size: what `sample` makes, and what uploads are fitted to when fixed
@@ -90,13 +93,17 @@ class ImageSpec:
     # tensors on the binary endpoints are in this range, as the family's own tools make them.
     value_range: tuple[float, float] = (0.0, 1.0)
     frames: Frames | None = None  # a video model's frame counts; None: images
+    sample_rate: int | None = None  # an audio model's, in Hz; None: images or videos
 
     @property
     def media(self) -> Media:
-        return "image" if self.frames is None else "video"
+        return "audio" if self.sample_rate else "image" if self.frames is None else "video"
 
     def item(self, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
-        """One input's shape: [C, H, W], or [C, T, H, W] for a video model (T: `frames`, else native)."""
+        """One input's shape: [C, H, W], [C, T, H, W] for a video model (T: `frames`, else
+        native), or [C, width] for an audio model."""
+        if self.sample_rate:
+            return (self.channels, width)
         if self.frames is None:
             return (self.channels, height, width)
         return (self.channels, self.frames.native if frames is None else frames, height, width)

@@ -22,6 +22,7 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 
+from app.api.codecs.audio import AUDIO_MEDIA, audio_bytes
 from app.api.codecs.video import MP4_MEDIA, VideoError, mp4_bytes
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
@@ -117,11 +118,35 @@ def frame_count(model: LoadedModel, frames: int, settings: Settings, latent: boo
     return made
 
 
+def audio_shape(model: LoadedModel, given: list[int], settings: Settings, latent: bool) -> tuple[int, ...]:
+    """The batch shape of an audio model's waveforms [B, C, samples] (or of its latents [B, C, l]:
+    `latent`), checked against its layout and VAE_MAX_SECONDS of audio in all."""
+    spec = model.backend.image
+    rate = spec.sample_rate
+    assert rate is not None  # an audio model
+    what = "latents [B, C, l]" if latent else f"waveforms [B, {spec.channels}, samples]"
+    if len(given) < 2:
+        raise BadLatentShape(f"shape: model '{model.name}' takes {what}; got {given}")
+    samples = given[-1] * spec.multiple if latent else given[-1]
+    if samples % spec.multiple:
+        raise BadLatentShape(f"shape: model '{model.name}' needs waveforms of a multiple of {spec.multiple} samples")
+    item = model.backend.latent_shape(1, samples) if latent else spec.item(1, samples)
+    shape = batch_shape(given, item, "latents" if latent else "waveforms", model)
+    if shape[0] > (settings.max_n if latent else settings.max_files):
+        raise OverLimit("shape[0]: rows", settings.max_n if latent else settings.max_files, shape[0])
+    if shape[0] * samples > settings.max_seconds * rate:
+        bound = int(settings.max_seconds * rate)
+        raise OverLimit(f"shape: samples of audio at {rate} Hz in all (VAE_MAX_SECONDS)", bound, shape[0] * samples)
+    return shape
+
+
 def latent_shape(model: LoadedModel, given: list[int], settings: Settings) -> tuple[int, ...]:
     """The batch shape of latents for `model`, checked against its latent shape, VAE_MAX_N and
     (for models that take any image size) VAE_MAX_PIXELS of the images they decode to (of every
-    frame of a video, whose frame count is checked too)."""
+    frame of a video, whose frame count is checked too), or VAE_MAX_SECONDS of audio."""
     spec = model.backend.image
+    if spec.sample_rate:
+        return audio_shape(model, given, settings, latent=True)
     frames = 1
     if spec.fixed_size:
         item = model.backend.latent_shape(spec.height, spec.width)
@@ -145,8 +170,11 @@ def latent_shape(model: LoadedModel, given: list[int], settings: Settings) -> tu
 
 def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tuple[int, ...]:
     """The batch shape of images [B, C, H, W] (videos [B, C, T, H, W]) for `model`, checked
-    against its image size rules and frame counts, VAE_MAX_FILES and VAE_MAX_PIXELS."""
+    against its image size rules and frame counts, VAE_MAX_FILES and VAE_MAX_PIXELS (an audio
+    model's waveforms [B, C, samples]: `audio_shape`)."""
     spec = model.backend.image
+    if spec.sample_rate:
+        return audio_shape(model, given, settings, latent=False)
     dims = "[B, C, T, H, W] or [C, T, H, W]" if spec.frames else "[B, C, H, W] or [C, H, W]"
     if len(given) < (4 if spec.frames else 3):
         raise BadLatentShape(f"shape: images are {dims}; got {given}")
@@ -221,7 +249,7 @@ TENSOR_HEADERS = {
 
 
 def tensor_answers(*files: str) -> dict[int | str, dict[str, object]]:
-    media = [TENSOR_MEDIA, *(IMAGE_MEDIA.get(kind, MP4_MEDIA) for kind in files)]
+    media = [TENSOR_MEDIA, *({**IMAGE_MEDIA, **AUDIO_MEDIA, "mp4": MP4_MEDIA}[kind] for kind in files)]
     ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image or video file" if files else "")}
     return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
 
@@ -230,7 +258,7 @@ def tensor_answers(*files: str) -> dict[int | str, dict[str, object]]:
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
     response_class=Response,
-    responses=tensor_answers("png", "jpg", "mp4"),
+    responses=tensor_answers("png", "jpg", "mp4", "wav", "flac"),
     openapi_extra=BINARY_BODY,
 )
 async def decode_tensor(
@@ -240,10 +268,11 @@ async def decode_tensor(
     shape: Shape = None,
     dtype: Dtype = "float32",
     output_type: Annotated[
-        Literal["pil", "pt", "mp4"],
+        Literal["pil", "pt", "mp4", "wav", "flac"],
         Query(
             description="pil: one image file (with Accept: tensor/binary, float32 [N, C, H, W] in [0, 1]: the "
-            "images, or a video's frames); pt: a tensor (see partial_postprocess); mp4: one video (H.264)"
+            "images, or a video's frames); pt: a tensor (see partial_postprocess); mp4: one video (H.264); "
+            "wav, flac: one waveform (16-bit)"
         ),
     ] = "pil",
     image_format: Annotated[Literal["png", "jpg"], Query(description="The image file's format (pil)")] = "jpg",
@@ -283,12 +312,14 @@ async def decode_tensor(
     video = model.backend.image.frames
     # diffusers' client asks pil with a processor as a tensor, which it makes PIL images of.
     processor = output_type == "pil" and TENSOR_MEDIA in request.headers.get("accept", "")
-    if output_type in ("pil", "mp4") and batch[0] > 1 and not processor:
+    media = model.backend.image.media
+    if output_type != "pt" and batch[0] > 1 and not processor:
         raise unprocessable(f"shape: output_type={output_type} returns one file; got {batch[0]} latents: use pt")
-    if output_type == "mp4" and video is None:
-        raise unprocessable(f"output_type: model '{model.name}' makes images, not videos: use pil or pt")
-    if output_type == "pil" and video is not None and not processor:
-        raise unprocessable(f"output_type: model '{model.name}' makes videos: use mp4 or pt")
+    answers = {"image": ("pil", "pt"), "video": ("mp4", "pt"), "audio": ("wav", "flac", "pt")}[media]
+    if output_type not in answers and not (processor and media == "video"):
+        raise unprocessable(f"output_type: model '{model.name}' makes {media}s: use {' or '.join(answers)}")
+    if partial_postprocess and media == "audio":
+        raise unprocessable("partial_postprocess: waveforms have no 8-bit form; leave it out for float32 samples")
     if fps is not None and output_type != "mp4":
         raise unprocessable("fps: the frame rate of an mp4 answer; leave it out or ask for output_type=mp4")
     if output_type == "pil" and image_format == "jpg" and model.backend.image.channels == 4 and not processor:
@@ -300,11 +331,11 @@ async def decode_tensor(
     z = to_model(model, body, batch, latents, scale, layout)
     if not np.isfinite(z).all():
         raise unprocessable("body: the latents, scaled or denormalised, overflow float32")
-    values = (output_type == "pt" and not partial_postprocess) or processor
+    values = (output_type == "pt" and not partial_postprocess) or processor or media == "audio"
     images = await service.engine.decode(model, z, None, client_gone(request), values=values, options=options)
     if processor:  # [N, C, H, W] in [0, 1], clamped (the client scales to uint8 as is): images or a video's frames
         return tensor_response(np.clip(images[0].swapaxes(0, 1) if video else images, 0, 1), model)
-    if values:
+    if output_type == "pt" and values:
         return tensor_response(from_unit(images, model.backend.image.value_range), model)
     if output_type == "pt":  # one video: its frames [F, H, W, C], each an image to the client
         return tensor_response(images[0] if video and len(images) == 1 else images, model)
@@ -315,6 +346,11 @@ async def decode_tensor(
         except VideoError as e:
             raise unprocessable(f"output_type: {e}") from None
         return Response(data, media_type=MP4_MEDIA, headers={"X-Model": model.name})
+    if media == "audio":
+        rate = model.backend.image.sample_rate
+        waveform = from_unit(images[0], model.backend.image.value_range)
+        data = await anyio.to_thread.run_sync(audio_bytes, waveform, rate, output_type)
+        return Response(data, media_type=AUDIO_MEDIA[output_type], headers={"X-Model": model.name})
     data = await anyio.to_thread.run_sync(image_file, images[0], image_format)
     return Response(data, media_type=IMAGE_MEDIA[image_format], headers={"X-Model": model.name})
 

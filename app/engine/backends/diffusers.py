@@ -114,7 +114,10 @@ class DiffusersBackend:
             step = spec.frame_step or ratio
             # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
             frames = Frames(1, step, ratio, 1 + step, spec.fps)
-        self.image = ImageSpec(channels, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0), frames)
+        side = self.sample_size
+        sample_rate = int(config[spec.sample_rate]) if spec.sample_rate else None
+        height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
+        self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
         self.decode_options = spec.decode_options
@@ -131,6 +134,8 @@ class DiffusersBackend:
         self, height: int | None = None, width: int | None = None, frames: int | None = None
     ) -> LatentShape:
         video = self.image.frames
+        if self.image.sample_rate:  # audio: [C, samples / hop]
+            return (self.latent_channels, None if width is None else width // self.factor)
         if height is None or width is None:
             time: tuple[int | None, ...] = (None,) if video else (1,) if self.spec.frames else ()
             return (self.latent_channels, *time, None, None)
@@ -200,7 +205,7 @@ class DiffusersBackend:
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n draws of the N(0, I) prior of the KL term, at the native size. Valid, but these
         VAEs weigh that term ~1e-6: their samples are textures, not pictures."""
-        shape = (n, *self.latent_shape(self.sample_size, self.sample_size))
+        shape = (n, *self.latent_shape(self.image.height, self.image.width))
         return torch.randn(shape, generator=generator, device=generator.device).to(self.device, self.dtype)
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -212,6 +217,8 @@ class DiffusersBackend:
     def to_input(self, image: Image) -> np.ndarray:
         """An image as [C, H, W] float32 in [0, 1] (VaeImageProcessor's pil_to_numpy; RGBA for a
         four-channel model); its sides must be multiples of the downsampling factor."""
+        if self.image.sample_rate:
+            raise DiffusersError(f"this model ({self.kind}) encodes audio, not images: send a waveform tensor")
         width, height = image.size
         if width % self.factor or height % self.factor:
             raise DiffusersError(
@@ -223,14 +230,17 @@ class DiffusersBackend:
         return pixels if self.image.frames is None else pixels[:, None]
 
     def describe(self) -> dict[str, Any]:
-        video = self.image.frames
+        video, rate = self.image.frames, self.image.sample_rate
         shape = ["B", self.latent_channels, *(["t"] if video else [1] if self.spec.frames else []), "h", "w"]
+        if rate:
+            shape = ["B", self.latent_channels, "samples / " + str(self.factor)]
         return {
             "class": self.kind,
             "media": self.image.media,
             "frames": video.rule() if video else None,
             "temporal_compression": video.ratio if video else None,
             "fps": video.fps if video else None,
+            "sample_rate": rate,
             "latent_channels": self.latent_channels,
             "latent_layout": f"[{', '.join(map(str, shape))}]",
             "downsampling": self.factor,
@@ -266,6 +276,9 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
         )
+    refused = CLASSES[kind].refuse(located.config)
+    if refused:
+        raise DiffusersError(f"{located.folder}: this {kind} is not served: {refused}")
     dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), CLASSES[kind].gpu_dtype)
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.

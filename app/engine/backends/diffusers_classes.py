@@ -82,6 +82,9 @@ class ClassSpec:
     temporal: Callable[[Config], int] | None = None
     frame_step: int | None = None  # frame counts go by this step (else by `temporal`): CogVideoX encodes 8 at a time
     fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
+    sample_rate: str | None = None  # an audio class: the config key of its sample rate; waveforms [B, C, samples]
+    # Configs of the class that are not served: a config -> why not (None: served).
+    refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
@@ -128,6 +131,11 @@ CLASSES: dict[str, ClassSpec] = {
     ),
 }
 
+LTX_TIMESTEP = (
+    "LTX-Video 0.9.1+ (timestep_conditioning) decodes at a timestep with noise injected from a generator, "
+    "inputs from the request that are not served yet; LTX-Video 0.9.0 is"
+)
+
 # The video autoencoders: causal 3D convolutions, the first frame alone, then `temporal` frames
 # per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
 VIDEO_CLASSES: dict[str, ClassSpec] = {
@@ -153,7 +161,11 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         fps=8,
     ),
     "AutoencoderKLLTXVideo": ClassSpec(
-        "posterior", ltx("spatial", "patch_size"), gpu_dtype="bfloat16", temporal=ltx("temporal", "patch_size_t")
+        "posterior",
+        ltx("spatial", "patch_size"),
+        gpu_dtype="bfloat16",
+        temporal=ltx("temporal", "patch_size_t"),
+        refuse=lambda config: LTX_TIMESTEP if config.get("timestep_conditioning") else None,
     ),
     # 6 frames per latent frame (1 + 6k; 163 in its pipeline); MochiPipeline denormalises per
     # channel (latents * latents_std / scaling_factor + latents_mean, scaling_factor 1.0).
@@ -177,6 +189,21 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
 }
 CLASSES.update(VIDEO_CLASSES)
 
+# The audio autoencoders: waveforms [B, C, samples] in [-1, 1], latents [B, C, samples / hop].
+AUDIO_CLASSES: dict[str, ClassSpec] = {
+    # Stable Audio's; its own time tiling (30 s tiles) stays as the class has it: off.
+    "AutoencoderOobleck": ClassSpec(
+        "posterior",
+        product("downsampling_ratios"),
+        "decoder_input_channels",
+        "audio_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sampling_rate",
+    ),
+}
+CLASSES.update(AUDIO_CLASSES)
+
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {
     "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
@@ -184,4 +211,22 @@ NOT_SERVED: dict[str, str] = {
     "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): the video issue",
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
+    # Video and audio classes without a row yet (docs/api.md says what each needs).
+    "AutoencoderKLCosmos": "its encoder's latents are an IdentityDistribution's mode (deterministic), not yet a row",
+    "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
+    "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
+    "not yet a row",
+    "AutoencoderKLTemporalDecoder": "decodes frames as a batch of images with num_frames; not yet a row",
+    "AutoencoderKLHunyuanVideo15": "not yet a row",
+    "AutoencoderKLKVAEVideo": "not yet a row",
+    "AutoencoderKLMiniMaxH3": "not yet a row",
+    "AutoencoderVidTok": "not yet a row",
+    "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
+    "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
+    "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
+    "AutoencoderSAME": "not yet a row",
+    "AutoencoderKLKVAEAudio": "not yet a row",
+    "AutoencoderKLMiniMaxH3Audio": "not yet a row",
+    "Cosmos3AVAEAudioTokenizer": "not yet a row",
+    "LongCatAudioDiTVae": "not yet a row",
 }

@@ -89,3 +89,13 @@ def test_passes_calibrate_and_sample_on_videos(
     decoded = passes.decode(crop, None)
     assert decoded.shape == (2, 3, native, 2 * backend.factor, 3 * backend.factor)
     assert torch.equal(decoded[1:], passes.decode(crop[1:], None))  # a row alone: the same bits
+
+
+def test_ltx_091_with_a_decode_timestep_is_refused_at_load(tmp_path: Path) -> None:
+    from app.engine.backends.diffusers_folders import DiffusersError
+    from tests.diffusers_models import save
+
+    kind, config = TINY_VIDEO["tiny-ltx"]
+    folder = save(tmp_path, {"ltx-091": (kind, {**config, "timestep_conditioning": True})})["ltx-091"]
+    with pytest.raises(DiffusersError, match="timestep_conditioning"):
+        load_diffusers(folder, CPU)

@@ -9,6 +9,8 @@ from fractions import Fraction
 import av
 import numpy as np
 
+from app.api.images import ImageError, ImageTooLarge  # upload errors: 422, and 413 over a limit
+
 MP4_MEDIA = "video/mp4"
 # libx264's defaults but for the preset: "veryfast" keeps the encode a small share of a
 # decode's time (docs/benchmarks.md) at a quality (CRF 18: visually lossless) a viewer cannot tell.
@@ -39,3 +41,47 @@ def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(np.ascontiguousarray(frame), format="rgb24")))
         container.mux(stream.encode())  # flush the encoder's delayed frames
     return buffer.getvalue()
+
+
+# Containers taken as uploads, by their first bytes, each opened with its own demuxer only:
+# FFmpeg never probes a hostile file against every format it knows.
+def container_format(data: bytes) -> str | None:
+    if data[4:8] == b"ftyp":
+        return "mp4"
+    if data[:4] == b"\x1a\x45\xdf\xa3":
+        return "matroska"  # WebM is Matroska
+    if data[:6] in (b"GIF87a", b"GIF89a"):
+        return "gif"
+    return None
+
+
+def read_video(data: bytes, where: str, max_frames: int, max_pixels: int) -> np.ndarray:
+    """An mp4, WebM or GIF clip's frames, uint8 [T, H, W, 3]. The frame size is checked from the
+    stream's header before any frame is decoded, and frames (at most `max_frames`, `max_pixels`
+    in all) while decoding, so a hostile file costs at most what the limits allow."""
+    kind = container_format(data)
+    if kind is None:
+        raise ImageError(f"{where}: not an mp4, WebM or GIF video")
+    frames: list[np.ndarray] = []
+    try:
+        with av.open(io.BytesIO(data), format=kind) as container:
+            if not container.streams.video:
+                raise ImageError(f"{where}: the file has no video stream")
+            stream = container.streams.video[0]
+            width, height = stream.codec_context.width, stream.codec_context.height
+            if width * height > max_pixels:
+                raise ImageTooLarge(f"{where}: frames are {width}x{height} pixels, over the {max_pixels}-pixel limit")
+            for frame in container.decode(stream):
+                if (frame.width, frame.height) != (width, height) or not width:
+                    raise ImageError(f"{where}: frames change size ({frame.width}x{frame.height} after {width}x{height})")
+                if len(frames) == max_frames or (len(frames) + 1) * width * height > max_pixels:
+                    raise ImageTooLarge(
+                        f"{where}: the video is over {len(frames)} frames: at most {max_frames} frames "
+                        f"(VAE_MAX_FRAMES) and {max_pixels} pixels in all (VAE_MAX_PIXELS)"
+                    )
+                frames.append(frame.to_ndarray(format="rgb24"))
+    except av.FFmpegError as e:
+        raise ImageError(f"{where}: not a readable {kind} video ({e.strerror})") from None
+    if not frames:
+        raise ImageError(f"{where}: the video has no frames")
+    return np.stack(frames)

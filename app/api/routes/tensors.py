@@ -23,6 +23,7 @@ from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 
 from app.api.codecs.audio import AUDIO_MEDIA, audio_bytes
+from app.api.codecs.uploads import media_input
 from app.api.codecs.video import MP4_MEDIA, VideoError, mp4_bytes
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
@@ -383,7 +384,11 @@ async def encode_tensor(
     scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).from_model
     check(model, latents, pack, "ask for pack=true")
     settings = service.settings
-    if shape is None:  # an image file, as remote_encode sends a PIL image
+    spec = model.backend.image
+    if shape is None and spec.media != "image":  # a video or audio file
+        upload = Upload("body", await request.body())
+        x = await anyio.to_thread.run_sync(media_input, upload, spec, settings)
+    elif shape is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)
     else:

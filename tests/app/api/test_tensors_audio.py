@@ -112,3 +112,57 @@ def test_image_endpoints_refuse_an_audio_model(model: tuple[str, torch.nn.Module
     files = {"files": ("a.png", image.getvalue())}
     answer = httpx.post(f"{url}/v1/reconstruct", files=files, data={"model": "tiny-oobleck"})
     assert answer.status_code == 422 and "encodes audio, not images" in answer.json()["detail"]
+
+
+def audio_file(samples: np.ndarray, rate: int = SAMPLE_RATE, audio_format: str = "WAV") -> bytes:
+    """[samples, C] float32 as a 16-bit file."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, subtype="PCM_16", format=audio_format)
+    return buffer.getvalue()
+
+
+def tone(samples: int, channels: int = 2) -> np.ndarray:
+    t = np.arange(samples)[:, None] / SAMPLE_RATE
+    return (0.5 * np.sin(2 * np.pi * 440 * t * np.arange(1, channels + 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize(("audio_format", "channels"), [("WAV", 2), ("FLAC", 2), ("WAV", 1)])
+def test_an_uploaded_file_encodes_as_its_samples_do(
+    model: tuple[str, torch.nn.Module], audio_format: str, channels: int
+) -> None:
+    url, reference = model
+    data = audio_file(tone(797, channels), audio_format=audio_format)  # padded with silence to 800
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/encode", content=data)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    samples, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    wave = np.pad(np.repeat(samples.T, 2 // channels, axis=0), ((0, 0), (0, 3)))[None]
+    with torch.inference_mode():
+        expected = reference.encode(torch.from_numpy(wave)).latent_dist.mean.numpy()
+    assert z.shape == (1, 6, 100)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
+
+
+def too_long() -> bytes:
+    """601 s of mono silence (19 MB, under the body limit): refused from the header, no sample read.
+    (A header that claims more samples than the file holds is clamped by libsndfile to what it holds.)"""
+    return audio_file(np.zeros((601 * SAMPLE_RATE, 1), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (audio_file(tone(800), rate=22050), 422, "sampled at 22050 Hz; this model takes 16000 Hz"),
+        (audio_file(np.zeros((800, 3), np.float32)), 422, "3 channels; this model takes 2"),
+        (too_long(), 413, "601.0 s of audio, over the 600 s limit (VAE_MAX_SECONDS)"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunkjunk", 422, "body: not a readable WAV file"),
+        (b"fLaC" + b"\x00" * 40, 422, "body: not a readable FLAC file"),
+        (b"ID3\x03" + b"\x00" * 40, 422, "body: not a WAV or FLAC file"),
+    ],
+)
+def test_hostile_or_unfit_files_are_refused(
+    model: tuple[str, torch.nn.Module], data: bytes, status: int, message: str
+) -> None:
+    url, _ = model
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/encode", content=data)
+    assert answer.status_code == status and message in answer.json()["detail"], answer.text

@@ -186,3 +186,60 @@ def test_the_other_endpoints_take_a_still_as_a_one_frame_video(server: str) -> N
     assert scores.status_code == 200 and scores.json()["scores"][0]["mse"] > 0
     v2 = httpx.get(f"{server}/v2/models/tiny-wan.decode").json()
     assert v2["inputs"][0]["shape"] == [-1, 16, -1, -1, -1] and v2["outputs"][0]["shape"] == [-1, -1, -1, -1, 3]
+
+
+def clip(frames: int, height: int = HEIGHT, width: int = WIDTH, kind: str = "mp4") -> bytes:
+    """A clip of smooth random frames (codecs keep them close), written with PyAV."""
+    generator = np.random.default_rng(frames)
+    base = generator.integers(64, 192, (1, height, width, 3))
+    pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
+    codec, container_format, pix_fmt = {
+        "mp4": ("libx264", "mp4", "yuv420p"),
+        "webm": ("libvpx-vp9", "webm", "yuv420p"),
+        "gif": ("gif", "gif", "rgb8"),
+    }[kind]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def frames_read(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "gif"])
+def test_an_uploaded_clip_encodes_as_its_frames_do(models: dict[str, torch.nn.Module], server: str, kind: str) -> None:
+    data = clip(FRAMES, kind=kind)
+    answer = httpx.post(f"{server}/v1/models/tiny-wan/encode", content=data, timeout=60)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    frames = torch.from_numpy(frames_read(data)).permute(3, 0, 1, 2)[None].float() / 255
+    with torch.inference_mode():
+        expected = models["tiny-wan"].encode(frames * 2 - 1).latent_dist.mean.numpy()
+    assert z.shape == (1, 16, 3, 2, 3)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (clip(10), 422, "the video has 10 frames; this model takes 1 + 4k frames"),
+        (clip(1, 40, 128), 413, "frames are 128x40 pixels, over the 4992-pixel limit"),
+        (clip(17), 413, "at most 257 frames (VAE_MAX_FRAMES) and 4992 pixels in all"),
+        (clip(FRAMES, 20, 24), 422, "frames are 24x20; this model needs sides that are multiples of 8"),
+        (clip(FRAMES)[:300], 422, "body: not a readable mp4 video"),
+        (b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 4, 422, "body: not a readable mp4 video"),
+        (b"\x1a\x45\xdf\xa3" + b"\xff" * 64, 422, "body: not a readable matroska video"),
+        (b"GIF89a" + b"\x00" * 8, 422, "body: not a readable gif video"),
+        (b"RIFF....WAVE", 422, "body: not an mp4, WebM or GIF video"),
+    ],
+)
+def test_hostile_or_unfit_clips_are_refused(server: str, data: bytes, status: int, message: str) -> None:
+    answer = httpx.post(f"{server}/v1/models/tiny-wan/encode", content=data, timeout=60)
+    assert answer.status_code == status and message in answer.json()["detail"], answer.text

@@ -5,6 +5,7 @@ channels, sample rate), or a 4xx that says what does not fit."""
 from __future__ import annotations
 
 import numpy as np
+import soxr
 
 from app.api.codecs.audio import read_audio
 from app.api.codecs.video import read_video
@@ -30,12 +31,12 @@ def video_input(upload: Upload, spec: ImageSpec, settings: Settings) -> np.ndarr
 
 
 def audio_input(upload: Upload, spec: ImageSpec, settings: Settings) -> np.ndarray:
-    """A WAV or FLAC file as float32 [C, samples] in [0, 1] (the backends' range for [-1, 1]): mono
-    spread to the model's channels, or its channels averaged for a mono model; zero-padded
-    (silence) to a whole number of latent steps."""
+    """A WAV or FLAC file as float32 [C, samples] in [0, 1] (the backends' range for [-1, 1]):
+    resampled to the model's rate (libsoxr, "HQ"), mono spread to the model's channels, or its
+    channels averaged for a mono model; zero-padded (silence) to a whole number of latent steps."""
     samples, rate = read_audio(upload.data, upload.where, settings.max_seconds)
     if rate != spec.sample_rate:
-        raise ImageError(f"{upload.where}: sampled at {rate} Hz; this model takes {spec.sample_rate} Hz")
+        samples = np.ascontiguousarray(soxr.resample(samples.T, rate, spec.sample_rate, quality="HQ").T)
     channels = samples.shape[0]
     if channels != spec.channels:
         if channels == 1:

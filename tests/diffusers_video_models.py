@@ -13,7 +13,7 @@ WAN_MEAN = [0.1 * (i % 5) - 0.2 for i in range(16)]
 WAN_STD = [0.5 + 0.25 * (i % 4) for i in range(16)]
 
 # name: (class, config); each compresses 8x in space (LTX: 4x) and 4x in time, 1 + 4k frames
-# (CogVideoX: 1 + 8k; Mochi 6x: 1 + 6k).
+# (CogVideoX: 1 + 8k; Mochi 6x: 1 + 6k; SVD's 2x in space, none in time).
 TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-wan": (
         "AutoencoderKLWan",
@@ -110,6 +110,18 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "layers_per_block": 1,
             "norm_num_groups": 8,
             "spatial_group_norm": True,
+        },
+    ),
+    # Stable Video Diffusion's: no compression in time (any frame count).
+    "tiny-svd": (
+        "AutoencoderKLTemporalDecoder",
+        {
+            "block_out_channels": [32, 64],
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "latent_channels": 4,
+            "layers_per_block": 2,
         },
     ),
 }

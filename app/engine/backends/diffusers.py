@@ -68,6 +68,16 @@ def compute_dtype(device: torch.device, force_upcast: bool, gpu_dtype: str = "fl
     return getattr(torch, gpu_dtype)
 
 
+def as_images(video: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] -> the frames as a batch of images [B * T, C, H, W]."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
+    """[B * T, C, H, W] -> [B, C, T, H, W]."""
+    return frames.unflatten(0, (rows, -1)).transpose(1, 2)
+
+
 def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace:
     """The normalisation the class's pipelines apply to its latents (diffusers_latents.py)."""
     config = model.config
@@ -167,10 +177,15 @@ class DiffusersBackend:
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
+        rows = len(x)
+        if self.spec.frames_as_images:
+            x = as_images(x)
         encoded = self.model.encode(x)
         if self.spec.encoder != "posterior":
             return getattr(encoded, self.spec.encoder)
         q = encoded.latent_dist
+        if self.spec.frames_as_images:
+            return LatentGaussian(as_video(q.mean, rows), as_video(q.logvar, rows))
         return LatentGaussian(q.mean, q.logvar)
 
     def decode(
@@ -185,6 +200,8 @@ class DiffusersBackend:
             images = torch.cat(
                 [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
             )
+        elif self.spec.frames_as_images:  # all frames at once, as its pipeline's default decode_chunk_size
+            images = as_video(self.model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
         else:
             images = self.model.decode(z).sample
         if self.spec.frames:

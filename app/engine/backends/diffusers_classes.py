@@ -81,6 +81,9 @@ class ClassSpec:
     # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
     temporal: Callable[[Config], int] | None = None
     frame_step: int | None = None  # frame counts go by this step (else by `temporal`): CogVideoX encodes 8 at a time
+    # A video class whose encoder and decoder take the frames as a batch of images [B * T, C, H, W]
+    # (its decoder with num_frames, for its temporal layers): Stable Video Diffusion's.
+    frames_as_images: bool = False
     fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
     sample_rate: str | None = None  # an audio class: the config key of its sample rate; waveforms [B, C, samples]
     # Configs of the class that are not served: a config -> why not (None: served).
@@ -186,6 +189,11 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         temporal=lambda config: 2 ** (len(config["block_out_channels"]) - 2),
         fps=8,
     ),
+    # Stable Video Diffusion's: an image encoder, a decoder with temporal layers; no compression in
+    # time, so any frame count (25 in its pipeline), 7 fps as its pipeline's examples export.
+    "AutoencoderKLTemporalDecoder": ClassSpec(
+        "posterior", blocks("block_out_channels"), tiling=False, temporal=lambda config: 1, frames_as_images=True, fps=7
+    ),
 }
 CLASSES.update(VIDEO_CLASSES)
 
@@ -216,7 +224,6 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
-    "AutoencoderKLTemporalDecoder": "decodes frames as a batch of images with num_frames; not yet a row",
     "AutoencoderKLHunyuanVideo15": "not yet a row",
     "AutoencoderKLKVAEVideo": "not yet a row",
     "AutoencoderKLMiniMaxH3": "not yet a row",

@@ -18,6 +18,7 @@ import pytest
 import torch
 from PIL import Image
 
+from app.engine.backends.diffusers import as_images, as_video
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
 from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, save_video_classes
@@ -60,12 +61,21 @@ def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     video = torch.rand(1, 3, frames_of(model), HEIGHT, WIDTH, generator=generator) * 2 - 1
     with torch.inference_mode():
+        if svd(model):
+            return as_video(model.encode(as_images(video)).latent_dist.mean, 1).contiguous()
         # Contiguous: diffusers' client sends a tensor's storage as it lies (Mochi's mean is a strided view).
         return model.encode(video).latent_dist.mean.contiguous()
 
 
+def svd(model: torch.nn.Module) -> bool:
+    """Stable Video Diffusion's VAE takes frames as a batch of images (its pipeline's layout)."""
+    return type(model).__name__ == "AutoencoderKLTemporalDecoder"
+
+
 def in_process(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
+        if svd(model):
+            return as_video(model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
         return model.decode(z).sample  # [B, C, F, H, W] in [-1, 1]
 
 

@@ -8,7 +8,7 @@ from pathlib import Path
 import pytest
 import torch
 
-from app.engine.backends.diffusers import DiffusersBackend, LatentGaussian, load_diffusers
+from app.engine.backends.diffusers import DiffusersBackend, LatentGaussian, as_images, as_video, load_diffusers
 from app.engine.backends.diffusers_classes import VIDEO_CLASSES
 from app.engine.passes import Passes
 from tests.diffusers_video_models import TINY_VIDEO, save_video_classes
@@ -48,12 +48,17 @@ def test_encode_and_decode_equal_diffusers(
     frames = rule.first + 2 * rule.ratio  # three latent frames
     assert rule.accepts(frames) and rule.latent(frames) == 3 and rule.decoded(3) == frames
     x = video(frames)
-    encoded = model.encode(x * 2.0 - 1.0).latent_dist
     q = backend.encode(x)
     assert isinstance(q, LatentGaussian)
-    assert torch.equal(q.mean, encoded.mean) and torch.equal(q.variance, encoded.var)
     assert tuple(q.mean.shape) == (1, *backend.latent_shape(16, 24, frames))
-    expected = model.decode(q.mean).sample
+    if backend.spec.frames_as_images:  # SVD's: frames as a batch of images, the decoder told how many
+        encoded = model.encode(as_images(x) * 2.0 - 1.0).latent_dist
+        assert torch.equal(q.mean, as_video(encoded.mean, 1)) and torch.equal(q.variance, as_video(encoded.var, 1))
+        expected = as_video(model.decode(as_images(q.mean), num_frames=frames).sample, 1)
+    else:
+        encoded = model.encode(x * 2.0 - 1.0).latent_dist
+        assert torch.equal(q.mean, encoded.mean) and torch.equal(q.variance, encoded.var)
+        expected = model.decode(q.mean).sample
     decoded = backend.decode(q.mean)
     assert decoded.shape == x.shape
     torch.testing.assert_close(decoded, expected * 0.5 + 0.5, rtol=0, atol=1e-5)
@@ -66,9 +71,11 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     cog = loaded["tiny-cogvideox"][0].image.frames
     assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
-        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-cogvideox": 8, "tiny-ltx": 4, "tiny-mochi": 8, "tiny-magvit": 8
+        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-cogvideox": 8, "tiny-ltx": 4, "tiny-mochi": 8, "tiny-magvit": 8,
+        "tiny-svd": 2,
     }  # fmt: skip
     assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
+    assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count
     for backend, _ in loaded.values():
         assert backend.image.media == "video" and backend.latent_shape() == (backend.latent_channels, None, None, None)
 

@@ -12,7 +12,7 @@ from tests.diffusers_models import save
 WAN_MEAN = [0.1 * (i % 5) - 0.2 for i in range(16)]
 WAN_STD = [0.5 + 0.25 * (i % 4) for i in range(16)]
 
-# name: (class, config); each compresses 8x in space (LTX: 4x) and 4x in time, 1 + 4k frames
+# name: (class, config); each compresses 8x in space (LTX, Cosmos: 4x) and 4x in time, 1 + 4k frames
 # (CogVideoX: 1 + 8k; Mochi 6x: 1 + 6k; SVD's 2x in space, none in time).
 TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-wan": (
@@ -110,6 +110,24 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "layers_per_block": 1,
             "norm_num_groups": 8,
             "spatial_group_norm": True,
+        },
+    ),
+    "tiny-cosmos": (
+        "AutoencoderKLCosmos",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "encoder_block_out_channels": [8, 8, 8, 8],
+            "decode_block_out_channels": [8, 8, 8, 8],
+            "attention_resolutions": [8],
+            "resolution": 64,
+            "num_layers": 2,
+            "patch_size": 4,
+            "patch_type": "haar",
+            "scaling_factor": 1.0,
+            "spatial_compression_ratio": 4,
+            "temporal_compression_ratio": 4,
         },
     ),
     # Stable Video Diffusion's: no compression in time (any frame count).

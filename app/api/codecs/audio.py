@@ -36,7 +36,8 @@ def read_audio(data: bytes, where: str, max_seconds: float) -> tuple[np.ndarray,
     with file:
         if file.frames > max_seconds * file.samplerate:
             seconds = file.frames / file.samplerate
-            raise ImageTooLarge(f"{where}: {seconds:.1f} s of audio, over the {max_seconds:g} s limit (VAE_MAX_SECONDS)")
+            limit = f"the {max_seconds:g} s limit (VAE_MAX_SECONDS)"
+            raise ImageTooLarge(f"{where}: {seconds:.1f} s of audio, over {limit}")
         try:
             samples = file.read(dtype="float32", always_2d=True)
         except (soundfile.SoundFileError, RuntimeError, ValueError) as e:

@@ -73,7 +73,8 @@ def read_video(data: bytes, where: str, max_frames: int, max_pixels: int) -> np.
                 raise ImageTooLarge(f"{where}: frames are {width}x{height} pixels, over the {max_pixels}-pixel limit")
             for frame in container.decode(stream):
                 if (frame.width, frame.height) != (width, height) or not width:
-                    raise ImageError(f"{where}: frames change size ({frame.width}x{frame.height} after {width}x{height})")
+                    size = f"{frame.width}x{frame.height} after {width}x{height}"
+                    raise ImageError(f"{where}: frames change size ({size})")
                 if len(frames) == max_frames or (len(frames) + 1) * width * height > max_pixels:
                     raise ImageTooLarge(
                         f"{where}: the video is over {len(frames)} frames: at most {max_frames} frames "

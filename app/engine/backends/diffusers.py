@@ -78,9 +78,12 @@ def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
     return frames.unflatten(0, (rows, -1)).transpose(1, 2)
 
 
-def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace:
-    """The normalisation the class's pipelines apply to its latents (diffusers_latents.py)."""
+def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace | None:
+    """The normalisation the class's pipelines apply to its latents (diffusers_latents.py); None
+    where it is not served."""
     config = model.config
+    if spec.normalisation == "none":
+        return None
     if spec.normalisation == "mean_std":
         return mean_std_space(config.latents_mean, config.latents_std)
     if spec.normalisation == "batch_norm":
@@ -181,6 +184,8 @@ class DiffusersBackend:
         if self.spec.frames_as_images:
             x = as_images(x)
         encoded = self.model.encode(x)
+        if self.spec.encoder == "mode":
+            return encoded.latent_dist.mode()
         if self.spec.encoder != "posterior":
             return getattr(encoded, self.spec.encoder)
         q = encoded.latent_dist
@@ -265,7 +270,7 @@ class DiffusersBackend:
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
             "stochastic_encoder": self.spec.encoder == "posterior",
-            "pipeline_latents": self.pipeline.describe(),
+            "pipeline_latents": self.pipeline.describe() if self.pipeline else None,
             "decode_options": {name: option.description for name, option in self.decode_options.items()},
             "force_upcast": self.force_upcast,
             "dtype": str(self.dtype).removeprefix("torch."),

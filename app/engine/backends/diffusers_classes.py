@@ -17,13 +17,16 @@ from typing import Any, Literal
 
 Config = Mapping[str, Any]
 # What `encode()` returns: a diagonal Gaussian posterior (`.latent_dist`), or deterministic
-# latents (`.latents`, `.latent`): VQModel's are its unquantised latents (its decode quantises).
-Encoder = Literal["posterior", "latents", "latent"]
+# latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's):
+# VQModel's are its unquantised latents (its decode quantises).
+Encoder = Literal["posterior", "latents", "latent", "mode"]
 # How the class's pipelines normalise latents before the transformer sees them:
 # "scale": (z - shift_factor) * scaling_factor (SD, SDXL, Flux.1, Sana, ...);
 # "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
-# "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents.
-Normalisation = Literal["scale", "mean_std", "batch_norm"]
+# "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents;
+# "none": the pipelines' normalisation is not served (LTX-Video's statistics are weight buffers;
+# Cosmos's are per channel and latent frame, scaled by the pipeline's sigma_data).
+Normalisation = Literal["scale", "mean_std", "batch_norm", "none"]
 # The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
 # bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
 # the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
@@ -166,6 +169,7 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
     "AutoencoderKLLTXVideo": ClassSpec(
         "posterior",
         ltx("spatial", "patch_size"),
+        normalisation="none",
         gpu_dtype="bfloat16",
         temporal=ltx("temporal", "patch_size_t"),
         refuse=lambda config: LTX_TIMESTEP if config.get("timestep_conditioning") else None,
@@ -188,6 +192,16 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="bfloat16",
         temporal=lambda config: 2 ** (len(config["block_out_channels"]) - 2),
         fps=8,
+    ),
+    # Cosmos's: a deterministic encoder (an IdentityDistribution), the first frame alone then
+    # `temporal_compression_ratio` frames per latent frame.
+    "AutoencoderKLCosmos": ClassSpec(
+        "mode",
+        value("spatial_compression_ratio"),
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+        fps=30,
     ),
     # Stable Video Diffusion's: an image encoder, a decoder with temporal layers; no compression in
     # time, so any frame count (25 in its pipeline), 7 fps as its pipeline's examples export.
@@ -220,7 +234,6 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
     # Video and audio classes without a row yet (docs/api.md says what each needs).
-    "AutoencoderKLCosmos": "its encoder's latents are an IdentityDistribution's mode (deterministic), not yet a row",
     "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",

@@ -45,6 +45,17 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "mid_block_add_attention": True,
         },
     ),
+    # No tiny config in diffusers' tests: its defaults at 8x (16x in the released model), 8 channels.
+    "tiny-hunyuanvideo15": (
+        "AutoencoderKLHunyuanVideo15",
+        {
+            "latent_channels": 4,
+            "block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": 1,
+            "spatial_compression_ratio": 8,
+            "temporal_compression_ratio": 4,
+        },
+    ),
     "tiny-cogvideox": (
         "AutoencoderKLCogVideoX",
         {

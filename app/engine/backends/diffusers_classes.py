@@ -174,6 +174,12 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         temporal=ltx("temporal", "patch_size_t"),
         refuse=lambda config: LTX_TIMESTEP if config.get("timestep_conditioning") else None,
     ),
+    "AutoencoderKLHunyuanVideo15": ClassSpec(
+        "posterior",
+        value("spatial_compression_ratio"),
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+    ),
     # 6 frames per latent frame (1 + 6k; 163 in its pipeline); MochiPipeline denormalises per
     # channel (latents * latents_std / scaling_factor + latents_mean, scaling_factor 1.0).
     "AutoencoderKLMochi": ClassSpec(
@@ -237,7 +243,6 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
-    "AutoencoderKLHunyuanVideo15": "not yet a row",
     "AutoencoderKLKVAEVideo": "not yet a row",
     "AutoencoderKLMiniMaxH3": "not yet a row",
     "AutoencoderVidTok": "not yet a row",

@@ -76,8 +76,8 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     cog = loaded["tiny-cogvideox"][0].image.frames
     assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
-        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-cogvideox": 8, "tiny-ltx": 4, "tiny-mochi": 8, "tiny-magvit": 8,
-        "tiny-svd": 2, "tiny-cosmos": 4,
+        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-hunyuanvideo15": 8, "tiny-cogvideox": 8, "tiny-ltx": 4,
+        "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4,
     }  # fmt: skip
     assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
     assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count

@@ -5,10 +5,11 @@ BIN := $(VENV)/bin
 HOST ?= 0.0.0.0
 PORT ?= 8000
 # Debian packages the tests use (nginx as the gateway, chromium for the page, curl for the README examples,
-# podman and its network parts to build and run the image, debootstrap for stand-in base images).
-SYSTEM_PACKAGES := chromium nginx curl podman runc netavark aardvark-dns iptables debootstrap
+# podman and its network parts to build and run the image, debootstrap for stand-in base images,
+# redis-server as the job store shared by replicas).
+SYSTEM_PACKAGES := chromium nginx curl podman runc netavark aardvark-dns iptables debootstrap redis-server
 
-.PHONY: serve test bench install system-deps lock clean
+.PHONY: serve test bench gpu-wheels install system-deps lock clean
 
 $(BIN)/activate:
 	$(PYTHON) -m venv $(VENV)
@@ -40,6 +41,12 @@ lock:
 bench: install
 	bash scripts/system-deps.sh wrk
 	$(BIN)/python bench/load.py
+
+# The wheels bench/gpu_check.py installs on an offline GPU host with its own torch, into .gpu-wheels
+# (docs/benchmarks.md, "GPU"). GPU_PYTHON: the host's Python.
+GPU_PYTHON ?= 3.12
+gpu-wheels:
+	$(PYTHON) scripts/gpu_wheels.py --python-version $(GPU_PYTHON) --dest .gpu-wheels
 
 clean:
 	rm -rf $(VENV) .pytest_cache

@@ -86,6 +86,23 @@ class Settings(BaseSettings):
     api_keys: Annotated[list[SecretStr], NoDecode] = Field(
         default_factory=list, description="Comma-separated API keys; when set, /v1/* and /v2/* need one; empty: no auth"
     )
+    # Jobs: `Prefer: respond-async` on any operation (app/jobs/, docs/api.md "Jobs").
+    job_store: str = Field(
+        "memory",
+        pattern=r"^(memory|rediss?://.+|unix://.+)$",
+        description="Where jobs live: memory (this process), or redis://host:6379/0 (shared by every replica)",
+    )
+    job_ttl: float = Field(3600.0, gt=0, description="Seconds a finished job and its result are kept")
+    job_store_bytes: int = Field(
+        256 * MiB, ge=1, description="Most bytes of job requests and results kept in all; past it, new jobs 503"
+    )
+    job_max_per_key: int = Field(
+        64, ge=1, description="Most queued or running jobs per API key (or in all, without keys)"
+    )
+    job_runners: int = Field(1, ge=0, description="Jobs this replica runs at once (0: it runs none, only takes them)")
+    job_lease: float = Field(
+        10.0, gt=0, description="Seconds a running job's lease lasts unless renewed; a replica that died loses it"
+    )
     log_format: Literal["text", "json"] = Field("text", description="text, or json: one JSON object per line")
     log_level: Literal["debug", "info", "warning", "error"] = Field("info", description="Least severe level logged")
 

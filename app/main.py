@@ -20,12 +20,14 @@ from app.api.deps import Service
 from app.api.errors import install_error_handlers
 from app.api.images import ImageCodec
 from app.api.limits import with_limits
+from app.api.openapi import with_edge_errors
 from app.api.routes import API_ROUTES, ROUTERS
 from app.api.v2.catalog import catalog
 from app.config import Settings, torch_threads
 from app.engine.backends import families
 from app.engine.operations import Engine
 from app.engine.registry import Registry, device_from_setting, load_registry
+from app.jobs.manager import Jobs
 from app.server import observability
 from app.server.middleware import install_middleware
 from app.server.security import key_schemes, protected_path
@@ -40,7 +42,9 @@ Autoencoder (Kingma & Welling, arXiv 1312.6114) trained on Fashion-MNIST.
 Every endpoint that uses a model takes an optional `model` (default: the default model, see
 `GET /v1/models`). Endpoints that return images answer with one PNG grid by default, or JSON
 (base64 PNGs plus latents) with `format=json` or `Accept: application/json`. Errors are JSON
-`{"detail": "<message>"}`. Details: docs/api.md.
+`{"detail": "<message>"}`. Long work: send any operation with `Prefer: respond-async` for a
+job (202, `Location: /v1/jobs/{id}`) to watch, fetch and cancel under `/v1/jobs`. Details:
+docs/api.md.
 """
 
 
@@ -79,6 +83,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         await engine.start()
         app.state.service = Service(settings, engine, ImageCodec(settings.max_pixels, settings.image_threads))
         app.state.v2_models = catalog(app.state.service)
+        await app.state.jobs.start(app)
         # Start-up made most of the process's objects (modules, models). Frozen, they are left
         # out of full garbage collections, which would otherwise scan them all every second or
         # so under load: ~100 ms pauses, the p99 latency (docs/benchmarks.md).
@@ -89,6 +94,7 @@ async def lifespan(app: FastAPI) -> AsyncIterator[None]:
         yield
     finally:
         app.state.ready = False
+        await app.state.jobs.close()
         if engine is not None:
             engine.close()
 
@@ -109,12 +115,13 @@ def create_app(settings: Settings | None = None) -> FastAPI:
     app = FastAPI(title="vaeserve", version="0.1.0", description=DESCRIPTION, lifespan=lifespan)
     app.state.settings = settings
     app.state.ready = False
-    install_error_handlers(app)
+    install_error_handlers(app, API_ROUTES)
     for router in ROUTERS:
         app.include_router(router, dependencies=key_schemes(settings.api_keys) if protected_path(router.prefix) else [])
-    app.openapi = with_limits(app.openapi, settings)  # type: ignore[method-assign]
+    app.openapi = with_edge_errors(with_limits(app.openapi, settings), settings)  # type: ignore[method-assign]
     # The page and its files answer what no route matches. Not a mount at `/`: that would also
     # take a wrong method on an API path (GET /v1/decode) and answer 404 instead of 405.
     app.router.default = StaticFiles(directory=STATIC_DIR, html=True)
+    app.state.jobs = Jobs(settings)
     install_middleware(app, settings, API_ROUTES)
     return app

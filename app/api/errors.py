@@ -9,17 +9,19 @@ from __future__ import annotations
 
 import logging
 from collections.abc import Sequence
+from functools import partial
 from typing import Any
 
 from fastapi import FastAPI, Request
 from fastapi.exceptions import RequestValidationError
 from fastapi.responses import JSONResponse
+from fastapi.routing import APIRoute
 from starlette.exceptions import HTTPException
 from starlette.requests import ClientDisconnect
 
 from app.api.images import ImageError, ImageTooLarge
-from app.api.routes import API_ROUTES
 from app.engine import errors
+from app.jobs.store import Unavailable
 from app.server.errors import error_response
 from app.server.proxy import route_path
 
@@ -32,9 +34,9 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.ShuttingDown, 503),
     (errors.TimedOut, 504),
     (errors.Abandoned, 499),  # nginx's "client closed request": nobody reads it, the log and metrics do
-    (errors.OutOfMemory, 503),
     (errors.NeedsTooMuchMemory, 413),
     (errors.BatchFailed, 500),
+    (Unavailable, 503),  # the job store
     (ImageTooLarge, 413),
     (ImageError, 422),
 ]
@@ -93,21 +95,21 @@ def status_code(error: Exception) -> int:
     return next(status for kind, status in STATUS if isinstance(error, kind))
 
 
-def allowed_methods(request: Request) -> str:
-    """Every method the API takes on this path, from the app's routes: Starlette's Allow names
-    only the first matching route's (PUT /v1/sample would be told GET, not GET, POST)."""
+def allowed_methods(request: Request, routes: Sequence[APIRoute]) -> str:
+    """Every method the API takes on this path, from its `routes`: Starlette's Allow names only
+    the first matching route's (PUT /v1/sample would be told GET, not GET, POST)."""
     path = route_path(request.scope)
-    matching = [route for route in API_ROUTES if route.path_regex.match(path)]
+    matching = [route for route in routes if route.path_regex.match(path)]
     return ", ".join(sorted({method for route in matching for method in route.methods}))
 
 
-async def http_error(request: Request, exc: HTTPException) -> JSONResponse:
+async def http_error(routes: Sequence[APIRoute], request: Request, exc: HTTPException) -> JSONResponse:
     detail = str(exc.detail)
     if exc.status_code == 400 and detail == FASTAPI_PARSE_ERROR and exc.__cause__ is not None:
         reason = unparsable(exc.__cause__)
         if reason is not None:  # the same answer as for any other broken JSON
             return error_json(request, 422, f"body: not valid JSON ({reason})")
-    if exc.status_code == 405 and (allowed := allowed_methods(request)):
+    if exc.status_code == 405 and (allowed := allowed_methods(request, routes)):
         detail = f"method {request.method} is not allowed here; allowed: {allowed}"
         return error_json(request, 405, detail, {**(exc.headers or {}), "Allow": allowed})
     return error_json(request, exc.status_code, detail, exc.headers)
@@ -144,8 +146,9 @@ async def internal_error(request: Request, exc: Exception) -> JSONResponse:
     return error_json(request, 500, "internal server error; the server log has the details")
 
 
-def install_error_handlers(app: FastAPI) -> None:
-    app.add_exception_handler(HTTPException, http_error)
+def install_error_handlers(app: FastAPI, routes: Sequence[APIRoute]) -> None:
+    """The handlers of every error; `routes`, the API's routing table, for the methods a 405 names."""
+    app.add_exception_handler(HTTPException, partial(http_error, routes))
     app.add_exception_handler(RequestValidationError, validation_error)
     for kind, _ in STATUS:
         app.add_exception_handler(kind, domain_error)

@@ -80,6 +80,12 @@ def uploads_to_array(uploads: list[Upload], backend: Backend, max_pixels: int) -
                 arrays.append(backend.to_input(image))
             except (OSError, ValueError) as e:
                 raise ImageError(f"{upload.where}: cannot convert this {image.mode} image: {e}") from None
+        if arrays[-1].shape != arrays[0].shape:  # a model of variable size takes each image as it is
+            height, width = arrays[-1].shape[1:]
+            first = "x".join(map(str, arrays[0].shape[:0:-1]))
+            raise ImageError(
+                f"{upload.where}: image is {width}x{height}; the images of one request share one size ({first})"
+            )
     return np.stack(arrays)
 
 

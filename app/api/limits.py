@@ -53,7 +53,8 @@ def with_limits(openapi: Callable[[], dict[str, Any]], settings: Settings) -> Ca
             for name, field in request.get("properties", {}).items():
                 if name in LIMITS:
                     array = any(option.get("type") == "array" for option in [field, *field.get("anyOf", [])])
-                    field["maxItems" if array else "maximum"] = getattr(settings, LIMITS[name])
+                    key, bound = "maxItems" if array else "maximum", getattr(settings, LIMITS[name])
+                    field[key] = min(field.get(key, bound), bound)  # a bound the schema states may be smaller
         return document
 
     return schema

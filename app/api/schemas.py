@@ -14,6 +14,8 @@ from app.engine.operations import Scores
 # float32 maths finite.
 LATENT_BOUND = 1000.0
 MAX_SEED = 2**63 - 1
+# A black 28x28 PNG, base64: request examples that work as they are.
+EXAMPLE_PNG = "iVBORw0KGgoAAAANSUhEUgAAABwAAAAcCAAAAABXZoBIAAAAEElEQVR42mNgGAWjYBQQAwADLAAB1wvpfAAAAABJRU5ErkJggg=="
 
 
 def label(value: object) -> int | str:
@@ -30,6 +32,9 @@ Label = Annotated[
     Field(description="A class name or its index"),
 ]
 Latent = Annotated[float, Field(allow_inf_nan=False, ge=-LATENT_BOUND, le=LATENT_BOUND)]
+# One latent vector: the schema says it is not empty; its length is the model's (latent_dim),
+# checked against the model with a message that says so.
+LatentRow = Annotated[list[Latent], Field(json_schema_extra={"minItems": 1})]
 Seed = Annotated[int, Field(ge=0, le=MAX_SEED)]
 ModelName = Annotated[
     str | None, Field(description="Model to use (GET /v1/models); default: the default model", examples=["fashion-vae"])
@@ -77,8 +82,12 @@ class SampleRequest(ImageOutput):
 
 class DecodeRequest(ImageOutput):
     model: ModelName = None
-    latents: list[list[Latent]] = Field(min_length=1, description="Latent vectors, each latent_dim long, finite")
-    labels: list[Label] | None = Field(None, description="Conditional models: one class per latent")
+    latents: list[LatentRow] = Field(
+        min_length=1, description="Latent vectors, each as long as the model's latent_dim (GET /v1/models), finite"
+    )
+    labels: list[Label] | None = Field(
+        None, description="Conditional models: one class per latent (required); unconditional ones: leave out"
+    )
 
     model_config = ConfigDict(json_schema_extra={"examples": [{"model": "fashion-vae", "latents": [[0.0] * 64]}]})
 
@@ -92,16 +101,18 @@ class ImagesRequest(Request):
         description="Base64-encoded PNG, JPEG, WebP, GIF or BMP files (a data: URL prefix is allowed). "
         "In multipart/form-data send the files as field `files` instead",
     )
-    labels: list[Label] | None = Field(None, description="Conditional models: one class per image")
+    labels: list[Label] | None = Field(
+        None, description="Conditional models: one class per image (required); unconditional ones: leave out"
+    )
 
 
 class EncodeRequest(ImagesRequest):
-    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "fashion-vae", "images": ["iVBORw0KGgo..."]}]})
+    model_config = ConfigDict(json_schema_extra={"examples": [{"model": "fashion-vae", "images": [EXAMPLE_PNG]}]})
 
 
 class ReconstructRequest(ImagesRequest, ImageOutput):
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "fashion-vae", "images": ["iVBORw0KGgo..."], "format": "json"}]}
+        json_schema_extra={"examples": [{"model": "fashion-vae", "images": [EXAMPLE_PNG], "format": "json"}]}
     )
 
 
@@ -112,7 +123,7 @@ class ScoreRequest(ImagesRequest):
     seed: Seed = Field(0, description="Seeds the Monte Carlo estimates, so scores are deterministic")
 
     model_config = ConfigDict(
-        json_schema_extra={"examples": [{"model": "fashion-vae", "images": ["iVBORw0KGgo..."], "k": 100}]}
+        json_schema_extra={"examples": [{"model": "fashion-vae", "images": [EXAMPLE_PNG], "k": 100}]}
     )
 
 
@@ -120,7 +131,11 @@ class InterpolateRequest(ImagesRequest, ImageOutput):
     images: list[str] = Field(
         default_factory=list, description="Two base64 images, start and end (or multipart field `files`)"
     )
-    latents: list[list[Latent]] | None = Field(None, description="Or two latent vectors, start and end")
+    latents: list[LatentRow] | None = Field(
+        None,
+        description="Or two latent vectors, start and end, each as long as the model's latent_dim",
+        json_schema_extra={"minItems": 2, "maxItems": 2},
+    )
     labels: list[Label] | None = Field(
         None,
         description="Conditional models: one class for the whole path, or two (start, end): each endpoint is "
@@ -307,15 +322,27 @@ class ErrorResponse(BaseModel):
     detail: str = Field(examples=["latents[0]: has 3 values; model 'fashion-vae' has latent_dim 64"])
 
 
-ERROR_RESPONSES: dict[int | str, dict[str, Any]] = {
-    status: {"model": ErrorResponse, "description": description}
-    for status, description in {
-        404: "Unknown model",
-        413: "Body or image too large",
-        422: "Invalid input; the message names the field",
-        503: "Models not loaded yet",
-    }.items()
+# Every error status a route answers itself, with `{"detail": ...}` (the edge's own, 401, 408
+# and a body over the limit's 413, are added to every operation they apply to: app/api/openapi.py).
+ERRORS = {
+    404: "Unknown model",
+    413: "Body or image too large, or a request that alone needs more memory than the device has free",
+    415: "A body of another Content-Type than the operation takes; the message says what to send",
+    422: "Invalid input; the message names the field, and the model where the rule is the model's",
+    503: "Models not loaded yet, the server busy, or shutting down; with Retry-After",
+    504: "The request waited VAE_QUEUE_TIMEOUT seconds without being run",
 }
+
+
+def error_responses(*statuses: int) -> dict[int | str, dict[str, Any]]:
+    return {status: {"model": ErrorResponse, "description": ERRORS[status]} for status in statuses}
+
+
+ERROR_RESPONSES = error_responses(404, 413, 422, 503)
+# An operation that runs a model: its request may also wait in the queue too long.
+RUN_RESPONSES = error_responses(404, 413, 422, 503, 504)
+# An operation whose body must be JSON (or multipart with images).
+MEDIA_RESPONSES = error_responses(415)
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A PNG grid (default), or JSON with base64 PNGs and latents (`format=json` or "
@@ -323,15 +350,24 @@ IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
         "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}, "application/json": {}},
         "model": ImagesResponse,
     },
-    **ERROR_RESPONSES,
+    **RUN_RESPONSES,
 }
 
 
-def images_request_body(model: type[BaseModel]) -> dict[str, Any]:
-    """OpenAPI requestBody for endpoints that take images as JSON (base64) or as multipart uploads."""
+def images_request_body(model: type[BaseModel], ends: int | None = None) -> dict[str, Any]:
+    """OpenAPI requestBody for endpoints that take images as JSON (base64) or as multipart uploads:
+    one or more (required), or with `ends`, exactly that many (interpolate's, whose JSON may
+    give latents instead)."""
     json_schema = model.model_json_schema()
     form_schema = copy.deepcopy(json_schema)
     form_schema.pop("examples", None)
+    files: dict[str, Any] = {"minItems": 1} if ends is None else {"minItems": ends, "maxItems": ends}
+    form_schema["required"] = ["files"]
+    if ends is None:
+        json_schema["properties"]["images"]["minItems"] = 1
+        json_schema["required"] = [*json_schema.get("required", []), "images"]
+    else:
+        json_schema["properties"]["images"]["maxItems"] = ends
     properties = form_schema["properties"]
     properties.pop("images")
     properties.pop("latents", None)  # interpolate's two latents come as JSON; a form carries files
@@ -343,6 +379,7 @@ def images_request_body(model: type[BaseModel]) -> dict[str, Any]:
             "type": "array",
             "items": {"type": "string", "format": "binary"},
             "description": "PNG, JPEG, WebP, GIF or BMP files, one part each",
+            **files,
         },
         **properties,
     }

@@ -8,10 +8,11 @@ batch together. Under load a batch that is not full may also wait up to `max_del
 from its oldest request) for more; a request that finds the worker free never waits.
 
 Back-pressure: past `max_queue` waiting requests `submit` raises `Overloaded` at once; a
-request still queued after `timeout` seconds gets `TimedOut`. A batch that raises fails its own
-requests with `BatchFailed`, or with the `EngineError` it raised, and the batcher goes on. A
-request whose `gone()` says, when its batch is about to run, that nobody waits for it any more
-(its client disconnected) is dropped with `Abandoned` instead of run. Every request is answered
+request still queued after `timeout` seconds gets `TimedOut`. A batch that raises is isolated:
+its requests run again in halves, down to one, so that only a request that fails alone gets an
+error (the `EngineError` it raised, else `BatchFailed`), and the batcher goes on. A request
+whose `gone()` says, when its batch is about to run, that nobody waits for it any more (its
+client disconnected) is dropped with `Abandoned` instead of run. Every request is answered
 exactly once: its future is resolved by whichever comes first.
 """
 
@@ -25,6 +26,7 @@ from concurrent.futures import ThreadPoolExecutor
 from dataclasses import dataclass
 from typing import Generic, TypeVar
 
+from app.engine import progress
 from app.engine.errors import Abandoned, BatchFailed, EngineError, Overloaded, ShuttingDown, TimedOut
 
 log = logging.getLogger(__name__)
@@ -35,6 +37,7 @@ T = TypeVar("T")
 OnBatch = Callable[[int, float], None]  # (items in the batch, seconds its oldest request waited)
 OnQueue = Callable[[int], None]  # change in the number of items waiting
 OnDrop = Callable[[], None]  # a request dropped because nobody waits for it
+OnIsolate = Callable[[], None]  # a batch of several requests failed: they run again in parts
 Gone = Callable[[], bool]  # whether nobody waits for a request's result any more
 
 
@@ -73,6 +76,7 @@ class Pending(Generic[In, Out]):
     future: asyncio.Future[Out]
     queued_at: float  # the event loop's clock
     gone: Gone | None = None
+    listener: progress.Listener | None = None  # told the progress of the request's batch
     taken: bool = False
 
 
@@ -99,7 +103,8 @@ class Batcher(Generic[In, Out]):
 
     `on_batch(items, wait_s)` is told each batch's item count and how long its oldest request
     waited; `on_queue(delta)` each change in the number of items waiting; `on_drop()` each
-    request dropped because nobody waited for it.
+    request dropped because nobody waited for it; `on_isolate()` each batch of several requests
+    that failed, whose requests then run again in parts.
     """
 
     def __init__(
@@ -111,6 +116,7 @@ class Batcher(Generic[In, Out]):
         on_batch: OnBatch | None = None,
         on_queue: OnQueue | None = None,
         on_drop: OnDrop | None = None,
+        on_isolate: OnIsolate | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -119,6 +125,7 @@ class Batcher(Generic[In, Out]):
         self._on_batch = on_batch
         self._on_queue = on_queue
         self._on_drop = on_drop
+        self._on_isolate = on_isolate
         self._queue: deque[Pending[In, Out]] = deque()
         self._waiting = 0  # requests queued and not yet answered
         self._waiting_size = 0
@@ -140,7 +147,9 @@ class Batcher(Generic[In, Out]):
             raise Overloaded(self.name, self.limits.max_queue, retry_after=1)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
-        pending: Pending[In, Out] = Pending(item, size, items, loop.create_future(), loop.time(), gone)
+        pending: Pending[In, Out] = Pending(
+            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get()
+        )
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
         if self._expiry is None:
@@ -229,6 +238,14 @@ class Batcher(Generic[In, Out]):
             except TimeoutError:
                 return
 
+    def _tracked(self, batch: list[Pending[In, Out]]) -> Callable[[list[In]], list[Out]]:
+        """`run` for `batch`: its progress to its requests' listeners, stopped once nobody waits."""
+        listeners = [p.listener for p in batch if p.listener is not None]
+        tracker = progress.BatchProgress(
+            self.name, asyncio.get_running_loop(), listeners, lambda: all(map(abandoned, batch))
+        )
+        return progress.tracked(self._run, tracker)
+
     async def _serve(self) -> None:
         while True:
             if not self._waiting:
@@ -245,20 +262,56 @@ class Batcher(Generic[In, Out]):
                 if self._on_batch:
                     self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at)
                 try:
-                    results = await self._worker.run(self._run, [p.item for p in batch])
+                    results = await self._worker.run(self._tracked(batch), [p.item for p in batch])
                     if len(results) != len(batch):
                         raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
                 except asyncio.CancelledError:  # closed while the batch ran
                     fail(batch, ShuttingDown())
                     raise
-                except EngineError as error:  # a failure `run` describes itself (out of memory)
-                    log.warning("%s: a batch of %d requests failed: %s", self.name, len(batch), error)
+                except Abandoned as error:  # stopped mid-run: nobody waits for any request of it
                     fail(batch, error)
                     continue
                 except Exception as error:  # the batch fails, the batcher does not
-                    log.exception("%s: a batch of %d requests failed", self.name, len(batch))
-                    fail(batch, BatchFailed(self.name, error))
+                    if len(batch) > 1 and self._on_isolate:
+                        self._on_isolate()
+                    await self._failed(batch, error)
                     continue
                 for pending, result in zip(batch, results, strict=True):
                     if not pending.future.done():  # its client may have gone
                         pending.future.set_result(result)
+
+    async def _failed(self, batch: list[Pending[In, Out]], error: Exception) -> None:
+        """Answer the requests of a batch that raised `error`. A request alone gets the error:
+        an `EngineError` as `run` described it (an input the backend refused: InvalidInput),
+        anything else as `BatchFailed`. A larger batch is isolated: its halves run again, each
+        split further if it fails too, so that only a request that fails alone gets an error;
+        the others get what they would have got alone (batch invariance: the same bytes)."""
+        if len(batch) == 1:
+            if isinstance(error, EngineError):
+                log.warning("%s: a request failed: %s", self.name, error)
+                fail(batch, error)
+            else:
+                log.error("%s: a request failed", self.name, exc_info=error)
+                fail(batch, BatchFailed(self.name, error))
+            return
+        log.warning(
+            "%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error
+        )
+        try:
+            for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+                try:
+                    results = await self._worker.run(self._tracked(part), [p.item for p in part])
+                    if len(results) != len(part):
+                        raise RuntimeError(f"{len(results)} results for {len(part)} requests")
+                except Abandoned as gone:
+                    fail(part, gone)
+                    continue
+                except Exception as part_error:
+                    await self._failed(part, part_error)
+                    continue
+                for pending, result in zip(part, results, strict=True):
+                    if not pending.future.done():
+                        pending.future.set_result(result)
+        except asyncio.CancelledError:  # closed meanwhile
+            fail(batch, ShuttingDown())
+            raise

@@ -63,23 +63,20 @@ class TimedOut(EngineError):
 
 
 class BatchFailed(EngineError):
-    """The batch a request was in raised; the batcher goes on."""
+    """The model call failed running this request alone, by no error that names a cause in its
+    input: ours, so the client cannot fix it; the batcher goes on."""
 
     def __init__(self, name: str, error: Exception) -> None:
-        super().__init__(f"{name} failed for the batch this request was in ({type(error).__name__}); retry it")
+        super().__init__(f"{name} failed on this request ({type(error).__name__}); the server log has the details")
 
 
 class OutOfMemory(EngineError):
-    """The device ran out of memory in the batch a request shared with others; the memory was
-    freed, and the request may well fit in a later, smaller batch."""
-
-    retry_after = 1
+    """The device ran out of memory in a batch of several requests; the memory was freed. No
+    client gets it: the batcher runs the batch's requests again in smaller batches, where each
+    may well fit (a request that does not fit alone gets `NeedsTooMuchMemory`)."""
 
     def __init__(self, name: str, device: str, requests: int) -> None:
-        super().__init__(
-            f"{name}: {device} memory ran out in the batch this request was in ({requests} requests); "
-            f"retry in {self.retry_after} s"
-        )
+        super().__init__(f"{name}: {device} memory ran out in a batch of {requests} requests")
 
 
 class NeedsTooMuchMemory(EngineError):

@@ -1,7 +1,8 @@
 """The served operations: every model call, batched across requests and run off the event loop.
 
-Callers hand over NumPy arrays (validated by `LoadedModel`) and get NumPy arrays back, images
-as uint8 pixels: torch runs only in the inference thread, where a batch pays each torch call's
+Callers hand over NumPy arrays and get NumPy arrays back, images as uint8 pixels; each request
+is checked (`LoadedModel.checked`) before it joins a batch, so that it cannot fail the requests
+batched with it. Torch runs only in the inference thread, where a batch pays each torch call's
 overhead (~5 us under load, with a hand-over of the GIL) once, not once per request on the
 event loop. Each (model, operation) has a `Batcher` (app/engine/batcher.py): concurrent
 requests queue there and run together, in the one inference thread that all batchers share, as
@@ -24,9 +25,10 @@ from typing import Any, Protocol
 import numpy as np
 import torch
 
+from app.engine import progress
 from app.engine.backend import Operation
-from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnQueue, Worker
-from app.engine.errors import NeedsTooMuchMemory, OutOfMemory
+from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
+from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
@@ -37,11 +39,12 @@ SCORE_PASSES = 64
 
 
 class MetricsSink(Protocol):
-    """Where the engine reports its batches, queue depth and dropped requests."""
+    """Where the engine reports its batches, queue depth, dropped requests and isolated batches."""
 
     def observe_batch(self, model: str, op: str, size: int, wait_s: float) -> None: ...
     def queue_counter(self, model: str) -> Callable[[int], None]: ...
     def observe_drop(self, model: str, op: str) -> None: ...
+    def observe_isolation(self, model: str, op: str) -> None: ...
 
 
 @dataclass
@@ -267,8 +270,9 @@ def memory_guarded(
     run: Callable[[Passes, list[Any]], list[Any]], passes: Passes, name: str
 ) -> Callable[[list[Any]], list[Any]]:
     """`run` for the batcher: a batch that runs out of memory fails with an error that says so
-    (`OutOfMemory`, or `NeedsTooMuchMemory` for a request alone), after the memory is freed, so
-    that the next batch starts with it free."""
+    (`OutOfMemory`, which the batcher answers by running the batch again in parts, or
+    `NeedsTooMuchMemory` for a request alone), after the memory is freed, so that the next
+    batch starts with it free."""
 
     def guarded(jobs: list[Any]) -> list[Any]:
         try:
@@ -344,23 +348,26 @@ class Engine:
                 batcher.close()
         self.worker.close()
 
-    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None]:
+    def _observers(self, name: str, op: str) -> tuple[OnBatch | None, OnQueue | None, OnDrop | None, OnIsolate | None]:
         if self.metrics is None:
-            return None, None, None
+            return None, None, None, None
         return (
             partial(self.metrics.observe_batch, name, op),
             self.metrics.queue_counter(name),
             partial(self.metrics.observe_drop, name, op),
+            partial(self.metrics.observe_isolation, name, op),
         )
 
     def _batcher(self, model: LoadedModel, operation: Operation, run: str | None = None) -> Batcher[Any, Any]:
-        model.require(operation)
+        """The batcher for a request already checked (`LoadedModel.checked`)."""
+        progress.admitted(model.name, operation)
         return self._batchers[model.name][run or operation]
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None
     ) -> Images:
         """n images from the prior; the draws are `VAE.sample`'s with `seeded(seed)`."""
+        label = model.checked_label(label)
         return await self._batcher(model, "sample").submit(SampleJob(n, seed, temperature, label), n, gone=gone)
 
     async def encode(
@@ -373,8 +380,7 @@ class Engine:
     ) -> Encoding:
         """The posterior (or a deterministic encoder's latents); with `seed`, also one posterior
         draw per image from `seeded(seed)`, as `posterior.sample` of these images alone."""
-        if seed is not None:
-            model.require("encode", "posterior")
+        x, labels = model.checked("encode", x, labels, *(("posterior",) if seed is not None else ()))
         return await self._batcher(model, "encode").submit(ArrayJob(x, labels, seed=seed), len(x), gone=gone)
 
     async def decode(
@@ -390,6 +396,7 @@ class Engine:
         `options`: values of the backend's `decode_options` (e.g. a seeded decoder's seed and steps)."""
         declared = getattr(model.backend, "decode_options", {})
         options = options or tuple(option.default for option in declared.values())
+        z, labels = model.checked("decode", z, labels)
         job = ArrayJob(z, labels, values, options=options)
         return await self._batcher(model, "decode").submit(job, len(z), gone=gone)
 
@@ -397,6 +404,7 @@ class Engine:
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
     ) -> tuple[np.ndarray, np.ndarray]:
         """Decode of the posterior mean: (pixels, means)."""
+        x, labels = model.checked("reconstruct", x, labels)
         return await self._batcher(model, "reconstruct").submit(ArrayJob(x, labels), len(x), gone=gone)
 
     async def score(
@@ -405,7 +413,7 @@ class Engine:
         """Per image: ELBO terms and the IWAE bound with k samples, each from a fresh generator
         seeded with `seed`, so an image's score does not depend on the other images. A model
         without a likelihood gets `distortion` instead."""
-        model.require("score")
+        x, labels = model.checked("score", x, labels)
         if "likelihood" not in model.backend.features:
             return await self.distortion(model, x, labels, gone)
         job = ScoreJob(x, labels, k, seed)
@@ -441,9 +449,12 @@ class Engine:
         """`steps` latents from one end to the other, decoded. `ends` are two images (`images`),
         encoded to their posterior means, or two latents; `labels`, one class per end: the
         path switches class at its midpoint, where the latent is as far from both ends."""
-        model.require("interpolate", *(("encoder",) if images else ()))
         if images:
+            model.require("interpolate", "encoder")
             ends = (await self.encode(model, ends, labels, gone)).mean
+        ends, labels = model.checked("interpolate", ends, labels)
+        if len(ends) != 2:
+            raise InvalidInput(f"latents: give exactly 2 (start and end), got {len(ends)}")
         path = latent_path(ends[0], ends[1], steps, method)
         path_labels = None
         if labels is not None:

@@ -22,6 +22,7 @@ from collections.abc import Callable, Sequence
 
 import torch
 
+from app.engine import progress
 from app.engine.backend import Backend
 
 log = logging.getLogger(__name__)
@@ -69,10 +70,12 @@ class Passes:
         of at most max_rows rows, each padded to a multiple of quantum; outputs concatenated."""
         rows = next(c for c in columns if c is not None).shape[0]
         outputs: list[tuple[torch.Tensor, ...]] = []
-        for start in range(0, rows, self.max_rows):
+        starts = range(0, rows, self.max_rows)
+        for index, start in enumerate(starts, 1):
             stop = min(rows, start + self.max_rows)
             chunk = [None if c is None else padded(c[start:stop], self.shape(stop - start)) for c in columns]
             outputs.append(tuple(out[: stop - start] for out in fn(*chunk)))
+            progress.passed(index, len(starts))
         return tuple(torch.cat(parts) for parts in zip(*outputs, strict=True))
 
     def decode_fn(

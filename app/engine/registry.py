@@ -1,22 +1,36 @@
 """The served models: every checkpoint loaded once at start-up by the family that claims it,
-with the checks of a request's labels and latents against its model."""
+with what each model needs from a request: `LoadedModel.checked` (every operation, on arrays,
+called by the engine before any request joins a batch) and the label and latent parsers the
+protocols use to build those arrays with messages that name their own fields."""
 
 from __future__ import annotations
 
 import logging
 import reprlib
-from collections.abc import Iterator, Sequence
+from collections.abc import Iterable, Iterator, Sequence
 from dataclasses import dataclass
 from pathlib import Path
+from typing import Literal
 
 import numpy as np
 import torch
 
 from app.engine.backend import FEATURES, NEEDS, OPERATIONS, Backend, Family, Feature, Operation
-from app.engine.errors import BadLabel, BadLatentShape, NotSupported, StartupError, UnknownModel
+from app.engine.errors import BadLabel, BadLatentShape, InvalidInput, NotSupported, StartupError, UnknownModel
 from model.device import resolve_device
 
 log = logging.getLogger(__name__)
+
+# The rows each operation takes from a request (sample takes none: a count); interpolating
+# between images first encodes them, so its own rows are latents.
+ROWS: dict[Operation, Literal["images", "latents"] | None] = {
+    "sample": None,
+    "encode": "images",
+    "decode": "latents",
+    "reconstruct": "images",
+    "score": "images",
+    "interpolate": "latents",
+}
 
 
 @dataclass
@@ -38,6 +52,89 @@ class LoadedModel:
         for feature in (*NEEDS[operation], *features):
             if feature not in self.backend.features:
                 raise NotSupported(self.name, operation, f"it has no {FEATURES[feature]}")
+
+    def checked(
+        self, operation: Operation, rows: np.ndarray, labels: np.ndarray | None, *features: Feature
+    ) -> tuple[np.ndarray, np.ndarray | None]:
+        """`rows` (float32, C order) and `labels` if they are what this model needs for
+        `operation`, else the error a client gets (InvalidInput, NotSupported): the one statement
+        of it, which every protocol's request meets before it joins a batch, so that no request
+        can fail the batch it would share with others.
+
+        - the features `operation` needs (`NEEDS`), and `features`;
+        - latents (decode, interpolate): [B, *latent shape], B >= 1, finite; a dimension that
+          follows the image size (None) any size >= 1;
+        - images (encode, reconstruct, score): [B, C, H, W] in [0, 1], the model's channels and
+          native size, or for a model of variable size, sides that are multiples of its multiple;
+          a video model's [B, C, T, H, W] with T a frame count it takes (and latents whose t
+          latent frames decode to one); an audio model's [B, C, samples], samples a multiple of its hop;
+        - labels: a conditional model needs one class index per row, in range; an unconditional
+          one takes none.
+        """
+        self.require(operation, *features)
+        what = ROWS[operation]
+        if what is None:
+            raise ValueError(f"{operation} takes no rows")
+        rows = self._latent_rows(rows) if what == "latents" else self._image_rows(rows)
+        if not np.isfinite(rows).all():
+            raise InvalidInput(f"{what}: {int((~np.isfinite(rows)).sum())} values are not finite")
+        if what == "images" and not (rows.min() >= 0 and rows.max() <= 1):
+            raise InvalidInput(f"images: values must be in [0, 1] for model '{self.name}'")
+        return rows, self._label_rows(labels, len(rows), what.removesuffix("s"))
+
+    def checked_label(self, label: int | None) -> int | None:
+        """The one class of a sample, checked: for a conditional model an index in range (None:
+        drawn per image); an unconditional one takes none."""
+        self.require("sample")
+        return self.one_label(label)
+
+    def _latent_rows(self, z: np.ndarray) -> np.ndarray:
+        shape = self.backend.latent_shape()
+        fits = z.ndim == 1 + len(shape) and all(want in (None, got) for want, got in zip(shape, z.shape[1:]))
+        if not fits or 0 in z.shape:
+            shown = ", ".join("?" if size is None else str(size) for size in shape)
+            raise BadLatentShape(f"latents: shape {list(z.shape)}; model '{self.name}' takes [B, {shown}], B >= 1")
+        frames = self.backend.image.frames
+        if frames is not None and not frames.accepts(frames.decoded(z.shape[2])):
+            raise BadLatentShape(
+                f"latents: {z.shape[2]} latent frames decode to {frames.decoded(z.shape[2])} frames; "
+                f"model '{self.name}' takes {frames.rule()} frames"
+            )
+        return np.ascontiguousarray(z, dtype=np.float32)
+
+    def _image_rows(self, x: np.ndarray) -> np.ndarray:
+        spec = self.backend.image
+        layout = {"image": "H, W", "video": "T, H, W", "audio": "samples"}[spec.media]
+        if x.ndim != 2 + len(layout.split(", ")) or 0 in x.shape or x.shape[1] != spec.channels:
+            raise InvalidInput(
+                f"images: shape {list(x.shape)}; model '{self.name}' takes [B, {spec.channels}, {layout}], B >= 1"
+            )
+        if spec.frames is not None and not spec.frames.accepts(x.shape[2]):
+            raise InvalidInput(f"images: {x.shape[2]} frames; model '{self.name}' takes {spec.frames.rule()} frames")
+        if spec.media == "audio":
+            if x.shape[2] % spec.multiple:
+                samples = f"{x.shape[2]} samples; model '{self.name}' takes multiples of {spec.multiple}"
+                raise InvalidInput(f"images: {samples}")
+            return np.ascontiguousarray(x, dtype=np.float32)
+        height, width = x.shape[-2:]
+        if spec.fixed_size and (height, width) != (spec.height, spec.width):
+            raise InvalidInput(f"images: {width}x{height}; model '{self.name}' takes {spec.width}x{spec.height}")
+        if height % spec.multiple or width % spec.multiple:
+            raise InvalidInput(
+                f"images: {width}x{height}; model '{self.name}' needs sides that are multiples of {spec.multiple}"
+            )
+        return np.ascontiguousarray(x, dtype=np.float32)
+
+    def _label_rows(self, labels: np.ndarray | None, count: int, what: str) -> np.ndarray | None:
+        if labels is None or not self.conditional:
+            # None for a conditional model, or labels for an unconditional one: label_array says which.
+            return self.label_array(None if labels is None else list(labels), count, what)
+        classes = len(self.backend.label_names)
+        if labels.shape != (count,) or labels.dtype.kind not in "iu":
+            raise BadLabel(f"labels: {labels.shape} {labels.dtype}; give one class index per {what} ({count})")
+        if count and (labels.min() < 0 or labels.max() >= classes):
+            raise BadLabel(f"labels: class indices must be 0-{classes - 1} for model '{self.name}'")
+        return np.ascontiguousarray(labels, dtype=np.int64)
 
     def label_index(self, label: int | str, field: str) -> int:
         """A class given by index, name (exact, then case-insensitive) or index written as text."""
@@ -177,3 +274,10 @@ def load_registry(
         family, sha = model.backend.family, model.sha256[:12]
         log.info("loaded model %s (%s, %s, sha256 %s) on %s", model.name, family, kind, sha, device)
     return Registry(models, default)
+
+
+def device_memory(models: Iterable[LoadedModel]) -> dict[str, tuple[int, int]]:
+    """Bytes this process holds in tensors on each CUDA device that serves one of `models`, now
+    and at most since it started (torch.cuda.memory_allocated, max_memory_allocated)."""
+    devices = sorted({m.backend.device for m in models if m.backend.device.type == "cuda"}, key=str)
+    return {str(d): (torch.cuda.memory_allocated(d), torch.cuda.max_memory_allocated(d)) for d in devices}

@@ -16,6 +16,15 @@ def under(prefix: str, path: str) -> bool:
     return path == prefix or path.startswith(prefix + "/")
 
 
+def error_key(path: str) -> str:
+    return "error" if under(V2_PREFIX, path) else "detail"
+
+
+def error_schema(path: str) -> dict[str, object]:
+    """The JSON schema of an error body on `path`, for the OpenAPI document."""
+    key = error_key(path)
+    return {"type": "object", "properties": {key: {"type": "string"}}, "required": [key]}
+
+
 def error_response(scope: Scope, status_code: int, message: str, headers: dict[str, str] | None = None) -> JSONResponse:
-    key = "error" if under(V2_PREFIX, route_path(scope)) else "detail"
-    return JSONResponse({key: message}, status_code=status_code, headers=headers)
+    return JSONResponse({error_key(route_path(scope)): message}, status_code=status_code, headers=headers)

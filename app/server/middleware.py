@@ -16,6 +16,7 @@ from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
 from app.config import Settings
 from app.engine.errors import StartupError
+from app.jobs.middleware import JobsMiddleware
 from app.server import observability
 from app.server.errors import error_response
 from app.server.proxy import RootPath
@@ -97,6 +98,7 @@ class OneLineStartupFailure:
 def install_middleware(app: FastAPI, settings: Settings, routes: Sequence[APIRoute]) -> None:
     """Every middleware of the app, innermost first: added last is outermost, so the request log
     and metrics see every answer (401s and 413s too) and CORS headers reach every answer."""
+    app.add_middleware(JobsMiddleware, jobs=app.state.jobs, keys=bool(settings.api_keys))
     app.add_middleware(OneLineStartupFailure)
     app.add_middleware(BodyLimitMiddleware, max_bytes=settings.max_upload_bytes, timeout=settings.body_timeout)
     if settings.api_keys:
@@ -105,9 +107,9 @@ def install_middleware(app: FastAPI, settings: Settings, routes: Sequence[APIRou
         app.add_middleware(
             CORSMiddleware,
             allow_origins=settings.cors_origins,
-            allow_methods=["GET", "POST"],
-            allow_headers=["Content-Type", "Accept", "Authorization", "X-API-Key", "X-Request-ID"],
-            expose_headers=["X-Seed", "X-Model", "X-Request-ID"],
+            allow_methods=["GET", "POST", "DELETE"],  # DELETE: cancelling a job
+            allow_headers=["Content-Type", "Accept", "Authorization", "X-API-Key", "X-Request-ID", "Prefer"],
+            expose_headers=["X-Seed", "X-Model", "X-Request-ID", "Location", "Preference-Applied"],
         )
     if settings.root_path:
         app.add_middleware(RootPath, root_path=settings.root_path)

@@ -2,7 +2,7 @@
 
 Each app owns its `Metrics` (a private `CollectorRegistry`, never the global default one), so
 several apps in one process do not share or clash over series. The engine reports its batches,
-queue depth and dropped requests through `Metrics`, its metrics sink.
+queue depth, dropped requests and isolated batches through `Metrics`, its metrics sink.
 """
 
 from __future__ import annotations
@@ -33,6 +33,7 @@ from prometheus_client.registry import Collector
 from starlette.datastructures import Headers, MutableHeaders, State
 from starlette.types import ASGIApp, Message, Receive, Scope, Send
 
+from app.engine.registry import device_memory
 from app.server.proxy import route_path
 
 if TYPE_CHECKING:
@@ -55,8 +56,8 @@ NOT_API = "other"
 
 
 class ModelCollector(Collector):
-    """`vae_model_info` and `vae_ready`, read from the app state at scrape time, so they always
-    describe the models actually loaded."""
+    """`vae_model_info`, `vae_ready` and the GPU memory of the models' CUDA devices, read from
+    the app state at scrape time, so they always describe the models actually loaded."""
 
     def __init__(self, state: State) -> None:
         self.state = state
@@ -78,7 +79,18 @@ class ModelCollector(Collector):
             for model in registry:
                 flags = [str(model.conditional).lower(), str(model.name == registry.default).lower()]
                 info.add_metric([model.name, str(model.backend.device), model.sha256, *flags], 1)
-        return [info, GaugeMetricFamily("vae_ready", "1 once the models are loaded and warm, else 0", value=int(ready))]
+        ready_gauge = GaugeMetricFamily("vae_ready", "1 once the models are loaded and warm, else 0", value=int(ready))
+        return [info, ready_gauge, *gpu_memory(registry)]
+
+
+def gpu_memory(registry: Registry | None) -> list[GaugeMetricFamily]:
+    """The GPU memory in tensors of each CUDA device that serves a model, now and at most."""
+    now = GaugeMetricFamily("vae_gpu_memory_allocated_bytes", "GPU memory in tensors now", labels=["device"])
+    peak = GaugeMetricFamily("vae_gpu_memory_peak_bytes", "Most GPU memory in tensors at once", labels=["device"])
+    for device, (allocated, most) in device_memory(registry or []).items():
+        now.add_metric([device], allocated)
+        peak.add_metric([device], most)
+    return [now, peak]
 
 
 class Metrics:
@@ -112,10 +124,31 @@ class Metrics:
             ["model", "op"],
             registry=self.registry,
         )
+        self.isolated = Counter(
+            "vae_isolated_batches",
+            "Batches of several requests that failed, whose requests then ran again in parts so that "
+            "only a request that fails alone gets an error",
+            ["model", "op"],
+            registry=self.registry,
+        )
+        self.jobs = Gauge(
+            "vae_jobs",
+            "Jobs in the job store by state (the store's count: the same on every replica)",
+            ["state"],
+            registry=self.registry,
+        )
+        self.jobs_waiting = Gauge(
+            "vae_jobs_waiting", "Jobs queued in the job store for a runner to take", registry=self.registry
+        )
         self.registry.register(ModelCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)
+
+    def observe_jobs(self, states: dict[str, int], waiting: int) -> None:
+        for state, count in states.items():
+            self.jobs.labels(state).set(count)
+        self.jobs_waiting.set(waiting)
 
     def observe_request(self, method: str, route: str, status: int, seconds: float) -> None:
         method = method if method in METHODS else "other"
@@ -133,6 +166,9 @@ class Metrics:
 
     def observe_drop(self, model: str, op: str) -> None:
         self.dropped.labels(model, op).inc()
+
+    def observe_isolation(self, model: str, op: str) -> None:
+        self.isolated.labels(model, op).inc()
 
     def render(self) -> bytes:
         return generate_latest(self.registry)

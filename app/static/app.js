@@ -9,6 +9,9 @@ const SLIDER_LIMIT = 4; // slider range: ±4 prior standard deviations
 const VISIBLE_DIMS = 12; // sliders shown before "Show all dimensions"
 const MAX_STEPS = 64;
 const TENSOR_SIDE = 256; // images for models of any size (diffusers' autoencoders) are sent this long
+// Work that took longer than this goes through the jobs API next time, with a progress bar and a
+// cancel button; so does all work of models of any size, whose large images take long on a CPU.
+const LONG_MS = 1000;
 
 // ---------------------------------------------------------------- API client
 
@@ -21,10 +24,19 @@ class ApiError extends Error {
   }
 }
 
+// "model path" of the work that took longer than LONG_MS.
+const longWork = new Set();
+
+function isLong(model, path) {
+  const sized = state.models.find((m) => m.name === model)?.image_multiple != null;
+  return sized || longWork.has(`${model} ${path}`);
+}
+
 /** One API call. Sends `json` as a POST body when given; returns the parsed JSON answer (and,
  *  with `withHeaders`, {body, headers}). Any error answer becomes an ApiError carrying the
- *  API's `detail` message. */
-async function request(path, { query, json, withHeaders = false } = {}) {
+ *  API's `detail` message. Work on `model` that is long goes through the jobs API (`Prefer:
+ *  respond-async`): the answer is then the job's result, the same as the direct call's. */
+async function request(path, { query, json, withHeaders = false, model = null } = {}) {
   const url = new URL(path, document.baseURI);
   for (const [key, value] of Object.entries(query ?? {})) {
     if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
@@ -35,10 +47,19 @@ async function request(path, { query, json, withHeaders = false } = {}) {
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
   }
+  const long = model !== null && isLong(model, path);
+  if (long) init.headers.Prefer = "respond-async";
   let response;
   try {
+    const started = performance.now();
     response = await fetch(url, init);
+    if (response.status === 202 && response.headers.has("Preference-Applied")) {
+      response = await followJob(new URL(response.headers.get("Location"), url), path);
+    } else if (model !== null && performance.now() - started > LONG_MS) {
+      longWork.add(`${model} ${path}`);
+    }
   } catch (error) {
+    if (error instanceof ApiError) throw error;
     throw new ApiError(0, `Cannot reach the service (${error.message}). Is it running?`);
   }
   const text = await response.text();
@@ -62,6 +83,66 @@ async function request(path, { query, json, withHeaders = false } = {}) {
   return withHeaders ? { body, headers: response.headers } : body;
 }
 
+/** The job's Server-Sent Events, each record given to `show`, read until the stream ends with
+ *  the job's end; returns the final record. (Read with fetch: EventSource would reconnect once
+ *  the server ends the stream.) */
+async function watchJob(location, show) {
+  const response = await fetch(`${location}/events`, { headers: { Accept: "text/event-stream" } });
+  if (!response.ok) throw new ApiError(response.status, `cannot watch the job (${response.statusText})`);
+  const reader = response.body.pipeThrough(new TextDecoderStream()).getReader();
+  let buffer = "";
+  let job = null;
+  for (;;) {
+    const { value, done } = await reader.read();
+    if (done) break;
+    buffer += value;
+    for (let end = buffer.indexOf("\n\n"); end >= 0; end = buffer.indexOf("\n\n")) {
+      const data = buffer.slice(0, end).split("\n").filter((line) => line.startsWith("data: "));
+      buffer = buffer.slice(end + 2);
+      if (data.length) {
+        job = JSON.parse(data.map((line) => line.slice(6)).join("\n"));
+        show(job);
+      }
+    }
+  }
+  if (!["succeeded", "failed", "cancelled"].includes(job?.state)) {
+    throw new ApiError(0, "Lost the job's progress stream.");
+  }
+  return job;
+}
+
+/** A job watched through its event stream, shown as a progress bar with a cancel button in
+ *  #jobs until it ends; then the fetch of its result (a failed job's result is its error). */
+async function followJob(location, path) {
+  const what = path.replace(/^v1\//, "");
+  const bar = el("progress", { max: "1", "aria-label": `Progress of ${what}` });
+  const count = el("span", { class: "job-count", text: "Queued" });
+  const cancel = el("button", { type: "button", text: "Cancel" });
+  const name = el("span", { text: what[0].toUpperCase() + what.slice(1) });
+  const row = el("div", { class: "job", role: "status", "data-path": path }, name, bar, count, cancel);
+  $("jobs").append(row);
+  cancel.addEventListener("click", () => {
+    cancel.disabled = true;
+    count.textContent = "Cancelling…";
+    fetch(location, { method: "DELETE", headers: { Accept: "application/json" } }).catch(() => {});
+  });
+  try {
+    const final = await watchJob(location, (job) => {
+      if (job.progress) {
+        bar.max = job.progress.total;
+        bar.value = job.progress.done;
+        if (!cancel.disabled) count.textContent = `${job.progress.done} of ${job.progress.total} ${job.progress.unit}`;
+      } else if (job.state === "running" && !cancel.disabled) {
+        count.textContent = "Running";
+      }
+    });
+    if (final.state === "cancelled") throw new ApiError(0, "Cancelled.");
+    return await fetch(`${location}/result`, { headers: { Accept: "application/json" } });
+  } finally {
+    row.remove();
+  }
+}
+
 // Image endpoints answer with a PNG grid by default; format=json asks for one base64 PNG per
 // image plus the latent vectors, which the page needs.
 const api = {
@@ -70,14 +151,14 @@ const api = {
   // seed used is read from the X-Seed header (text), not from the JSON body's `seed`.
   sample: async (params) => {
     const query = { ...params, format: "json" };
-    const { body, headers } = await request("v1/sample", { query, withHeaders: true });
+    const { body, headers } = await request("v1/sample", { query, withHeaders: true, model: params.model });
     return { ...body, seed: headers.get("X-Seed") ?? String(body.seed) };
   },
-  decode: (body) => request("v1/decode", { json: { ...body, format: "json" } }),
-  encode: (body) => request("v1/encode", { json: body }),
-  reconstruct: (body) => request("v1/reconstruct", { json: { ...body, format: "json" } }),
-  score: (body) => request("v1/score", { json: body }),
-  interpolate: (body) => request("v1/interpolate", { json: { ...body, format: "json" } }),
+  decode: (body) => request("v1/decode", { json: { ...body, format: "json" }, model: body.model }),
+  encode: (body) => request("v1/encode", { json: body, model: body.model }),
+  reconstruct: (body) => request("v1/reconstruct", { json: { ...body, format: "json" }, model: body.model }),
+  score: (body) => request("v1/score", { json: body, model: body.model }),
+  interpolate: (body) => request("v1/interpolate", { json: { ...body, format: "json" }, model: body.model }),
 };
 
 const pngSrc = (base64) => `data:image/png;base64,${base64}`;
@@ -587,8 +668,10 @@ function encodeImage(image) {
       followPickers();
       const size = view ? ` (${view.size.width}×${view.size.height} pixels)` : "";
       $("encode-status").textContent = `Encoded ${image.name}${size}.`;
-      if (state.explore.id === "encoded") startExplore("encoded");
-      if ($("interp-a").value === "encoded" || $("interp-b").value === "encoded") requestInterpolation();
+      if (!tensors) { // no Explore or Interpolate for these (showSections), whichever point the pickers name
+        if (state.explore.id === "encoded") startExplore("encoded");
+        if ($("interp-a").value === "encoded" || $("interp-b").value === "encoded") requestInterpolation();
+      }
     }).finally(() => {
       if ($("encode-status").textContent.startsWith("Encoding")) $("encode-status").textContent = "";
     }),

@@ -107,7 +107,7 @@ def test_dockerignore_keeps_training_state_out() -> None:
 
 def test_compose_puts_scalable_replicas_behind_the_gateway() -> None:
     services = compose()["services"]
-    assert set(services) == {"vae", "vae-gpu", "gateway"}
+    assert set(services) == {"vae", "vae-gpu", "gateway", "redis"}
     replica, gateway = services["vae"], services["gateway"]
     assert replica["build"]["context"] == "."
     assert replica["build"]["args"]["TORCH_VARIANT"] == "cpu"
@@ -133,6 +133,14 @@ def test_compose_environment_names_real_settings() -> None:
     assert TEMPLATE_NAMES == {name for name in gateway_env if name.startswith("VAE_")}, "every name is filled in"
     assert gateway_env["VAE_ROOT_PATH"] == services["vae"]["environment"]["VAE_ROOT_PATH"]
     assert services["gateway"]["ports"][0].endswith(":" + gateway_env["VAE_GATEWAY_LISTEN"])
+
+
+def test_compose_keeps_jobs_in_its_redis_on_the_project_network() -> None:
+    services = compose()["services"]
+    redis = services["redis"]
+    assert "ports" not in redis and redis["expose"] == ["6379"]  # the replicas' alone
+    for name in ("vae", "vae-gpu"):
+        assert compose_value(services[name]["environment"]["VAE_JOB_STORE"]) == "redis://redis:6379/0"
 
 
 def test_the_gpu_profile_adds_nvidia_replicas_to_the_same_pool() -> None:

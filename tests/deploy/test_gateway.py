@@ -143,7 +143,8 @@ class Stack:
 def stack(tiny_models: Path, tmp_path_factory: pytest.TempPathFactory) -> Iterator[Stack]:
     folder = tmp_path_factory.mktemp("gateway")
     # The replicas' compose settings (JSON logs, the prefix, ...), and the image's trust in the proxy.
-    settings = {**service_environment("vae"), "VAE_FORWARDED_ALLOW_IPS": "*"}
+    # No Redis here: each replica keeps its own jobs (tests/deploy/test_jobs.py shares them).
+    settings = {**service_environment("vae"), "VAE_FORWARDED_ALLOW_IPS": "*", "VAE_JOB_STORE": "memory"}
     replicas = [Replica(tiny_models, folder / f"replica-{i}.log", settings) for i in range(2)]
     gateway = None
     try:

@@ -43,8 +43,13 @@ def rendered(overlay: str) -> list[dict]:
     return render(K8S / "overlays" / overlay)
 
 
+def job_store(obj: dict) -> bool:
+    return obj["metadata"].get("labels", {}).get("app.kubernetes.io/component") == "job-store"
+
+
 def one(objects: list[dict], kind: str) -> dict:
-    [obj] = [o for o in objects if o["kind"] == kind]
+    """The replicas' object of this kind (not the job store's, in the jobs overlay)."""
+    [obj] = [o for o in objects if o["kind"] == kind and not job_store(o)]
     return obj
 
 
@@ -72,7 +77,7 @@ def exported(tiny_models: Path) -> dict[str, str]:
 
 
 def test_overlays_are_the_four_documented() -> None:
-    assert OVERLAYS == ["cpu", "gpu", "ingress", "keda"]
+    assert OVERLAYS == ["cpu", "gpu", "ingress", "jobs", "keda"]
 
 
 @pytest.mark.skipif(shutil.which("kubectl") is None, reason="kubectl is not installed")
@@ -197,7 +202,7 @@ def hpa_targets(hpa: dict) -> dict[str, str]:
     return targets
 
 
-@pytest.mark.parametrize("overlay", ["cpu", "gpu", "ingress"])
+@pytest.mark.parametrize("overlay", ["cpu", "gpu", "ingress", "jobs"])
 def test_hpa_scales_on_gauges_the_app_exports_through_the_adapter(overlay: str, exported: dict[str, str]) -> None:
     targets = hpa_targets(one(rendered(overlay), "HorizontalPodAutoscaler"))
     custom = set(targets) - {"cpu"}
@@ -259,3 +264,23 @@ def test_ingress_serves_the_gateways_prefix_without_metrics() -> None:
     assert re.match(path["path"], prefix + METRICS) is None
     size = annotations["nginx.ingress.kubernetes.io/proxy-body-size"]
     assert int(size.removesuffix("m")) << 20 == int(settings_of(objects)["VAE_MAX_UPLOAD_BYTES"])
+
+
+def test_jobs_overlay_points_the_replicas_at_its_redis_and_only_they_reach_it() -> None:
+    objects = rendered("jobs")
+    store = settings_of(objects)["VAE_JOB_STORE"]
+    redis = [o for o in objects if job_store(o)]
+    [service] = [o for o in redis if o["kind"] == "Service"]
+    [deployment] = [o for o in redis if o["kind"] == "Deployment"]
+    [port] = service["spec"]["ports"]
+    assert store == f"redis://{service['metadata']['name']}:{port['port']}/0"
+    pod_labels = deployment["spec"]["template"]["metadata"]["labels"]
+    assert service["spec"]["selector"].items() <= pod_labels.items()
+    [container_port] = deployment["spec"]["template"]["spec"]["containers"][0]["ports"]
+    assert container_port["name"] == port["targetPort"]
+    [policy] = [o for o in redis if o["kind"] == "NetworkPolicy"]
+    assert policy["spec"]["podSelector"]["matchLabels"].items() <= pod_labels.items()
+    [allowed] = policy["spec"]["ingress"][0]["from"]
+    replicas = one(objects, "Deployment")["spec"]["template"]["metadata"]["labels"]
+    assert allowed["podSelector"]["matchLabels"].items() <= replicas.items()
+    assert not allowed["podSelector"]["matchLabels"].items() <= pod_labels.items()

@@ -60,8 +60,9 @@ def steer(case: Case) -> Case:
     if case.operation.path.startswith("/v1/models/{name}/"):
         case.path_parameters = {"name": "tiny-vae"}
         query = case.query if isinstance(case.query, dict) else {}
-        # What only some models take: packed and pipeline latents, a seeded decoder's inputs.
-        for name in ("shape", "dtype", "height", "width", "latents", "pack", "steps"):
+        # What only some models take: labels (tiny-vae is unconditional), packed and pipeline
+        # latents, a seeded decoder's inputs.
+        for name in ("shape", "dtype", "height", "width", "labels", "latents", "pack", "steps"):
             query.pop(name, None)
         if case.operation.path.endswith("/decode"):
             query.pop("seed", None)

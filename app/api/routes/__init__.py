@@ -4,7 +4,7 @@ from __future__ import annotations
 
 from fastapi.routing import APIRoute
 
-from app.api.routes import analyse, generate, health, metrics, models, tensors
+from app.api.routes import analyse, generate, health, jobs, metrics, models, tensors
 from app.api.v2 import routes as v2
 
 # In the order requests try them: the JSON operations, the busiest, before the binary tensor
@@ -15,6 +15,7 @@ ROUTERS = (
     generate.router,
     analyse.router,
     tensors.router,
+    jobs.router,
     metrics.router,
     v2.health,
     v2.router,

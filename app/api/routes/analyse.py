@@ -9,8 +9,9 @@ from app.api.deps import FormatQueryOnly, ServiceDep, client_gone, unprocessable
 from app.api.limits import check_limits
 from app.api.responses import image_response
 from app.api.schemas import (
-    ERROR_RESPONSES,
     IMAGE_RESPONSES,
+    MEDIA_RESPONSES,
+    RUN_RESPONSES,
     EncodeRequest,
     EncodeResponse,
     Posterior,
@@ -24,12 +25,22 @@ from app.api.schemas import (
 
 router = APIRouter(prefix="/v1", tags=["analyse"])
 
+# What every model operation on images asks of a request, for each operation's description.
+IMAGE_RULES = (
+    "One or more images (JSON `images`, base64, or multipart `files`). A model of fixed size converts each "
+    "image to its own size and channels; one that takes any size needs sides that are multiples of its "
+    "`image_multiple`, all images of one request of one size (GET /v1/models). A conditional model needs "
+    "`labels`, one class per image; an unconditional one takes none."
+)
+
 
 @router.post(
     "/encode",
     summary="The posterior q(z|x) of each image: mean, variance, log_variance",
+    description=f"{IMAGE_RULES} A model with a deterministic encoder gives its latents as the mean, with "
+    "variance and log_variance null.",
     dependencies=[FormatQueryOnly],
-    responses=ERROR_RESPONSES,
+    responses={**RUN_RESPONSES, **MEDIA_RESPONSES},
     openapi_extra=images_request_body(EncodeRequest),
 )
 async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> EncodeResponse:
@@ -49,9 +60,10 @@ async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> En
 @router.post(
     "/reconstruct",
     summary="Each image decoded from its posterior mean",
+    description=IMAGE_RULES,
     dependencies=[FormatQueryOnly],
     response_class=Response,
-    responses=IMAGE_RESPONSES,
+    responses={**IMAGE_RESPONSES, **MEDIA_RESPONSES},
     openapi_extra=images_request_body(ReconstructRequest),
 )
 async def reconstruct(request: Request, data: ReconstructInput, service: ServiceDep) -> Response:
@@ -68,8 +80,9 @@ async def reconstruct(request: Request, data: ReconstructInput, service: Service
     "log-likelihood over binarisations of the image, so a binary (black and white) image gets its exact "
     "likelihood. Each image is scored alone with a generator seeded by `seed` (default 0): deterministic. "
     "A model without a likelihood (diffusers' autoencoders) gets its reconstruction error, mse and psnr_db, "
-    "and its KL where its posterior is Gaussian; fields a model does not define are left out. See docs/api.md.",
-    responses=ERROR_RESPONSES,
+    "and its KL where its posterior is Gaussian; fields a model does not define are left out, and it takes no "
+    f"`k`. {IMAGE_RULES} See docs/api.md.",
+    responses={**RUN_RESPONSES, **MEDIA_RESPONSES},
     response_model_exclude_none=True,
     openapi_extra=images_request_body(ScoreRequest),
 )

@@ -14,6 +14,7 @@ from app.api.responses import image_response
 from app.api.schemas import (
     IMAGE_RESPONSES,
     MAX_SEED,
+    MEDIA_RESPONSES,
     DecodeRequest,
     InterpolateRequest,
     SampleRequest,
@@ -48,6 +49,7 @@ async def sample_get(
     "/sample",
     summary="Sample images from the prior, fields as JSON",
     response_class=Response,
+    responses=MEDIA_RESPONSES,
     dependencies=[FormatQueryOnly, JsonOnly],
 )
 async def sample_post(
@@ -61,7 +63,11 @@ async def sample_post(
 @router.post(
     "/decode",
     summary="Decode latent vectors to images",
+    description="Each latent is as long as the model's `latent_dim` (GET /v1/models); a conditional model "
+    "needs `labels`, one class per latent, an unconditional one takes none. A model whose latents follow the "
+    "image size takes them as a binary tensor instead (POST /v1/models/{name}/decode).",
     response_class=Response,
+    responses=MEDIA_RESPONSES,
     dependencies=[FormatQueryOnly, JsonOnly],
 )
 async def decode(
@@ -80,9 +86,13 @@ async def decode(
 @router.post(
     "/interpolate",
     summary="A path between two images or two latents, decoded",
+    description="Give either two images (JSON `images` or multipart `files`) or two `latents`, each as long as "
+    "the model's `latent_dim`. A conditional model needs `labels`: one class for the whole path, or one per end; "
+    "an unconditional one takes none. Images need a model with an encoder.",
     response_class=Response,
+    responses=MEDIA_RESPONSES,
     dependencies=[FormatQueryOnly],
-    openapi_extra=images_request_body(InterpolateRequest),
+    openapi_extra=images_request_body(InterpolateRequest, ends=2),
 )
 async def interpolate(
     request: Request,

@@ -4,7 +4,8 @@
 The body is the tensor's raw little-endian bytes (app/tensors.py); `shape` (repeated), `dtype`
 and the options are query parameters, as that client sends them; a tensor answer carries
 `shape` (a JSON list) and `dtype` headers. Every model has them, the project's own included.
-Shapes and limits are checked from the query, before the body is read.
+Shapes, limits and labels (a conditional model's classes, `labels` repeated once per row) are
+checked from the query, before the body is read.
 """
 
 from __future__ import annotations
@@ -28,7 +29,7 @@ from app.api.codecs.video import MP4_MEDIA, VideoError, mp4_bytes
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
 from app.api.latent_spaces import Packed, Space, check, from_model, packed, to_model
-from app.api.schemas import ERROR_RESPONSES, MAX_SEED
+from app.api.schemas import MAX_SEED, RUN_RESPONSES
 from app.config import Settings
 from app.engine.errors import BadLatentShape, OverLimit
 from app.engine.registry import LoadedModel
@@ -50,6 +51,13 @@ Shift = Annotated[float | None, Query(ge=-1e3, le=1e3, description="diffusers' s
 DoScaling = Annotated[
     bool | None,
     Query(description="Deprecated by diffusers: true without scaling_factor uses the model's own factors"),
+]
+Labels = Annotated[
+    list[str] | None,
+    Query(
+        description="Conditional models (required): one class per row, a name or an index, repeated "
+        "(`labels=Sneaker&labels=3`); unconditional models take none"
+    ),
 ]
 
 
@@ -251,13 +259,16 @@ TENSOR_HEADERS = {
 
 def tensor_answers(*files: str) -> dict[int | str, dict[str, object]]:
     media = [TENSOR_MEDIA, *({**IMAGE_MEDIA, **AUDIO_MEDIA, "mp4": MP4_MEDIA}[kind] for kind in files)]
-    ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image or video file" if files else "")}
-    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **ERROR_RESPONSES}
+    ok = {"description": "A binary tensor (headers shape, dtype)" + (", or a media file" if files else "")}
+    return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **RUN_RESPONSES}
 
 
 @router.post(
     "/{name}/decode",
     summary="Decode a binary latent tensor: diffusers' remote_decode endpoint",
+    description="`shape` is [B, *latent shape] (or one latent's shape): the model's latent_shape, whose "
+    "null sizes follow the image size (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "latent; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers("png", "jpg", "mp4", "wav", "flac"),
     openapi_extra=BINARY_BODY,
@@ -299,6 +310,7 @@ async def decode_tensor(
     latents: Space = "vae",
     seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, description="A seeded decoder's noise (consistency)")] = None,
     steps: Annotated[int | None, Query(description="A seeded decoder's steps (consistency decoder: 2)")] = None,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, decode_tensor)
     model = service.engine.model(name)
@@ -325,6 +337,7 @@ async def decode_tensor(
         raise unprocessable("fps: the frame rate of an mp4 answer; leave it out or ask for output_type=mp4")
     if output_type == "pil" and image_format == "jpg" and model.backend.image.channels == 4 and not processor:
         raise unprocessable(f"image_format: model '{model.name}' makes RGBA images, which JPEG cannot hold: use png")
+    classes = model.label_array(labels, batch[0], "latent")
     check(model, latents, layout is not None, "send [B, S, 4C] with height and width")
     options = decode_options(model, {"seed": seed, "steps": steps})
     scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).to_model
@@ -333,7 +346,7 @@ async def decode_tensor(
     if not np.isfinite(z).all():
         raise unprocessable("body: the latents, scaled or denormalised, overflow float32")
     values = (output_type == "pt" and not partial_postprocess) or processor or media == "audio"
-    images = await service.engine.decode(model, z, None, client_gone(request), values=values, options=options)
+    images = await service.engine.decode(model, z, classes, client_gone(request), values=values, options=options)
     if processor:  # [N, C, H, W] in [0, 1], clamped (the client scales to uint8 as is): images or a video's frames
         return tensor_response(np.clip(images[0].swapaxes(0, 1) if video else images, 0, 1), model)
     if output_type == "pt" and values:
@@ -359,6 +372,10 @@ async def decode_tensor(
 @router.post(
     "/{name}/encode",
     summary="Encode an image file or a binary image tensor: diffusers' remote_encode endpoint",
+    description="The body is one image file (no `shape`), or a tensor of `shape` [B, C, H, W] (or [C, H, W]) "
+    "with the model's channels and its image size, or for a model that takes any size, sides that are "
+    "multiples of its image_multiple (GET /v1/models/{name}). A conditional model needs `labels`, one per "
+    "image; an unconditional one takes none.",
     response_class=Response,
     responses=tensor_answers(),
     openapi_extra=BINARY_BODY,
@@ -378,23 +395,25 @@ async def encode_tensor(
     pack: Annotated[
         bool, Query(description="true: packed [B, (h/2)(w/2), 4C], as Flux and Qwen-Image hold them")
     ] = False,
+    labels: Labels = None,
 ) -> Response:
     known_parameters(request, encode_tensor)
     model = service.engine.model(name)
     scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).from_model
     check(model, latents, pack, "ask for pack=true")
     settings = service.settings
+    batch = None if shape is None else image_shape(model, shape, settings)
+    classes = model.label_array(labels, 1 if batch is None else batch[0], "image")
     spec = model.backend.image
-    if shape is None and spec.media != "image":  # a video or audio file
+    if batch is None and spec.media != "image":  # a video or audio file
         upload = Upload("body", await request.body())
         x = await anyio.to_thread.run_sync(media_input, upload, spec, settings)
-    elif shape is None:  # an image file, as remote_encode sends a PIL image
+    elif batch is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)
     else:
-        batch = image_shape(model, shape, settings)
         x = await body_tensor(request, batch, dtype)
         x = x / np.float32(255) if dtype == "uint8" else to_unit(x, model.backend.image.value_range)
-    encoding = await service.engine.encode(model, x, None, client_gone(request), seed=seed if sample else None)
+    encoding = await service.engine.encode(model, x, classes, client_gone(request), seed=seed if sample else None)
     z = encoding.sample if sample else encoding.mean
     return tensor_response(from_model(model, z, latents, scale, pack), model)

@@ -13,9 +13,8 @@ from fastapi import APIRouter, Depends, HTTPException, Request, Response
 from fastapi.responses import JSONResponse
 from pydantic import ValidationError
 
-# A module, not its names: app.api.errors imports the routers, these among them.
-from app.api import errors as api_errors
 from app.api.deps import ServiceDep, client_gone, get_service
+from app.api.errors import problems
 from app.api.v2.catalog import VERSION, Operation
 from app.api.v2.schemas import (
     INDEX_BODY,
@@ -91,7 +90,7 @@ async def inference(op: Operation, request: Request) -> Response:
     except TensorError as e:
         raise HTTPException(400, str(e)) from None
     except ValidationError as e:
-        raise HTTPException(400, api_errors.problems(e.errors(include_url=False))) from None
+        raise HTTPException(400, problems(e.errors(include_url=False))) from None
     results = await op.run(parsed.inputs, client_gone(request))
     body, header_length = response_body(
         op.name, VERSION, parsed.id, ((output, results[output], binary) for output, binary in parsed.outputs)
@@ -175,5 +174,5 @@ async def repository_index(request: Request, models: ModelsDep) -> JSONResponse:
     try:
         IndexRequest.model_validate_json(body or b"{}")
     except ValidationError as e:
-        raise HTTPException(400, api_errors.problems(e.errors(include_url=False))) from None
+        raise HTTPException(400, problems(e.errors(include_url=False))) from None
     return JSONResponse([{"name": name, "version": VERSION, "state": "READY", "reason": ""} for name in models])

@@ -10,7 +10,7 @@ from pydantic import BaseModel, Field, StrictBool
 from app.api.v2.tensors import InferenceRequest, Parameter, Strict
 
 
-class ErrorResponse(BaseModel):
+class V2ErrorResponse(BaseModel):
     error: str = Field(
         examples=["latents: datatype 'INT64' is not accepted; declared FP32 (also accepted: FP16, FP64)"]
     )
@@ -107,7 +107,7 @@ def errors(*statuses: int) -> dict[int | str, dict[str, Any]]:
         503: "Models not loaded yet, or the server busy",
         504: "The request waited too long to run",
     }
-    return {status: {"model": ErrorResponse, "description": descriptions[status]} for status in statuses}
+    return {status: {"model": V2ErrorResponse, "description": descriptions[status]} for status in statuses}
 
 
 INFER_BODY = {

@@ -21,7 +21,9 @@ VQModel's unquantised latents) has no prior and no KL.
 from __future__ import annotations
 
 import json
+import math
 from collections.abc import Hashable
+from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
 
@@ -29,9 +31,10 @@ import numpy as np
 import torch
 from PIL.Image import Image
 
+from app.engine import progress
 from app.engine.backend import Feature, Frames, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
-from app.engine.backends.diffusers_folders import DiffusersError, is_candidate, locate, model_name, sha256
+from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
 from app.engine.errors import StartupError
 from model import DiagonalGaussian
@@ -158,14 +161,15 @@ class DiffusersBackend:
             time = (1,) if self.spec.frames else ()
         return (self.latent_channels, *time, height // self.factor, width // self.factor)
 
-    def _tiling(self, side: int, latent: bool) -> None:
-        """Tile when a side is over `tile` pixels: diffusers' enable_tiling with our tile size
-        (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at `sample_size`).
-        Classes name their tile sizes differently; each sets those it has."""
+    def _tiling(self, shape: torch.Size, latent: bool) -> AbstractContextManager[None]:
+        """Tile when a side of `shape` (h, w) is over `tile` pixels: diffusers' enable_tiling with
+        our tile size (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at
+        `sample_size`). Classes name their tile sizes differently; each sets those it has. The
+        context counts the tiles as progress: one call of the decoder (encoder) per tile."""
         if not self.spec.tiling:
-            return
+            return nullcontext()
         model, tile = self.model, self.tile
-        model.use_tiling = (side * self.factor if latent else side) > tile
+        model.use_tiling = max(shape) * (self.factor if latent else 1) > tile
         sizes = {"tile_sample_min": tile, "tile_latent_min": tile // self.factor}
         if self.stride_ratio:
             sizes["tile_sample_stride"] = int(tile * self.stride_ratio)
@@ -173,17 +177,25 @@ class DiffusersBackend:
             for suffix in ("_size", "_height", "_width"):
                 if hasattr(model, prefix + suffix):
                     setattr(model, prefix + suffix, size)
+        part = getattr(model, "decoder" if latent else "encoder", None)
+        if not model.use_tiling or part is None:
+            return nullcontext()
+        # The tiles' stride, as the class's loops step (AutoencoderKL: the tile less its overlap).
+        ratio = self.stride_ratio or 1 - getattr(model, "tile_overlap_factor", 0.25)
+        stride = max(1, int(tile * ratio) // (self.factor if latent else 1))
+        return progress.calls(part, math.prod(-(-side // stride) for side in shape), "tiles")
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
         """x: [B, C, H, W] (videos [B, C, T, H, W]) in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
-        self._tiling(max(x.shape[-2:]), latent=False)
+        tiles = self._tiling(x.shape[-2:], latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
         rows = len(x)
         if self.spec.frames_as_images:
             x = as_images(x)
-        encoded = self.model.encode(x)
+        with tiles:
+            encoded = self.model.encode(x)
         if self.spec.encoder == "mode":
             return encoded.latent_dist.mode()
         if self.spec.encoder != "posterior":
@@ -199,16 +211,17 @@ class DiffusersBackend:
         """z: unscaled latents -> [B, C, H, W] images in [0, 1] (not clamped: VaeImageProcessor.
         denormalize's clamp comes with the conversion to pixels). `options`: [B, k] values of the
         class's decode options per row (the consistency decoder's seed and steps), else their defaults."""
-        self._tiling(max(z.shape[-2:]), latent=True)
+        tiles = self._tiling(z.shape[-2:], latent=True)
         z = z.to(self.dtype)
-        if self.decode_options:
-            images = torch.cat(
-                [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
-            )
-        elif self.spec.frames_as_images:  # all frames at once, as its pipeline's default decode_chunk_size
-            images = as_video(self.model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
-        else:
-            images = self.model.decode(z).sample
+        with tiles:
+            if self.decode_options:
+                images = torch.cat(
+                    [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
+                )
+            elif self.spec.frames_as_images:  # all frames at once, as its pipeline's default decode_chunk_size
+                images = as_video(self.model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
+            else:
+                images = self.model.decode(z).sample
         if self.spec.frames:
             images = images[:, :, 0]
         return (images * 0.5 + 0.5).float()
@@ -278,10 +291,8 @@ class DiffusersBackend:
         }
 
 
-def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
-    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
-    downloading anything."""
-    located = locate(path)
+def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
+    """The served class's model of a located folder, in `dtype`, offline and from safetensors."""
     kind = located.config.get("_class_name")
     if kind in NOT_SERVED:
         raise DiffusersError(f"{located.folder}: {kind} is not served: {NOT_SERVED[kind]}")
@@ -292,8 +303,9 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
     try:
         import diffusers  # an optional extra: imported only when a diffusers folder is served
     except ImportError:
-        raise DiffusersError(f"{path}: serving it needs diffusers: pip install 'vaeserve[diffusers]'") from None
-
+        raise DiffusersError(
+            f"{located.folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'"
+        ) from None
     if not hasattr(diffusers, kind):
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
@@ -301,10 +313,9 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
     refused = CLASSES[kind].refuse(located.config)
     if refused:
         raise DiffusersError(f"{located.folder}: this {kind} is not served: {refused}")
-    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), CLASSES[kind].gpu_dtype)
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.
-        model = getattr(diffusers, kind).from_pretrained(
+        return getattr(diffusers, kind).from_pretrained(
             located.folder,
             variant=located.variant,
             use_safetensors=True,
@@ -314,7 +325,16 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
         )
     except (OSError, ValueError, RuntimeError, TypeError, KeyError) as e:
         raise DiffusersError(f"{located.folder}: cannot load the {kind} ({e})") from None
-    return DiffusersBackend(model.to(device), tile)
+
+
+def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
+    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
+    downloading anything."""
+    located = locate(path)
+    kind = located.config.get("_class_name")
+    gpu_dtype = CLASSES[kind].gpu_dtype if kind in CLASSES else "float32"  # else load_model says why not
+    dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), gpu_dtype)
+    return DiffusersBackend(load_model(located, dtype).to(device), tile)
 
 
 class DiffusersFamily:

@@ -102,21 +102,22 @@ def test_a_request_past_its_deadline_gets_504(gated: tuple[TestClient, threading
     assert metric(client.get("/metrics").text, "vae_queue_depth", model="tiny-vae") == 0
 
 
-def test_a_failing_batch_answers_500_and_the_next_one_works(gated: tuple[TestClient, threading.Event]) -> None:
+def test_a_failing_batch_fails_only_the_request_that_fails_alone(gated: tuple[TestClient, threading.Event]) -> None:
     client, gate = gated
     with ThreadPoolExecutor(3) as pool:
         holding = held(client, pool)
-        # Both queue behind the held batch, then run together: the bad one fails its neighbour too.
-        together: list[Future[httpx.Response]] = [pool.submit(decode, client, FAIL), pool.submit(decode, client)]
+        # Both queue behind the held batch, then run together: the batch fails, and is isolated.
+        bad, good = pool.submit(decode, client, FAIL), pool.submit(decode, client)
         queued(client, 2)
         gate.set()
         assert holding.result().status_code == 200
-        for answer in (f.result() for f in together):
-            assert answer.status_code == 500
-            assert answer.json() == {
-                "detail": "tiny-vae decode failed for the batch this request was in (RuntimeError); retry it"
-            }
-    assert decode(client).status_code == 200
+        assert bad.result().status_code == 500
+        assert bad.result().json() == {
+            "detail": "tiny-vae decode failed on this request (RuntimeError); the server log has the details"
+        }
+        assert good.result().status_code == 200
+    assert metric(client.get("/metrics").text, "vae_isolated_batches_total", model="tiny-vae", op="decode") == 1
+    assert decode(client).content == good.result().content  # alone, the same bytes
 
 
 def test_concurrent_http_requests_get_the_bytes_they_get_alone(gated: tuple[TestClient, threading.Event]) -> None:

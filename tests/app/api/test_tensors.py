@@ -5,7 +5,9 @@ Equal within a stated tolerance, not bit for bit: the service runs every pass at
 batch size (app/engine/passes.py), and a convolution on CPU can round a row differently in a
 batch of 2 than alone; diffusers' preprocess also hands over channels-last images, whose
 convolutions round differently again. tests/app/engine/backends/test_diffusers.py checks the
-backend bit for bit against diffusers where the arithmetic is the same."""
+backend bit for bit against diffusers where the arithmetic is the same.
+
+A conditional model's labels on these routes are tested in process, on tests/app's tiny-cvae."""
 
 from __future__ import annotations
 
@@ -22,6 +24,7 @@ import httpx
 import numpy as np
 import pytest
 import torch
+from fastapi.testclient import TestClient
 from PIL import Image
 
 from app.tensors import tensor_bytes
@@ -275,3 +278,45 @@ def test_do_scaling_alone_applies_the_models_own_factors(server: str) -> None:
 def test_unknown_query_parameters_are_refused(server: str) -> None:
     answer = post(server, "tiny-kl", "decode", b"\0" * 64, shape=[1, 4, 2, 2], sclaing_factor=0.5)
     assert answer.status_code == 422 and answer.json()["detail"].startswith("sclaing_factor: unknown query parameter")
+
+
+def floats(response: httpx.Response) -> np.ndarray:
+    assert response.status_code == 200, response.text
+    return np.frombuffer(response.content, "<f4").reshape(json.loads(response.headers["shape"]))
+
+
+def test_a_conditional_model_takes_one_label_per_row_on_the_binary_routes(client: TestClient, shirt: bytes) -> None:
+    encode, decode = "/v1/models/tiny-cvae/encode", "/v1/models/tiny-cvae/decode"
+    missing = client.post(encode, content=shirt)
+    assert missing.status_code == 422
+    assert missing.json() == {
+        "detail": "labels: model 'tiny-cvae' is conditional: give one label per image, a class name or index "
+        "(Circle, Square, Cross)"
+    }
+    by_name = floats(client.post(encode, content=shirt, params={"labels": "Square"}))
+    assert np.array_equal(floats(client.post(encode, content=shirt, params={"labels": "1"})), by_name)
+    files = {"files": ("shirt.png", shirt, "image/png")}
+    as_json = client.post("/v1/encode", data={"model": "tiny-cvae", "labels": "Square"}, files=files)
+    assert np.array_equal(by_name, np.array([as_json.json()["latents"][0]["mean"]], np.float32))
+    z = np.zeros((2, 4), "<f4").tobytes()
+    params = {"shape": [2, 4], "output_type": "pt", "partial_postprocess": "true"}
+    pixels = client.post(decode, content=z, params={**params, "labels": ["Circle", "Cross"]})
+    assert pixels.status_code == 200 and pixels.headers["shape"] == "[2, 28, 28, 1]"
+    assert client.post(decode, content=z, params={**params, "labels": ["0", "2"]}).content == pixels.content
+    one = client.post(decode, content=z, params={**params, "labels": "Circle"})
+    assert (one.status_code, one.json()) == (422, {"detail": "labels: 1 labels for 2 latents; give one per latent"})
+    unconditional = client.post("/v1/models/tiny-vae/encode", content=shirt, params={"labels": "Circle"})
+    assert unconditional.status_code == 422
+    assert unconditional.json() == {"detail": "labels: model 'tiny-vae' is unconditional; leave labels out"}
+
+
+def test_requests_without_labels_for_a_conditional_model_fail_alone(client: TestClient, shirt: bytes) -> None:
+    """The issue's case: binary encodes without labels raced against good JSON encodes used to
+    share their batches and fail them all with 500; now they are refused before batching."""
+    body = {"model": "tiny-cvae", "images": [base64.b64encode(shirt).decode()], "labels": ["Circle"]}
+    alone = client.post("/v1/encode", json=body).content
+    with ThreadPoolExecutor(8) as pool:
+        bad = [pool.submit(client.post, "/v1/models/tiny-cvae/encode", content=shirt) for _ in range(10)]
+        good = [pool.submit(client.post, "/v1/encode", json=body) for _ in range(10)]
+        assert {(f.result().status_code, f.result().content) for f in good} == {(200, alone)}
+        assert {f.result().status_code for f in bad} == {422}

@@ -1,5 +1,5 @@
-"""Dynamic batching: the Batcher with fake work: batches, delays, back-pressure, failures,
-cancellation and requests nobody waits for."""
+"""Dynamic batching: the Batcher with fake work: batches, delays, back-pressure, failures and
+their isolation, cancellation and requests nobody waits for."""
 
 from __future__ import annotations
 
@@ -13,7 +13,7 @@ import pytest
 
 from app.api.errors import status_code
 from app.engine.batcher import Batcher, Limits, Worker
-from app.engine.errors import Abandoned, BatchFailed, Overloaded, ShuttingDown, TimedOut
+from app.engine.errors import Abandoned, BatchFailed, InvalidInput, Overloaded, ShuttingDown, TimedOut
 
 LIMITS = Limits(max_size=8, max_delay=0.0, max_queue=100, timeout=5.0)
 
@@ -126,18 +126,39 @@ def test_queue_full_and_deadline_answer_at_once_and_lose_nothing() -> None:
     assert work.batches == [[0], [4]]  # the timed-out requests never ran
 
 
-def test_a_failing_batch_fails_its_requests_and_the_next_batch_works() -> None:
+def test_a_failing_batch_is_isolated_so_only_the_request_that_fails_alone_gets_an_error() -> None:
     work = Recorder(fail_on=13)
+    isolated: list[int] = []
 
     async def main(worker: Worker) -> None:
-        batcher = Batcher("fake", work, worker, LIMITS)
-        failed = await asyncio.gather(batcher.submit(13), batcher.submit(1), return_exceptions=True)
-        assert all(isinstance(error, BatchFailed) and status_code(error) == 500 for error in failed)
-        assert str(failed[0]) == "fake failed for the batch this request was in (ValueError); retry it"
-        assert await asyncio.gather(batcher.submit(2), batcher.submit(3)) == [4, 6]
+        batcher = Batcher("fake", work, worker, LIMITS, on_isolate=lambda: isolated.append(1))
+        answers = await asyncio.gather(*(batcher.submit(i) for i in (1, 13, 2, 3, 4)), return_exceptions=True)
+        failed = answers.pop(1)
+        assert answers == [2, 4, 6, 8]
+        assert isinstance(failed, BatchFailed) and status_code(failed) == 500
+        assert str(failed) == "fake failed on this request (ValueError); the server log has the details"
+        assert await asyncio.gather(batcher.submit(5), batcher.submit(6)) == [10, 12]
 
     run(main)
-    assert work.batches == [[13, 1], [2, 3]]
+    # Halves that fail are halved again; those that succeed answer their requests.
+    assert work.batches == [[1, 13, 2, 3, 4], [1, 13], [1], [13], [2, 3, 4], [5, 6]]
+    assert isolated == [1]  # one batch failed; its halves are part of its isolation
+
+
+def test_a_request_that_fails_alone_gets_the_error_its_input_caused() -> None:
+    def work(items: list[int]) -> list[int]:
+        if 13 in items:
+            raise InvalidInput(f"items[{items.index(13)}]: 13 is unlucky")
+        return [2 * item for item in items]
+
+    async def main(worker: Worker) -> list[object]:
+        batcher = Batcher("fake", work, worker, LIMITS)
+        return await asyncio.gather(batcher.submit(13), batcher.submit(1), return_exceptions=True)
+
+    failed, good = run(main)
+    assert good == 2
+    assert isinstance(failed, InvalidInput) and status_code(failed) == 422
+    assert str(failed) == "items[0]: 13 is unlucky"  # the index of it alone, not of the batch
 
 
 def test_a_cancelled_request_leaves_the_queue() -> None:

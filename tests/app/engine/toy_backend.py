@@ -62,13 +62,15 @@ class ToyBackend:
 
 class ToyFamily:
     name = "toy"
+    suffix = SUFFIX
+    backend: type[ToyBackend] = ToyBackend
 
     def model_name(self, path: Path) -> str | None:
-        return path.name.removesuffix(SUFFIX) if path.name.endswith(SUFFIX) else None
+        return path.name.removesuffix(self.suffix) if path.name.endswith(self.suffix) else None
 
     def load(self, path: Path, device: torch.device) -> Loaded:
         data = path.read_bytes()
-        return Loaded(ToyBackend(float(json.loads(data)["gain"])), hashlib.sha256(data).hexdigest())
+        return Loaded(self.backend(float(json.loads(data)["gain"])), hashlib.sha256(data).hexdigest())
 
 
 family = ToyFamily()

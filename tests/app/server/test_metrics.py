@@ -160,3 +160,22 @@ def test_json_logs_as_a_setting(settings: Settings) -> None:
     create_app(settings)  # back to text for the tests after this one
     (handler,) = [h for h in logging.getLogger().handlers if h.get_name() == "vaeserve"]
     assert isinstance(handler.formatter, TextFormatter)
+
+
+def test_gpu_memory_is_reported_for_the_cuda_devices_that_serve_models(monkeypatch: pytest.MonkeyPatch) -> None:
+    """No GPU here: models whose backends say they are on cuda:0 and the CPU, and torch.cuda's
+    readings stood in."""
+    from types import SimpleNamespace
+
+    import torch
+
+    from app.server.observability import gpu_memory
+
+    readings = {"memory_allocated": 3 << 20, "max_memory_allocated": 5 << 20}
+    for name, value in readings.items():
+        monkeypatch.setattr(torch.cuda, name, lambda device, value=value: value)
+    on = [SimpleNamespace(backend=SimpleNamespace(device=torch.device(d))) for d in ("cuda:0", "cuda:0", "cpu")]
+    now, peak = gpu_memory(on)  # type: ignore[arg-type]
+    assert [(s.labels, s.value) for s in now.samples] == [({"device": "cuda:0"}, 3 << 20)]
+    assert [(s.labels, s.value) for s in peak.samples] == [({"device": "cuda:0"}, 5 << 20)]
+    assert [family.samples for family in gpu_memory(on[2:])] == [[], []]  # type: ignore[arg-type]

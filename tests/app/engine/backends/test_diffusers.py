@@ -3,6 +3,7 @@ answers every endpoint with what its family defines."""
 
 from __future__ import annotations
 
+import asyncio
 import io
 from collections.abc import Iterator
 from pathlib import Path
@@ -22,7 +23,8 @@ from app.engine.backends.diffusers import (
     load_diffusers,
 )
 from app.engine.backends.diffusers_folders import read_json
-from app.engine.errors import StartupError
+from app.engine import progress
+from app.engine.errors import Abandoned, StartupError
 from app.engine.operations import ArrayJob, SampleJob, run_encode, run_sample
 from app.engine.passes import Passes
 from app.main import create_app, load_models
@@ -121,6 +123,36 @@ def test_large_images_are_tiled_as_diffusers_tiles_them(folders: dict[str, Path]
     assert torch.equal(backend.decode(small), model.decode(small).sample * 0.5 + 0.5)
 
 
+class Heard:
+    def __init__(self) -> None:
+        self.steps: list[tuple[int, int, str]] = []
+
+    def admitted(self, model: str, operation: str) -> None:
+        pass
+
+    def progress(self, done: int, total: int, unit: str) -> None:
+        self.steps.append((done, total, unit))
+
+
+@torch.inference_mode()
+def test_a_tiled_decode_reports_its_tiles_and_stops_between_them(folders: dict[str, Path]) -> None:
+    backend = load_diffusers(folders["tiny-kl"], CPU, tile=16)
+    z = torch.randn(1, 4, 20, 12, generator=torch.Generator().manual_seed(2))  # 4 x 2 tiles of 8, stride 6
+    loop = asyncio.new_event_loop()
+    try:
+        heard = Heard()
+        tracker = progress.BatchProgress("tiny-kl decode", loop, [heard], lambda: False)
+        progress.tracked(backend.decode, tracker)(z)
+        loop.run_until_complete(asyncio.sleep(0.01))  # the reports, queued on the loop
+        assert heard.steps == [(i, 8, "tiles") for i in range(1, 9)]
+        stopped = progress.BatchProgress("tiny-kl decode", loop, [], lambda: True)
+        stopped.stop.set()  # what the check after a step sets once nobody waits
+        with pytest.raises(Abandoned):
+            progress.tracked(backend.decode, stopped)(z)
+    finally:
+        loop.close()
+
+
 def test_uploads_must_fit_the_downsampling(folders: dict[str, Path]) -> None:
     backend = load_diffusers(folders["tiny-kl"], CPU)
     pixels = np.random.default_rng(0).integers(0, 256, (6, 4, 3), dtype=np.uint8)
@@ -205,6 +237,10 @@ def test_what_a_model_lacks_is_a_4xx(client: TestClient) -> None:
         "/v1/encode", data={"model": "tiny-kl"}, files=[("files", ("a.png", png(PHOTO[:, :15]), "image/png"))]
     )
     assert odd.status_code == 422 and "multiples of 2" in odd.json()["detail"]
+    sizes = [("files", ("a.png", png(PHOTO), "image/png")), ("files", ("b.png", png(PHOTO[:, :14]), "image/png"))]
+    mixed = client.post("/v1/encode", data={"model": "tiny-kl"}, files=sizes)
+    assert mixed.status_code == 422
+    assert mixed.json()["detail"] == "files[1] (b.png): image is 14x12; the images of one request share one size (16x12)"
 
 
 def test_an_out_of_memory_fails_its_batch_and_the_next_one_works(

@@ -120,7 +120,7 @@ def test_large_images_are_tiled_as_diffusers_tiles_them(
 ) -> None:
     backend, model = loaded[name]
     tiled = load_diffusers(folders[name], CPU, tile=16)
-    tiled._tiling(32, latent=False)  # the tile sizes the backend sets, given to diffusers' own model
+    tiled._tiling((32, 32), latent=False)  # the tile sizes the backend sets, given to diffusers' own model
     model.enable_tiling()
     for attribute in vars(tiled.model):
         if attribute.startswith("tile_"):

@@ -1,15 +1,15 @@
-"""diffusers' image and video autoencoders as one backend: every class in the table of
+"""diffusers' image, video and audio autoencoders as one backend: every class in the table of
 app/engine/backends/diffusers_classes.py (AutoencoderKL, AutoencoderTiny, AutoencoderDC, VQModel,
-Flux.2's, Qwen-Image's, Wan's, HunyuanVideo's, ...), each loaded offline from a folder as users
-keep it (app/engine/backends/diffusers_folders.py).
+Flux.2's, Qwen-Image's, Wan's, HunyuanVideo's, Stable Audio's, ...), each loaded offline from a
+folder as users keep it (app/engine/backends/diffusers_folders.py).
 
-Images go in and come out as [B, C, H, W] in [0, 1] (videos [B, C, T, H, W]), as every
-backend's; the models work in
-[-1, 1], and the conversions are diffusers' own (`VaeImageProcessor.normalize`/`denormalize`),
-so served results equal in-process diffusers results. Latents are the VAE's own, unscaled
-([B, C, h, w]; [B, C, t, h, w] for a video model, [B, C, 1, h, w] for a video-shaped model used
-for single frames): scaling, or a
-pipeline's normalisation and packing (app/engine/backends/diffusers_latents.py), belong to the request.
+Images go in and come out as [B, C, H, W] in [0, 1] (videos [B, C, T, H, W], audio [B, C,
+samples]), as every backend's; the models work in [-1, 1], and the conversions are diffusers'
+own (`VaeImageProcessor.normalize`/`denormalize`), so served results equal in-process diffusers
+results. Latents are the VAE's own, unscaled ([B, C, h, w]; [B, C, t, h, w] for a video model,
+[B, C, 1, h, w] for a video-shaped model used for single frames, [B, C, samples / hop] for
+audio): scaling, or a pipeline's normalisation and packing
+(app/engine/backends/diffusers_latents.py), belong to the request.
 
 What each class defines (docs/api.md): a class whose encoder returns a diagonal-Gaussian
 posterior has the N(0, I) prior of its KL term, but no likelihood (its decoder was trained with

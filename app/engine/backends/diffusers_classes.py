@@ -1,4 +1,5 @@
-"""Every image autoencoder class of diffusers that is served, and how each differs, as data.
+"""Every image, video and audio autoencoder class of diffusers that is served, and how each
+differs, as data.
 
 One row per class; the generic backend (app/engine/backends/diffusers.py) reads nothing else
 about a class. Each fact comes from the class's own code in diffusers 0.42
@@ -142,8 +143,8 @@ LTX_TIMESTEP = (
     "inputs from the request that are not served yet; LTX-Video 0.9.0 is"
 )
 
-# The video autoencoders: causal 3D convolutions, the first frame alone, then `temporal` frames
-# per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
+# The video autoencoders: mostly causal 3D convolutions, the first frame alone, then `temporal`
+# frames per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
 VIDEO_CLASSES: dict[str, ClassSpec] = {
     "AutoencoderKLWan": ClassSpec(
         "posterior",

@@ -236,8 +236,8 @@ CLASSES.update(AUDIO_CLASSES)
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {
     "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
-    "pipeline reorders latent frames into channels (_restore_image_tokens_order): the video issue",
-    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): the video issue",
+    "pipeline reorders latent frames into channels (_restore_image_tokens_order): not yet a row",
+    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): not yet a row",
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
     # Video and audio classes without a row yet (docs/api.md says what each needs).
@@ -245,14 +245,16 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
     "AutoencoderKLKVAEVideo": "not yet a row",
-    "AutoencoderKLMiniMaxH3": "not yet a row",
+    "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
+    "needs the accelerate package, not installed here",
     "AutoencoderVidTok": "not yet a row",
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
     "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
     "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
     "AutoencoderSAME": "not yet a row",
     "AutoencoderKLKVAEAudio": "not yet a row",
-    "AutoencoderKLMiniMaxH3Audio": "not yet a row",
+    "AutoencoderKLMiniMaxH3Audio": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), "
+    "which needs the accelerate package, not installed here",
     "Cosmos3AVAEAudioTokenizer": "not yet a row",
     "LongCatAudioDiTVae": "not yet a row",
 }

@@ -23,6 +23,23 @@ TINY_AUDIO: dict[str, tuple[str, dict[str, Any]]] = {
             "sampling_rate": SAMPLE_RATE,
         },
     ),
+    # SAME's test config: 16 samples per latent step (patches of 4, strides 2 and 2), a deterministic encoder.
+    "tiny-same": (
+        "AutoencoderSAME",
+        {
+            "audio_channels": 2,
+            "patch_size": 4,
+            "encoder_channels": 16,
+            "encoder_c_mults": [1, 2],
+            "encoder_strides": [2, 2],
+            "encoder_transformer_depths": [1, 1],
+            "latent_dim": 8,
+            "use_differential_attention": False,
+            "dim_heads": 8,
+            "ff_mult": 2,
+            "sampling_rate": SAMPLE_RATE,
+        },
+    ),
 }
 
 

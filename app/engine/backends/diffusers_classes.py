@@ -230,6 +230,17 @@ AUDIO_CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="float32",
         sample_rate="sampling_rate",
     ),
+    # SAME's (Stable Audio 3): a deterministic encoder; patches of `patch_size` samples, then the
+    # encoder's strides. Its pipelines decode the latents as they are (no scaling_factor: 1.0).
+    "AutoencoderSAME": ClassSpec(
+        "latents",
+        lambda config: int(config["patch_size"]) * math.prod(config["encoder_strides"]),
+        "latent_dim",
+        "audio_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sampling_rate",
+    ),
 }
 CLASSES.update(AUDIO_CLASSES)
 
@@ -251,7 +262,6 @@ NOT_SERVED: dict[str, str] = {
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
     "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
     "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
-    "AutoencoderSAME": "not yet a row",
     "AutoencoderKLKVAEAudio": "not yet a row",
     "AutoencoderKLMiniMaxH3Audio": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), "
     "which needs the accelerate package, not installed here",

@@ -7,8 +7,8 @@ import io
 from typing import Literal
 
 import numpy as np
-import soundfile
 
+from app.api.codecs import library
 from app.api.images import ImageError, ImageTooLarge  # upload errors: 422, and 413 over a limit
 
 AudioFormat = Literal["wav", "flac"]
@@ -17,6 +17,7 @@ AUDIO_MEDIA: dict[str, str] = {"wav": "audio/wav", "flac": "audio/flac"}
 
 def audio_bytes(waveform: np.ndarray, sample_rate: int, audio_format: AudioFormat) -> bytes:
     """waveform [C, samples], values in [-1, 1] (clipped there), as 16-bit PCM WAV or FLAC."""
+    soundfile = library("soundfile", f"a {audio_format} answer")
     buffer = io.BytesIO()
     frames = np.clip(waveform, -1.0, 1.0).T  # soundfile writes [samples, C]
     soundfile.write(buffer, frames, sample_rate, subtype="PCM_16", format=audio_format.upper())
@@ -29,6 +30,7 @@ def read_audio(data: bytes, where: str, max_seconds: float) -> tuple[np.ndarray,
     kind = "WAV" if data[:4] == b"RIFF" and data[8:12] == b"WAVE" else "FLAC" if data[:4] == b"fLaC" else None
     if kind is None:
         raise ImageError(f"{where}: not a WAV or FLAC file")
+    soundfile = library("soundfile", "an audio upload")
     try:
         file = soundfile.SoundFile(io.BytesIO(data))  # its format from the header (sniffed above)
     except (soundfile.SoundFileError, RuntimeError, ValueError) as e:

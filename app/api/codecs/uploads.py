@@ -5,8 +5,8 @@ channels, sample rate), or a 4xx that says what does not fit."""
 from __future__ import annotations
 
 import numpy as np
-import soxr
 
+from app.api.codecs import library
 from app.api.codecs.audio import read_audio
 from app.api.codecs.video import read_video
 from app.api.images import ImageError, Upload
@@ -36,6 +36,7 @@ def audio_input(upload: Upload, spec: ImageSpec, settings: Settings) -> np.ndarr
     channels averaged for a mono model; zero-padded (silence) to a whole number of latent steps."""
     samples, rate = read_audio(upload.data, upload.where, settings.max_seconds)
     if rate != spec.sample_rate:
+        soxr = library("soxr", "audio at another rate than the model's")
         samples = np.ascontiguousarray(soxr.resample(samples.T, rate, spec.sample_rate, quality="HQ").T)
     channels = samples.shape[0]
     if channels != spec.channels:

@@ -1,14 +1,14 @@
 """Videos as mp4 files: H.264 in yuv420p, what every browser and player plays, written in memory
-with PyAV (FFmpeg's libraries, bundled in its wheel)."""
+with PyAV (FFmpeg's libraries, bundled in its wheel); clips read the same way."""
 
 from __future__ import annotations
 
 import io
 from fractions import Fraction
 
-import av
 import numpy as np
 
+from app.api.codecs import library
 from app.api.images import ImageError, ImageTooLarge  # upload errors: 422, and 413 over a limit
 
 MP4_MEDIA = "video/mp4"
@@ -25,6 +25,7 @@ class VideoError(ValueError):
 def mp4_bytes(frames: np.ndarray, fps: float) -> bytes:
     """frames [T, H, W, C] uint8 (C: 1 or 3) as an H.264 yuv420p mp4. yuv420p halves the chroma
     both ways: sides must be even. (No faststart: FFmpeg's second pass reopens a file by name.)"""
+    av = library("av", "an mp4 answer")
     count, height, width, channels = frames.shape
     if height % 2 or width % 2:
         raise VideoError(f"an mp4 (H.264, yuv420p) needs even sides; these frames are {width}x{height}: ask for pt")
@@ -62,6 +63,7 @@ def read_video(data: bytes, where: str, max_frames: int, max_pixels: int) -> np.
     kind = container_format(data)
     if kind is None:
         raise ImageError(f"{where}: not an mp4, WebM or GIF video")
+    av = library("av", "a video upload")
     frames: list[np.ndarray] = []
     try:
         with av.open(io.BytesIO(data), format=kind) as container:

@@ -12,8 +12,6 @@ from collections.abc import Iterator
 import httpx
 import numpy as np
 import pytest
-import soundfile
-import soxr
 import torch
 from PIL import Image
 
@@ -21,6 +19,8 @@ from tests.diffusers_audio_models import SAMPLE_RATE, save_audio_classes
 from tests.diffusers_models import served
 
 diffusers = pytest.importorskip("diffusers")
+soundfile = pytest.importorskip("soundfile")  # the media extra
+soxr = pytest.importorskip("soxr")
 LATENT_STEPS = 100  # of 8 samples: 800 samples, stereo
 
 

@@ -11,7 +11,6 @@ import json
 from collections.abc import Iterator
 from pathlib import Path
 
-import av
 import httpx
 import numpy as np
 import pytest
@@ -24,6 +23,7 @@ from tests.diffusers_models import served
 from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, save_video_classes
 
 diffusers = pytest.importorskip("diffusers")
+av = pytest.importorskip("av")  # the media extra
 from diffusers.utils.remote_utils import remote_decode
 from diffusers.video_processor import VideoProcessor
 

@@ -18,7 +18,7 @@ $(BIN)/activate:
 # comes from requirements.lock (`make lock` refreshes it).
 $(VENV)/.installed: $(BIN)/activate pyproject.toml requirements.lock
 	$(BIN)/pip install -q -c requirements.lock torch==2.13.0
-	$(BIN)/pip install -q -c requirements.lock -e '.[test,diffusers]'
+	$(BIN)/pip install -q -c requirements.lock -e '.[test,diffusers,media]'
 	touch $@
 
 install: $(VENV)/.installed

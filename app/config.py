@@ -43,6 +43,8 @@ class Settings(BaseSettings):
         30.0, gt=0, description="Seconds a request body may stall, no byte arriving, before a 408 (as nginx's)"
     )
     max_pixels: int = Field(25_000_000, ge=1, description="Largest image in pixels, checked before decoding (else 413)")
+    max_frames: int = Field(257, ge=1, description="Most frames of a video in a request, checked before any work")
+    max_seconds: float = Field(600.0, gt=0, description="Most seconds of audio in a request, checked before any work")
     max_k: int = limit(1000, "Largest importance-sample count k for score", bounds=("k",))
     default_k: int = Field(100, ge=1, description="k for score when the request gives none")
     max_steps: int = limit(64, "Most points on an interpolation path", bounds=("steps",), minimum=2)

@@ -74,9 +74,10 @@ def packed(model: LoadedModel, given: list[int], height: int | None, width: int 
     )
 
 
-def flat(z: np.ndarray) -> np.ndarray:
-    """[B, C, (1,) h, w] as [B, C, h, w]: a single-frame model's latents, without the frame axis."""
-    return z.reshape(*z.shape[:2], *z.shape[-2:])
+def flat(model: LoadedModel, z: np.ndarray) -> np.ndarray:
+    """[B, C, (1,) h, w] as [B, C, h, w]: a single-frame model's latents, without the frame axis;
+    a video model's [B, C, t, h, w] as they are."""
+    return z if model.backend.image.frames else z.reshape(*z.shape[:2], *z.shape[-2:])
 
 
 def to_model(
@@ -87,7 +88,7 @@ def to_model(
         h, w = shape[-2:]
         z = unpack(z, h, w)
     if space == "pipeline":
-        z = pipeline(model).to_vae(flat(z))
+        z = pipeline(model).to_vae(flat(model, z))
     else:
         z = scale(z)
     return np.ascontiguousarray(z.reshape(shape), dtype=np.float32)
@@ -96,11 +97,11 @@ def to_model(
 def from_model(model: LoadedModel, z: np.ndarray, space: str, scale: Elementwise, packing: bool) -> np.ndarray:
     """The model's latents as the request asked for them."""
     if space == "pipeline":
-        z = pipeline(model).from_vae(flat(z))
+        z = pipeline(model).from_vae(flat(model, z))
     else:
         z = scale(z)
     if packing:
         if z.ndim < 4 or z.shape[-1] % 2 or z.shape[-2] % 2:
             raise unprocessable(f"pack: latents {list(z.shape[1:])} are not [C, h, w] with even h and w")
-        z = pack(flat(z))
+        z = pack(flat(model, z))
     return z

@@ -8,6 +8,7 @@ import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
+from app.api.deps import unprocessable
 from app.api.images import ImageCodec
 from app.api.schemas import ImageOutput, ImagesResponse
 from app.engine.registry import LoadedModel
@@ -50,7 +51,16 @@ async def image_response(
     seed: int | None = None,
     nrow: int | None = None,
 ) -> Response:
-    """`nrow` is the grid's default when the request gives none; else a square-ish grid."""
+    """`nrow` is the grid's default when the request gives none; else a square-ish grid. Videos
+    [n, T, H, W, C] come as their frames, in order: in JSON one image per frame, in the grid one
+    row per video."""
+    if model.backend.image.media == "audio":
+        raise unprocessable(
+            f"model '{model.name}' makes audio, not images: decode its latents at /v1/models/{model.name}/decode"
+        )
+    if pixels.ndim == 5:
+        nrow = nrow or pixels.shape[1]
+        pixels = pixels.reshape(-1, *pixels.shape[2:])
     headers = {"X-Model": model.name, "Vary": "Accept"}
     if seed is not None:
         headers["X-Seed"] = str(seed)

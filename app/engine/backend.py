@@ -45,11 +45,44 @@ NEEDS: dict[Operation, tuple[Feature, ...]] = {
 
 # A latent's shape; None where it follows the image size (a [C, h, w] latent of a convolutional VAE).
 LatentShape = tuple[int | None, ...]
+# What a model takes and makes: images [C, H, W], videos [C, T, H, W] (T frames), or audio
+# [C, samples] (C channels of a waveform).
+Media = Literal["image", "video", "audio"]
+
+
+@dataclass(frozen=True)
+class Frames:
+    """The frame counts a video model takes: `first + step * k` for k >= 0 (1 + 4k for the causal
+    video VAEs, whose first frame is encoded alone and every `ratio` frames after it into one
+    latent frame; CogVideoX encodes 8 frames at a time: 1 + 8k), and its latent frame counts."""
+
+    first: int
+    step: int
+    ratio: int  # the temporal compression: frames per latent frame after the first
+    native: int  # what `sample` makes
+    fps: float  # the frame rate its pipelines export videos at: an mp4's, unless the request says
+
+    def accepts(self, frames: int) -> bool:
+        return frames >= self.first and (frames - self.first) % self.step == 0
+
+    def latent(self, frames: int) -> int:
+        """Latent frames of a video of `frames` frames (a count it accepts)."""
+        return 1 + (frames - self.first) // self.ratio
+
+    def decoded(self, latent: int) -> int:
+        """Frames a decode of `latent` latent frames makes."""
+        return self.first + (latent - 1) * self.ratio
+
+    def rule(self) -> str:
+        return f"{self.first} + {self.step}k"
 
 
 @dataclass(frozen=True)
 class ImageSpec:
-    """The images a model takes and makes: float values in [0, 1], [C, H, W]."""
+    """The images a model takes and makes: float values in [0, 1], [C, H, W]; a video model's
+    ([C, T, H, W]) says which frame counts T it takes in `frames`; an audio model's waveforms
+    [C, samples] have a `sample_rate`, their length is `width` (samples; `height` is 1) and
+    `multiple` the samples per latent step."""
 
     channels: int
     height: int  # the native size: what `sample` makes, and what uploads are fitted to when fixed
@@ -59,6 +92,21 @@ class ImageSpec:
     # The values the model itself works in (diffusers' autoencoders: [-1, 1]): float image
     # tensors on the binary endpoints are in this range, as the family's own tools make them.
     value_range: tuple[float, float] = (0.0, 1.0)
+    frames: Frames | None = None  # a video model's frame counts; None: images
+    sample_rate: int | None = None  # an audio model's, in Hz; None: images or videos
+
+    @property
+    def media(self) -> Media:
+        return "audio" if self.sample_rate else "image" if self.frames is None else "video"
+
+    def item(self, height: int, width: int, frames: int | None = None) -> tuple[int, ...]:
+        """One input's shape: [C, H, W], [C, T, H, W] for a video model (T: `frames`, else
+        native), or [C, width] for an audio model."""
+        if self.sample_rate:
+            return (self.channels, width)
+        if self.frames is None:
+            return (self.channels, height, width)
+        return (self.channels, self.frames.native if frames is None else frames, height, width)
 
 
 @runtime_checkable
@@ -101,8 +149,11 @@ class Backend(Protocol):
     # share one calibration of their passes.
     architecture: Hashable
 
-    def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
-        """The latent shape of an image of this size; without one, None where it follows the size."""
+    def latent_shape(
+        self, height: int | None = None, width: int | None = None, frames: int | None = None
+    ) -> LatentShape:
+        """The latent shape of an image of this size (a video model: of `frames` frames, else its
+        native count); without a size, None where it follows the size (and the frame count)."""
         ...
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
@@ -111,11 +162,12 @@ class Backend(Protocol):
         ...
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None) -> Posterior | torch.Tensor:
-        """q(z|x) of images x [B, C, H, W] in [0, 1]; or the latents of a deterministic encoder."""
+        """q(z|x) of images x [B, C, H, W] (videos [B, C, T, H, W]) in [0, 1]; or the latents of a
+        deterministic encoder."""
         ...
 
     def decode(self, z: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
-        """Images [B, C, H, W] with values in [0, 1]: what each latent shows."""
+        """Images [B, C, H, W] (videos [B, C, T, H, W]) with values in [0, 1]: what each latent shows."""
         ...
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:

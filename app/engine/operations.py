@@ -108,8 +108,9 @@ class ScoreJob:
 
 
 def to_pixels(images: torch.Tensor) -> np.ndarray:
-    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels, once per batch."""
-    return (images.clamp(0, 1) * 255).round().to(torch.uint8).permute(0, 2, 3, 1).cpu().numpy()
+    """[B, C, H, W] in [0, 1] (any device) -> [B, H, W, C] uint8 pixels, once per batch; videos
+    [B, C, T, H, W] -> [B, T, H, W, C]."""
+    return (images.clamp(0, 1) * 255).round().to(torch.uint8).movedim(1, -1).cpu().numpy()
 
 
 def floats(t: torch.Tensor) -> np.ndarray:
@@ -292,7 +293,7 @@ def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
         latent = backend.latent_shape(height, width)
         z = generator.standard_normal((rows, *latent), dtype=np.float32)  # type: ignore[arg-type]
         return [ArrayJob(z, labels, options=default_options(backend))]
-    x = generator.random((rows, image.channels, height, width), dtype=np.float32)
+    x = generator.random((rows, *image.item(height, width)), dtype=np.float32)
     return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
 
 

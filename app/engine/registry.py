@@ -66,6 +66,8 @@ class LoadedModel:
           follows the image size (None) any size >= 1;
         - images (encode, reconstruct, score): [B, C, H, W] in [0, 1], the model's channels and
           native size, or for a model of variable size, sides that are multiples of its multiple;
+          a video model's [B, C, T, H, W] with T a frame count it takes (and latents whose t
+          latent frames decode to one); an audio model's [B, C, samples], samples a multiple of its hop;
         - labels: a conditional model needs one class index per row, in range; an unconditional
           one takes none.
         """
@@ -92,15 +94,29 @@ class LoadedModel:
         if not fits or 0 in z.shape:
             shown = ", ".join("?" if size is None else str(size) for size in shape)
             raise BadLatentShape(f"latents: shape {list(z.shape)}; model '{self.name}' takes [B, {shown}], B >= 1")
+        frames = self.backend.image.frames
+        if frames is not None and not frames.accepts(frames.decoded(z.shape[2])):
+            raise BadLatentShape(
+                f"latents: {z.shape[2]} latent frames decode to {frames.decoded(z.shape[2])} frames; "
+                f"model '{self.name}' takes {frames.rule()} frames"
+            )
         return np.ascontiguousarray(z, dtype=np.float32)
 
     def _image_rows(self, x: np.ndarray) -> np.ndarray:
         spec = self.backend.image
-        if x.ndim != 4 or 0 in x.shape or x.shape[1] != spec.channels:
+        layout = {"image": "H, W", "video": "T, H, W", "audio": "samples"}[spec.media]
+        if x.ndim != 2 + len(layout.split(", ")) or 0 in x.shape or x.shape[1] != spec.channels:
             raise InvalidInput(
-                f"images: shape {list(x.shape)}; model '{self.name}' takes [B, {spec.channels}, H, W], B >= 1"
+                f"images: shape {list(x.shape)}; model '{self.name}' takes [B, {spec.channels}, {layout}], B >= 1"
             )
-        height, width = x.shape[2:]
+        if spec.frames is not None and not spec.frames.accepts(x.shape[2]):
+            raise InvalidInput(f"images: {x.shape[2]} frames; model '{self.name}' takes {spec.frames.rule()} frames")
+        if spec.media == "audio":
+            if x.shape[2] % spec.multiple:
+                samples = f"{x.shape[2]} samples; model '{self.name}' takes multiples of {spec.multiple}"
+                raise InvalidInput(f"images: {samples}")
+            return np.ascontiguousarray(x, dtype=np.float32)
+        height, width = x.shape[-2:]
         if spec.fixed_size and (height, width) != (spec.height, spec.width):
             raise InvalidInput(f"images: {width}x{height}; model '{self.name}' takes {spec.width}x{spec.height}")
         if height % spec.multiple or width % spec.multiple:

@@ -61,11 +61,13 @@ def steer(case: Case) -> Case:
         case.path_parameters = {"name": "tiny-vae"}
         query = case.query if isinstance(case.query, dict) else {}
         # What only some models take: labels (tiny-vae is unconditional), packed and pipeline
-        # latents, a seeded decoder's inputs.
-        for name in ("shape", "dtype", "height", "width", "labels", "latents", "pack", "steps"):
+        # latents, a seeded decoder's inputs, video and audio answers.
+        for name in ("shape", "dtype", "height", "width", "labels", "latents", "pack", "steps", "fps"):
             query.pop(name, None)
         if case.operation.path.endswith("/decode"):
             query.pop("seed", None)
+            if query.get("output_type") in ("mp4", "wav", "flac"):
+                query.pop("output_type")
             query.update(shape=[1, 4], dtype="float32")
         case.query = query
         case.body = bytes(16) if case.operation.path.endswith("/decode") else PNG

@@ -25,7 +25,7 @@ def model_info(model: LoadedModel, default: bool) -> ModelInfo:
         default=default,
         family=backend.family,
         capabilities=model.capabilities,
-        image_shape=[image.channels, image.height, image.width],
+        image_shape=list(image.item(image.height, image.width)),  # a video model's: [C, T, H, W]
         latent_dim=math.prod(backend.latent_shape(image.height, image.width)),  # type: ignore[arg-type]
         latent_shape=list(backend.latent_shape()),
         image_multiple=None if image.fixed_size else image.multiple,

@@ -23,6 +23,9 @@ import numpy as np
 from fastapi import APIRouter, Query, Request, Response
 from PIL import Image
 
+from app.api.codecs.audio import AUDIO_MEDIA, audio_bytes
+from app.api.codecs.uploads import media_input
+from app.api.codecs.video import MP4_MEDIA, VideoError, mp4_bytes
 from app.api.deps import ServiceDep, client_gone, unprocessable
 from app.api.images import Upload
 from app.api.latent_spaces import Packed, Space, check, from_model, packed, to_model
@@ -110,43 +113,92 @@ def batch_shape(given: list[int], item: tuple[int, ...], what: str, model: Loade
     )
 
 
+def frame_count(model: LoadedModel, frames: int, settings: Settings, latent: bool = False) -> int:
+    """A video's frame count (given in latent frames where `latent`), checked against the frame
+    counts the model takes and VAE_MAX_FRAMES."""
+    rule = model.backend.image.frames
+    assert rule is not None  # a video model
+    made = rule.decoded(frames) if latent else frames
+    if frames < 1 or not rule.accepts(made):
+        given = f"{frames} latent frames decode to {made} frames" if latent else f"{frames} frames"
+        raise BadLatentShape(f"shape: {given}; model '{model.name}' takes {rule.rule()} frames")
+    if made > settings.max_frames:
+        raise OverLimit("shape: frames of the video (VAE_MAX_FRAMES)", settings.max_frames, made)
+    return made
+
+
+def audio_shape(model: LoadedModel, given: list[int], settings: Settings, latent: bool) -> tuple[int, ...]:
+    """The batch shape of an audio model's waveforms [B, C, samples] (or of its latents [B, C, l]:
+    `latent`), checked against its layout and VAE_MAX_SECONDS of audio in all."""
+    spec = model.backend.image
+    rate = spec.sample_rate
+    assert rate is not None  # an audio model
+    what = "latents [B, C, l]" if latent else f"waveforms [B, {spec.channels}, samples]"
+    if len(given) < 2:
+        raise BadLatentShape(f"shape: model '{model.name}' takes {what}; got {given}")
+    samples = given[-1] * spec.multiple if latent else given[-1]
+    if samples % spec.multiple:
+        raise BadLatentShape(f"shape: model '{model.name}' needs waveforms of a multiple of {spec.multiple} samples")
+    item = model.backend.latent_shape(1, samples) if latent else spec.item(1, samples)
+    shape = batch_shape(given, item, "latents" if latent else "waveforms", model)
+    if shape[0] > (settings.max_n if latent else settings.max_files):
+        raise OverLimit("shape[0]: rows", settings.max_n if latent else settings.max_files, shape[0])
+    if shape[0] * samples > settings.max_seconds * rate:
+        bound = int(settings.max_seconds * rate)
+        raise OverLimit(f"shape: samples of audio at {rate} Hz in all (VAE_MAX_SECONDS)", bound, shape[0] * samples)
+    return shape
+
+
 def latent_shape(model: LoadedModel, given: list[int], settings: Settings) -> tuple[int, ...]:
     """The batch shape of latents for `model`, checked against its latent shape, VAE_MAX_N and
-    (for models that take any image size) VAE_MAX_PIXELS of the images they decode to."""
+    (for models that take any image size) VAE_MAX_PIXELS of the images they decode to (of every
+    frame of a video, whose frame count is checked too), or VAE_MAX_SECONDS of audio."""
     spec = model.backend.image
+    if spec.sample_rate:
+        return audio_shape(model, given, settings, latent=True)
+    frames = 1
     if spec.fixed_size:
         item = model.backend.latent_shape(spec.height, spec.width)
     else:
-        if len(given) < 3:
-            raise BadLatentShape(f"shape: model '{model.name}' takes latents [B, C, h, w]; got {given}")
+        dims = "[B, C, t, h, w]" if spec.frames else "[B, C, h, w]"
+        if len(given) < (4 if spec.frames else 3):
+            raise BadLatentShape(f"shape: model '{model.name}' takes latents {dims}; got {given}")
         h, w = given[-2:]
-        item = model.backend.latent_shape(h * spec.multiple, w * spec.multiple)
+        if spec.frames:
+            frames = frame_count(model, given[-3], settings, latent=True)
+        item = model.backend.latent_shape(h * spec.multiple, w * spec.multiple, frames if spec.frames else None)
     shape = batch_shape(given, item, "latents", model)
     if shape[0] > settings.max_n:
         raise OverLimit("shape[0]: latents", settings.max_n, shape[0])
     if not spec.fixed_size:
-        pixels = shape[0] * h * w * spec.multiple**2
+        pixels = shape[0] * frames * h * w * spec.multiple**2
         if pixels > settings.max_pixels:
             raise OverLimit("shape: pixels of the decoded images in all (VAE_MAX_PIXELS)", settings.max_pixels, pixels)
     return shape
 
 
 def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tuple[int, ...]:
-    """The batch shape of images [B, C, H, W] for `model`, checked against its image size rules,
-    VAE_MAX_FILES and VAE_MAX_PIXELS."""
+    """The batch shape of images [B, C, H, W] (videos [B, C, T, H, W]) for `model`, checked
+    against its image size rules and frame counts, VAE_MAX_FILES and VAE_MAX_PIXELS (an audio
+    model's waveforms [B, C, samples]: `audio_shape`)."""
     spec = model.backend.image
-    if len(given) < 3:
-        raise BadLatentShape(f"shape: images are [B, C, H, W] or [C, H, W]; got {given}")
+    if spec.sample_rate:
+        return audio_shape(model, given, settings, latent=False)
+    dims = "[B, C, T, H, W] or [C, T, H, W]" if spec.frames else "[B, C, H, W] or [C, H, W]"
+    if len(given) < (4 if spec.frames else 3):
+        raise BadLatentShape(f"shape: images are {dims}; got {given}")
     h, w = given[-2:]
+    frames = frame_count(model, given[-3], settings) if spec.frames else 1
     if spec.fixed_size:
         h, w = spec.height, spec.width
     elif h % spec.multiple or w % spec.multiple:
         raise BadLatentShape(f"shape: model '{model.name}' needs image sides that are multiples of {spec.multiple}")
-    shape = batch_shape(given, (spec.channels, h, w), "images", model)
+    shape = batch_shape(given, spec.item(h, w, frames), "images", model)
     if shape[0] > settings.max_files:
         raise OverLimit("shape[0]: images", settings.max_files, shape[0])
-    if shape[0] * h * w > settings.max_pixels:
-        raise OverLimit("shape: pixels of the images in all (VAE_MAX_PIXELS)", settings.max_pixels, shape[0] * h * w)
+    pixels = shape[0] * frames * h * w
+    if pixels > settings.max_pixels:
+        raise OverLimit("shape: pixels of the images in all (VAE_MAX_PIXELS)", settings.max_pixels, pixels)
     return shape
 
 
@@ -205,9 +257,9 @@ TENSOR_HEADERS = {
 }
 
 
-def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
-    media = [TENSOR_MEDIA, *(IMAGE_MEDIA[kind] for kind in images)]
-    ok = {"description": "A binary tensor (headers shape, dtype)" + (", or an image file" if images else "")}
+def tensor_answers(*files: str) -> dict[int | str, dict[str, object]]:
+    media = [TENSOR_MEDIA, *({**IMAGE_MEDIA, **AUDIO_MEDIA, "mp4": MP4_MEDIA}[kind] for kind in files)]
+    ok = {"description": "A binary tensor (headers shape, dtype)" + (", or a media file" if files else "")}
     return {200: {**ok, "content": {kind: BINARY for kind in media}, "headers": TENSOR_HEADERS}, **RUN_RESPONSES}
 
 
@@ -218,7 +270,7 @@ def tensor_answers(*images: str) -> dict[int | str, dict[str, object]]:
     "null sizes follow the image size (GET /v1/models/{name}). A conditional model needs `labels`, one per "
     "latent; an unconditional one takes none.",
     response_class=Response,
-    responses=tensor_answers("png", "jpg"),
+    responses=tensor_answers("png", "jpg", "mp4", "wav", "flac"),
     openapi_extra=BINARY_BODY,
 )
 async def decode_tensor(
@@ -228,12 +280,24 @@ async def decode_tensor(
     shape: Shape = None,
     dtype: Dtype = "float32",
     output_type: Annotated[
-        Literal["pil", "pt"], Query(description="pil: one image file; pt: a tensor (see partial_postprocess)")
+        Literal["pil", "pt", "mp4", "wav", "flac"],
+        Query(
+            description="pil: one image file (with Accept: tensor/binary, float32 [N, C, H, W] in [0, 1]: the "
+            "images, or a video's frames); pt: a tensor (see partial_postprocess); mp4: one video (H.264); "
+            "wav, flac: one waveform (16-bit)"
+        ),
     ] = "pil",
     image_format: Annotated[Literal["png", "jpg"], Query(description="The image file's format (pil)")] = "jpg",
     partial_postprocess: Annotated[
-        bool, Query(description="pt: true: uint8 pixels [B, H, W, C]; false: float32 [B, C, H, W] in the model's range")
+        bool,
+        Query(
+            description="pt: true: uint8 pixels [B, H, W, C] (one video: [F, H, W, C], more: [B, F, H, W, C]); "
+            "false: float32 [B, C, H, W] (videos [B, C, F, H, W]) in the model's range"
+        ),
     ] = False,
+    fps: Annotated[
+        float | None, Query(gt=0, le=240, description="mp4: frames per second (default: the model's, /v1/models)")
+    ] = None,
     scaling_factor: Factor = None,
     shift_factor: Shift = None,
     do_scaling: DoScaling = None,
@@ -258,9 +322,20 @@ async def decode_tensor(
     if height is not None or width is not None:
         layout = packed(model, shape, height, width)
     batch = latent_shape(model, layout.latents if layout else shape, service.settings)
-    if output_type == "pil" and batch[0] > 1:
-        raise unprocessable(f"shape: output_type=pil returns one image; got {batch[0]} latents: use output_type=pt")
-    if output_type == "pil" and image_format == "jpg" and model.backend.image.channels == 4:
+    video = model.backend.image.frames
+    # diffusers' client asks pil with a processor as a tensor, which it makes PIL images of.
+    processor = output_type == "pil" and TENSOR_MEDIA in request.headers.get("accept", "")
+    media = model.backend.image.media
+    if output_type != "pt" and batch[0] > 1 and not processor:
+        raise unprocessable(f"shape: output_type={output_type} returns one file; got {batch[0]} latents: use pt")
+    answers = {"image": ("pil", "pt"), "video": ("mp4", "pt"), "audio": ("wav", "flac", "pt")}[media]
+    if output_type not in answers and not (processor and media == "video"):
+        raise unprocessable(f"output_type: model '{model.name}' makes {media}s: use {' or '.join(answers)}")
+    if partial_postprocess and media == "audio":
+        raise unprocessable("partial_postprocess: waveforms have no 8-bit form; leave it out for float32 samples")
+    if fps is not None and output_type != "mp4":
+        raise unprocessable("fps: the frame rate of an mp4 answer; leave it out or ask for output_type=mp4")
+    if output_type == "pil" and image_format == "jpg" and model.backend.image.channels == 4 and not processor:
         raise unprocessable(f"image_format: model '{model.name}' makes RGBA images, which JPEG cannot hold: use png")
     classes = model.label_array(labels, batch[0], "latent")
     check(model, latents, layout is not None, "send [B, S, 4C] with height and width")
@@ -270,12 +345,26 @@ async def decode_tensor(
     z = to_model(model, body, batch, latents, scale, layout)
     if not np.isfinite(z).all():
         raise unprocessable("body: the latents, scaled or denormalised, overflow float32")
-    values = output_type == "pt" and not partial_postprocess
+    values = (output_type == "pt" and not partial_postprocess) or processor or media == "audio"
     images = await service.engine.decode(model, z, classes, client_gone(request), values=values, options=options)
-    if values:
+    if processor:  # [N, C, H, W] in [0, 1], clamped (the client scales to uint8 as is): images or a video's frames
+        return tensor_response(np.clip(images[0].swapaxes(0, 1) if video else images, 0, 1), model)
+    if output_type == "pt" and values:
         return tensor_response(from_unit(images, model.backend.image.value_range), model)
-    if output_type == "pt":
-        return tensor_response(images, model)
+    if output_type == "pt":  # one video: its frames [F, H, W, C], each an image to the client
+        return tensor_response(images[0] if video and len(images) == 1 else images, model)
+    if output_type == "mp4":
+        assert video is not None
+        try:
+            data = await anyio.to_thread.run_sync(mp4_bytes, images[0], fps or video.fps)
+        except VideoError as e:
+            raise unprocessable(f"output_type: {e}") from None
+        return Response(data, media_type=MP4_MEDIA, headers={"X-Model": model.name})
+    if media == "audio":
+        rate = model.backend.image.sample_rate
+        waveform = from_unit(images[0], model.backend.image.value_range)
+        data = await anyio.to_thread.run_sync(audio_bytes, waveform, rate, output_type)
+        return Response(data, media_type=AUDIO_MEDIA[output_type], headers={"X-Model": model.name})
     data = await anyio.to_thread.run_sync(image_file, images[0], image_format)
     return Response(data, media_type=IMAGE_MEDIA[image_format], headers={"X-Model": model.name})
 
@@ -315,7 +404,11 @@ async def encode_tensor(
     settings = service.settings
     batch = None if shape is None else image_shape(model, shape, settings)
     classes = model.label_array(labels, 1 if batch is None else batch[0], "image")
-    if batch is None:  # an image file, as remote_encode sends a PIL image
+    spec = model.backend.image
+    if batch is None and spec.media != "image":  # a video or audio file
+        upload = Upload("body", await request.body())
+        x = await anyio.to_thread.run_sync(media_input, upload, spec, settings)
+    elif batch is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)
     else:

@@ -41,7 +41,7 @@ def field_range(model: type[BaseModel], name: str) -> tuple[float, float]:
 class Shapes:
     """What the mapping needs to know of a model: -1 where a dimension varies."""
 
-    image: tuple[int, int, int]  # [H, W, C], as pixels come and go
+    image: tuple[int, ...]  # [H, W, C], as pixels come and go; a video's [T, H, W, C]
     latent: tuple[int, ...]
     classes: int  # 0: unconditional
     image_values: int | None  # the most values in one image (or one latent), where its size varies
@@ -55,7 +55,8 @@ def shapes(model: LoadedModel, max_pixels: int) -> Shapes:
     # A latent has no more positions than its image has pixels.
     latent_values = math.prod(size for size in latent if size != -1) * max_pixels if -1 in latent else None
     image_values = None if image.fixed_size else max_pixels * image.channels
-    return Shapes((height, width, image.channels), latent, len(model.backend.label_names), image_values, latent_values)
+    pixels = ((-1,) if image.frames else ()) + (height, width, image.channels)
+    return Shapes(pixels, latent, len(model.backend.label_names), image_values, latent_values)
 
 
 Inputs = dict[str, np.ndarray]
@@ -121,8 +122,8 @@ def scalar(inputs: Inputs, name: str, default: Any) -> Any:
 
 def model_input(pixels: np.ndarray) -> np.ndarray:
     """[N, H, W, C] pixels as /v1 converts an 8-bit image (model.data.image_to_array): x / 255
-    in float32, [N, C, H, W]."""
-    return np.ascontiguousarray((pixels.astype(np.float32) / 255.0).transpose(0, 3, 1, 2))
+    in float32, [N, C, H, W]; videos [N, T, H, W, C] -> [N, C, T, H, W]."""
+    return np.ascontiguousarray(np.moveaxis(pixels.astype(np.float32) / 255.0, -1, 1))
 
 
 async def run_decode(op: Operation, inputs: Inputs, gone: Gone | None) -> Inputs:

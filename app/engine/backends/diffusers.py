@@ -1,13 +1,15 @@
-"""diffusers' image autoencoders as one backend: every class in the table of
+"""diffusers' image, video and audio autoencoders as one backend: every class in the table of
 app/engine/backends/diffusers_classes.py (AutoencoderKL, AutoencoderTiny, AutoencoderDC, VQModel,
-Flux.2's, Qwen-Image's, ...), each loaded offline from a folder as users keep it
-(app/engine/backends/diffusers_folders.py).
+Flux.2's, Qwen-Image's, Wan's, HunyuanVideo's, Stable Audio's, ...), each loaded offline from a
+folder as users keep it (app/engine/backends/diffusers_folders.py).
 
-Images go in and come out as [B, C, H, W] in [0, 1], as every backend's; the models work in
-[-1, 1], and the conversions are diffusers' own (`VaeImageProcessor.normalize`/`denormalize`),
-so served results equal in-process diffusers results. Latents are the VAE's own, unscaled
-([B, C, h, w]; [B, C, 1, h, w] for a video-shaped model used for single frames): scaling, or a
-pipeline's normalisation and packing (app/engine/backends/diffusers_latents.py), belong to the request.
+Images go in and come out as [B, C, H, W] in [0, 1] (videos [B, C, T, H, W], audio [B, C,
+samples]), as every backend's; the models work in [-1, 1], and the conversions are diffusers'
+own (`VaeImageProcessor.normalize`/`denormalize`), so served results equal in-process diffusers
+results. Latents are the VAE's own, unscaled ([B, C, h, w]; [B, C, t, h, w] for a video model,
+[B, C, 1, h, w] for a video-shaped model used for single frames, [B, C, samples / hop] for
+audio): scaling, or a pipeline's normalisation and packing
+(app/engine/backends/diffusers_latents.py), belong to the request.
 
 What each class defines (docs/api.md): a class whose encoder returns a diagonal-Gaussian
 posterior has the N(0, I) prior of its KL term, but no likelihood (its decoder was trained with
@@ -30,7 +32,7 @@ import torch
 from PIL.Image import Image
 
 from app.engine import progress
-from app.engine.backend import Feature, ImageSpec, LatentShape, Loaded
+from app.engine.backend import Feature, Frames, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
 from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
@@ -69,9 +71,22 @@ def compute_dtype(device: torch.device, force_upcast: bool, gpu_dtype: str = "fl
     return getattr(torch, gpu_dtype)
 
 
-def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace:
-    """The normalisation the class's pipelines apply to its latents (diffusers_latents.py)."""
+def as_images(video: torch.Tensor) -> torch.Tensor:
+    """[B, C, T, H, W] -> the frames as a batch of images [B * T, C, H, W]."""
+    return video.transpose(1, 2).flatten(0, 1)
+
+
+def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
+    """[B * T, C, H, W] -> [B, C, T, H, W]."""
+    return frames.unflatten(0, (rows, -1)).transpose(1, 2)
+
+
+def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace | None:
+    """The normalisation the class's pipelines apply to its latents (diffusers_latents.py); None
+    where it is not served."""
     config = model.config
+    if spec.normalisation == "none":
+        return None
     if spec.normalisation == "mean_std":
         return mean_std_space(config.latents_mean, config.latents_std)
     if spec.normalisation == "batch_norm":
@@ -109,7 +124,16 @@ class DiffusersBackend:
         stride = getattr(model, "tile_sample_stride_height", None)
         self.stride_ratio = stride / default_tile if stride and default_tile else None
         self.architecture: Hashable = (self.kind, json.dumps(dict(config), sort_keys=True, default=str))
-        self.image = ImageSpec(channels, self.sample_size, self.sample_size, False, self.factor, (-1.0, 1.0))
+        frames = None
+        if spec.temporal is not None:
+            ratio = spec.temporal(config)
+            step = spec.frame_step or ratio
+            # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
+            frames = Frames(1, step, ratio, 1 + step, spec.fps)
+        side = self.sample_size
+        sample_rate = int(config[spec.sample_rate]) if spec.sample_rate else None
+        height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
+        self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
         self.decode_options = spec.decode_options
@@ -122,11 +146,20 @@ class DiffusersBackend:
     def dtype(self) -> torch.dtype:
         return next(self.model.parameters()).dtype
 
-    def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
-        frames = (1,) if self.spec.frames else ()
+    def latent_shape(
+        self, height: int | None = None, width: int | None = None, frames: int | None = None
+    ) -> LatentShape:
+        video = self.image.frames
+        if self.image.sample_rate:  # audio: [C, samples / hop]
+            return (self.latent_channels, None if width is None else width // self.factor)
         if height is None or width is None:
-            return (self.latent_channels, *frames, None, None)
-        return (self.latent_channels, *frames, height // self.factor, width // self.factor)
+            time: tuple[int | None, ...] = (None,) if video else (1,) if self.spec.frames else ()
+            return (self.latent_channels, *time, None, None)
+        if video:
+            time = (video.latent(video.native if frames is None else frames),)
+        else:
+            time = (1,) if self.spec.frames else ()
+        return (self.latent_channels, *time, height // self.factor, width // self.factor)
 
     def _tiling(self, shape: torch.Size, latent: bool) -> AbstractContextManager[None]:
         """Tile when a side of `shape` (h, w) is over `tile` pixels: diffusers' enable_tiling with
@@ -153,16 +186,23 @@ class DiffusersBackend:
         return progress.calls(part, math.prod(-(-side // stride) for side in shape), "tiles")
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
-        """x: [B, C, H, W] in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
+        """x: [B, C, H, W] (videos [B, C, T, H, W]) in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
         tiles = self._tiling(x.shape[-2:], latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
+        rows = len(x)
+        if self.spec.frames_as_images:
+            x = as_images(x)
         with tiles:
             encoded = self.model.encode(x)
+        if self.spec.encoder == "mode":
+            return encoded.latent_dist.mode()
         if self.spec.encoder != "posterior":
             return getattr(encoded, self.spec.encoder)
         q = encoded.latent_dist
+        if self.spec.frames_as_images:
+            return LatentGaussian(as_video(q.mean, rows), as_video(q.logvar, rows))
         return LatentGaussian(q.mean, q.logvar)
 
     def decode(
@@ -178,6 +218,8 @@ class DiffusersBackend:
                 images = torch.cat(
                     [self._decode_row(z[i : i + 1], None if options is None else options[i]) for i in range(len(z))]
                 )
+            elif self.spec.frames_as_images:  # all frames at once, as its pipeline's default decode_chunk_size
+                images = as_video(self.model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
             else:
                 images = self.model.decode(z).sample
         if self.spec.frames:
@@ -198,7 +240,7 @@ class DiffusersBackend:
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n draws of the N(0, I) prior of the KL term, at the native size. Valid, but these
         VAEs weigh that term ~1e-6: their samples are textures, not pictures."""
-        shape = (n, *self.latent_shape(self.sample_size, self.sample_size))
+        shape = (n, *self.latent_shape(self.image.height, self.image.width))
         return torch.randn(shape, generator=generator, device=generator.device).to(self.device, self.dtype)
 
     def log_likelihood(self, z: torch.Tensor, x: torch.Tensor, labels: torch.Tensor | None) -> torch.Tensor:
@@ -210,18 +252,30 @@ class DiffusersBackend:
     def to_input(self, image: Image) -> np.ndarray:
         """An image as [C, H, W] float32 in [0, 1] (VaeImageProcessor's pil_to_numpy; RGBA for a
         four-channel model); its sides must be multiples of the downsampling factor."""
+        if self.image.sample_rate:
+            raise DiffusersError(f"this model ({self.kind}) encodes audio, not images: send a waveform tensor")
         width, height = image.size
         if width % self.factor or height % self.factor:
             raise DiffusersError(
                 f"image is {width}x{height}; this model needs sides that are multiples of {self.factor}"
             )
         pixels = np.asarray(image.convert(IMAGE_MODES[self.image.channels]), dtype=np.float32) / 255.0
-        return pixels.reshape(height, width, -1).transpose(2, 0, 1)
+        pixels = pixels.reshape(height, width, -1).transpose(2, 0, 1)
+        # A video model takes a still as a one-frame video: every served one encodes its first frame alone.
+        return pixels if self.image.frames is None else pixels[:, None]
 
     def describe(self) -> dict[str, Any]:
-        shape = ["B", self.latent_channels, *([1] if self.spec.frames else []), "h", "w"]
+        video, rate = self.image.frames, self.image.sample_rate
+        shape = ["B", self.latent_channels, *(["t"] if video else [1] if self.spec.frames else []), "h", "w"]
+        if rate:
+            shape = ["B", self.latent_channels, "samples / " + str(self.factor)]
         return {
             "class": self.kind,
+            "media": self.image.media,
+            "frames": video.rule() if video else None,
+            "temporal_compression": video.ratio if video else None,
+            "fps": video.fps if video else None,
+            "sample_rate": rate,
             "latent_channels": self.latent_channels,
             "latent_layout": f"[{', '.join(map(str, shape))}]",
             "downsampling": self.factor,
@@ -229,7 +283,7 @@ class DiffusersBackend:
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
             "stochastic_encoder": self.spec.encoder == "posterior",
-            "pipeline_latents": self.pipeline.describe(),
+            "pipeline_latents": self.pipeline.describe() if self.pipeline else None,
             "decode_options": {name: option.description for name, option in self.decode_options.items()},
             "force_upcast": self.force_upcast,
             "dtype": str(self.dtype).removeprefix("torch."),
@@ -256,6 +310,9 @@ def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
         )
+    refused = CLASSES[kind].refuse(located.config)
+    if refused:
+        raise DiffusersError(f"{located.folder}: this {kind} is not served: {refused}")
     try:
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.
         return getattr(diffusers, kind).from_pretrained(

@@ -1,28 +1,33 @@
-"""Every image autoencoder class of diffusers that is served, and how each differs, as data.
+"""Every image, video and audio autoencoder class of diffusers that is served, and how each
+differs, as data.
 
 One row per class; the generic backend (app/engine/backends/diffusers.py) reads nothing else
 about a class. Each fact comes from the class's own code in diffusers 0.42
 (`diffusers/models/autoencoders/`) and, for the pipeline latents, from the pipeline that uses it
 (docs/api.md has the table with the test that proves each row). Video and audio autoencoders
-are more rows of the same kind (another issue): a row says its layout, its factors, its
-encoder's output and its decoder's extra inputs.
+are more rows of the same kind: a row says its layout, its factors (a video class's temporal
+compression too), its encoder's output and its decoder's extra inputs.
 """
 
 from __future__ import annotations
 
+import math
 from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
 Config = Mapping[str, Any]
 # What `encode()` returns: a diagonal Gaussian posterior (`.latent_dist`), or deterministic
-# latents (`.latents`, `.latent`): VQModel's are its unquantised latents (its decode quantises).
-Encoder = Literal["posterior", "latents", "latent"]
+# latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's):
+# VQModel's are its unquantised latents (its decode quantises).
+Encoder = Literal["posterior", "latents", "latent", "mode"]
 # How the class's pipelines normalise latents before the transformer sees them:
 # "scale": (z - shift_factor) * scaling_factor (SD, SDXL, Flux.1, Sana, ...);
 # "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
-# "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents.
-Normalisation = Literal["scale", "mean_std", "batch_norm"]
+# "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents;
+# "none": the pipelines' normalisation is not served (LTX-Video's statistics are weight buffers;
+# Cosmos's are per channel and latent frame, scaled by the pipeline's sigma_data).
+Normalisation = Literal["scale", "mean_std", "batch_norm", "none"]
 # The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
 # bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
 # the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
@@ -37,6 +42,22 @@ def blocks(key: str) -> Callable[[Config], int]:
 def downsamples(key: str) -> Callable[[Config], int]:
     """A factor of 2 per entry (Wan-style: one per temporal_downsample flag)."""
     return lambda config: 2 ** len(config[key])
+
+
+def ltx(axis: str, patch: str) -> Callable[[Config], int]:
+    """LTX-Video's compression along `axis` (spatial, temporal): the config's, else a factor of 2
+    per scaling block times the patch size, as AutoencoderKLLTXVideo computes it."""
+
+    def ratio(config: Config) -> int:
+        given = config.get(f"{axis}_compression_ratio")
+        return int(given) if given else int(config[patch]) * 2 ** sum(config["spatio_temporal_scaling"])
+
+    return ratio
+
+
+def product(key: str) -> Callable[[Config], int]:
+    """The product of the entries (Mochi: one expansion factor per decoder block)."""
+    return lambda config: math.prod(config[key])
 
 
 def value(key: str) -> Callable[[Config], int]:
@@ -60,6 +81,17 @@ class ClassSpec:
     latent_channels: str = "latent_channels"  # the config key
     image_channels: str | None = None  # the config key, where the class is not RGB-only
     frames: bool = False  # a video-shaped model used for one frame: images [B, C, 1, H, W], latents [B, C, 1, h, w]
+    # A video class: its temporal compression (frames per latent frame after the first, which is
+    # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
+    temporal: Callable[[Config], int] | None = None
+    frame_step: int | None = None  # frame counts go by this step (else by `temporal`): CogVideoX encodes 8 at a time
+    # A video class whose encoder and decoder take the frames as a batch of images [B * T, C, H, W]
+    # (its decoder with num_frames, for its temporal layers): Stable Video Diffusion's.
+    frames_as_images: bool = False
+    fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
+    sample_rate: str | None = None  # an audio class: the config key of its sample rate; waveforms [B, C, samples]
+    # Configs of the class that are not served: a config -> why not (None: served).
+    refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
@@ -106,11 +138,133 @@ CLASSES: dict[str, ClassSpec] = {
     ),
 }
 
+LTX_TIMESTEP = (
+    "LTX-Video 0.9.1+ (timestep_conditioning) decodes at a timestep with noise injected from a generator, "
+    "inputs from the request that are not served yet; LTX-Video 0.9.0 is"
+)
+
+# The video autoencoders: mostly causal 3D convolutions, the first frame alone, then `temporal`
+# frames per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
+VIDEO_CLASSES: dict[str, ClassSpec] = {
+    "AutoencoderKLWan": ClassSpec(
+        "posterior",
+        downsamples("temperal_downsample"),
+        "z_dim",
+        normalisation="mean_std",
+        gpu_dtype="float32",
+        temporal=lambda config: 2 ** sum(config["temperal_downsample"]),
+        fps=16,
+    ),
+    "AutoencoderKLHunyuanVideo": ClassSpec(
+        "posterior", value("spatial_compression_ratio"), temporal=value("temporal_compression_ratio"), fps=15
+    ),
+    # Encodes 8 frames (2 latent frames) at a time after the first: 1 + 8k frames (49 in its pipelines).
+    "AutoencoderKLCogVideoX": ClassSpec(
+        "posterior",
+        blocks("block_out_channels"),
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+        frame_step=8,
+        fps=8,
+    ),
+    "AutoencoderKLLTXVideo": ClassSpec(
+        "posterior",
+        ltx("spatial", "patch_size"),
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        temporal=ltx("temporal", "patch_size_t"),
+        refuse=lambda config: LTX_TIMESTEP if config.get("timestep_conditioning") else None,
+    ),
+    "AutoencoderKLHunyuanVideo15": ClassSpec(
+        "posterior",
+        value("spatial_compression_ratio"),
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+    ),
+    # 6 frames per latent frame (1 + 6k; 163 in its pipeline); MochiPipeline denormalises per
+    # channel (latents * latents_std / scaling_factor + latents_mean, scaling_factor 1.0).
+    "AutoencoderKLMochi": ClassSpec(
+        "posterior",
+        product("spatial_expansions"),
+        image_channels="out_channels",
+        normalisation="mean_std",
+        gpu_dtype="bfloat16",
+        temporal=product("temporal_expansions"),
+        fps=30,
+    ),
+    # EasyAnimate's: a factor of 2 in time per block after the second.
+    "AutoencoderKLMagvit": ClassSpec(
+        "posterior",
+        blocks("block_out_channels"),
+        gpu_dtype="bfloat16",
+        temporal=lambda config: 2 ** (len(config["block_out_channels"]) - 2),
+        fps=8,
+    ),
+    # Cosmos's: a deterministic encoder (an IdentityDistribution), the first frame alone then
+    # `temporal_compression_ratio` frames per latent frame.
+    "AutoencoderKLCosmos": ClassSpec(
+        "mode",
+        value("spatial_compression_ratio"),
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+        fps=30,
+    ),
+    # Stable Video Diffusion's: an image encoder, a decoder with temporal layers; no compression in
+    # time, so any frame count (25 in its pipeline), 7 fps as its pipeline's examples export.
+    "AutoencoderKLTemporalDecoder": ClassSpec(
+        "posterior", blocks("block_out_channels"), tiling=False, temporal=lambda config: 1, frames_as_images=True, fps=7
+    ),
+}
+CLASSES.update(VIDEO_CLASSES)
+
+# The audio autoencoders: waveforms [B, C, samples] in [-1, 1], latents [B, C, samples / hop].
+AUDIO_CLASSES: dict[str, ClassSpec] = {
+    # Stable Audio's; its own time tiling (30 s tiles) stays as the class has it: off.
+    "AutoencoderOobleck": ClassSpec(
+        "posterior",
+        product("downsampling_ratios"),
+        "decoder_input_channels",
+        "audio_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sampling_rate",
+    ),
+    # SAME's (Stable Audio 3): a deterministic encoder; patches of `patch_size` samples, then the
+    # encoder's strides. Its pipelines decode the latents as they are (no scaling_factor: 1.0).
+    "AutoencoderSAME": ClassSpec(
+        "latents",
+        lambda config: int(config["patch_size"]) * math.prod(config["encoder_strides"]),
+        "latent_dim",
+        "audio_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sampling_rate",
+    ),
+}
+CLASSES.update(AUDIO_CLASSES)
+
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {
     "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
-    "pipeline reorders latent frames into channels (_restore_image_tokens_order): the video issue",
-    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): the video issue",
+    "pipeline reorders latent frames into channels (_restore_image_tokens_order): not yet a row",
+    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): not yet a row",
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
+    # Video and audio classes without a row yet (docs/api.md says what each needs).
+    "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
+    "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
+    "not yet a row",
+    "AutoencoderKLKVAEVideo": "not yet a row",
+    "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
+    "needs the accelerate package, not installed here",
+    "AutoencoderVidTok": "not yet a row",
+    "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
+    "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
+    "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
+    "AutoencoderKLKVAEAudio": "not yet a row",
+    "AutoencoderKLMiniMaxH3Audio": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), "
+    "which needs the accelerate package, not installed here",
+    "Cosmos3AVAEAudioTokenizer": "not yet a row",
+    "LongCatAudioDiTVae": "not yet a row",
 }

@@ -63,21 +63,22 @@ class PipelineSpace:
     patched: bool = False
     packed_only: bool = False  # its pipelines hand over packed latents only (Flux.2)
 
-    def _stats(self, channels: int) -> tuple[np.ndarray, np.ndarray]:
-        shape = (1, channels, 1, 1) if self.mean.size > 1 else ()
+    def _stats(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        """Per channel (dim 1) of latents of any rank: [B, C, h, w], or a video's [B, C, t, h, w]."""
+        shape = (1, z.shape[1], *(1,) * (z.ndim - 2)) if self.mean.size > 1 else ()
         return self.mean.reshape(shape), self.std.reshape(shape)
 
     def to_vae(self, z: np.ndarray) -> np.ndarray:
         if self.patched:
             z = patchify(z)
-        mean, std = self._stats(z.shape[1])
+        mean, std = self._stats(z)
         z = z * std + mean
         return unpatchify(z) if self.patched else z
 
     def from_vae(self, z: np.ndarray) -> np.ndarray:
         if self.patched:
             z = patchify(z)
-        mean, std = self._stats(z.shape[1])
+        mean, std = self._stats(z)
         z = (z - mean) / std
         return unpatchify(z) if self.patched else z
 

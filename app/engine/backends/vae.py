@@ -44,7 +44,9 @@ class VAEBackend:
     def dtype(self) -> torch.dtype:
         return self.vae.dtype
 
-    def latent_shape(self, height: int | None = None, width: int | None = None) -> LatentShape:
+    def latent_shape(
+        self, height: int | None = None, width: int | None = None, frames: int | None = None
+    ) -> LatentShape:
         return (self.config.latent_dim,)
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:

@@ -136,6 +136,11 @@ def test_remote_decode_equals_in_process(
     data, _, _ = tensor_bytes(z[:1].numpy())
     png = post(server, name, "decode", data, shape=[1, *z.shape[1:]], image_format="png", do_scaling="false")
     assert Image.open(io.BytesIO(png.content)).mode == reference.mode  # RGBA for a four-channel model
+    # pil with a processor: the client asks a tensor in [0, 1] (Accept: tensor/binary) and makes the images.
+    images = remote_decode(endpoint, z, output_type="pil", return_type="pil", processor=VaeImageProcessor(), **RAW)
+    references = VaeImageProcessor().postprocess(expected)
+    assert len(images) == 2 and images[1].size == (24, 16)
+    assert_pixels_close(np.asarray(images[1]), np.asarray(references[1].convert(images[1].mode)))
 
 
 @pytest.mark.parametrize("name", NAMES)

@@ -1,0 +1,183 @@
+"""Every served diffusers audio autoencoder class over HTTP: decode to a WAV or FLAC file that
+reads back (soundfile) with the model's rate, channels and length and the samples the model
+gives in-process (to 16-bit rounding), float32 waveform tensors within 1e-5, encode of a
+waveform tensor, and clear refusals."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from tests.diffusers_audio_models import SAMPLE_RATE, save_audio_classes
+from tests.diffusers_models import served
+
+diffusers = pytest.importorskip("diffusers")
+soundfile = pytest.importorskip("soundfile")  # the media extra
+soxr = pytest.importorskip("soxr")
+LATENT_STEPS = 100  # of 8 samples: 800 samples, stereo
+
+
+@pytest.fixture(scope="module")
+def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, torch.nn.Module]]:
+    """A real server of the tiny Oobleck, and the same folder loaded by diffusers itself."""
+    folder = save_audio_classes(tmp_path_factory.mktemp("audio"))["tiny-oobleck"]
+    reference = diffusers.AutoencoderOobleck.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+    with served(folder.parent, tmp_path_factory.mktemp("logs")) as replica:
+        yield replica.url, reference.eval()
+
+
+def latents(seed: int = 0) -> np.ndarray:
+    return np.random.default_rng(seed).standard_normal((1, 6, LATENT_STEPS)).astype(np.float32)
+
+
+def in_process(reference: torch.nn.Module, z: np.ndarray) -> np.ndarray:
+    with torch.inference_mode():
+        return reference.decode(torch.from_numpy(z)).sample.numpy()  # [B, C, samples] in [-1, 1]
+
+
+def decode(url: str, z: np.ndarray, **query: object) -> httpx.Response:
+    return httpx.post(
+        f"{url}/v1/models/tiny-oobleck/decode", params={"shape": list(z.shape), **query}, content=z.tobytes()
+    )
+
+
+@pytest.mark.parametrize("audio_format", ["wav", "flac"])
+def test_a_file_reads_back_with_the_models_rate_channels_and_length(
+    model: tuple[str, torch.nn.Module], audio_format: str
+) -> None:
+    url, reference = model
+    z = latents()
+    answer = decode(url, z, output_type=audio_format)
+    assert answer.status_code == 200 and answer.headers["content-type"] == f"audio/{audio_format}"
+    samples, rate = soundfile.read(io.BytesIO(answer.content), dtype="float32")
+    info = soundfile.info(io.BytesIO(answer.content))
+    assert rate == SAMPLE_RATE and info.channels == 2 and info.frames == LATENT_STEPS * 8
+    assert info.subtype == "PCM_16"
+    expected = np.clip(in_process(reference, z)[0].T, -1, 1)
+    np.testing.assert_allclose(samples, expected, rtol=0, atol=1.5 / 2**15)  # 16-bit rounding
+
+
+def test_a_tensor_equals_diffusers(model: tuple[str, torch.nn.Module]) -> None:
+    url, reference = model
+    z = np.concatenate([latents(1), latents(2)])
+    answer = decode(url, z, output_type="pt")
+    assert answer.status_code == 200 and json.loads(answer.headers["shape"]) == [2, 2, LATENT_STEPS * 8]
+    waves = np.frombuffer(answer.content, np.float32).reshape(2, 2, -1)
+    np.testing.assert_allclose(waves, in_process(reference, z), rtol=0, atol=1e-5)
+
+
+def test_encode_a_waveform_equals_diffusers(model: tuple[str, torch.nn.Module]) -> None:
+    url, reference = model
+    wave = np.random.default_rng(3).uniform(-1, 1, (1, 2, 400)).astype(np.float32)
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/encode", params={"shape": [1, 2, 400]}, content=wave.tobytes())
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    with torch.inference_mode():
+        expected = reference.encode(torch.from_numpy(wave)).latent_dist.mean.numpy()
+    assert z.shape == (1, 6, 50)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "query", "message"),
+    [
+        ([1, 6, 100], {"output_type": "pil"}, "makes audios: use wav or flac or pt"),
+        ([1, 6, 100], {"output_type": "mp4"}, "makes audios"),
+        ([1, 6, 100], {"output_type": "pt", "partial_postprocess": True}, "waveforms have no 8-bit form"),
+        ([2, 6, 100], {"output_type": "wav"}, "output_type=wav returns one file"),
+        ([1, 5, 100], {"output_type": "wav"}, "does not fit model 'tiny-oobleck'"),
+        ([1, 6, 1_300_000], {"output_type": "pt"}, "samples of audio at 16000 Hz in all (VAE_MAX_SECONDS)"),
+    ],
+)
+def test_requests_the_model_cannot_take_are_refused(
+    model: tuple[str, torch.nn.Module], shape: list[int], query: dict[str, object], message: str
+) -> None:
+    url, _ = model
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/decode", params={"shape": shape, **query}, content=b"")
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+
+
+def test_image_endpoints_refuse_an_audio_model(model: tuple[str, torch.nn.Module]) -> None:
+    url, _ = model
+    answer = httpx.get(f"{url}/v1/sample", params={"model": "tiny-oobleck", "n": 1}, timeout=60)
+    assert answer.status_code == 422 and "makes audio, not images" in answer.json()["detail"]
+    image = io.BytesIO()
+    Image.new("RGB", (8, 8)).save(image, "PNG")
+    files = {"files": ("a.png", image.getvalue())}
+    answer = httpx.post(f"{url}/v1/reconstruct", files=files, data={"model": "tiny-oobleck"})
+    assert answer.status_code == 422 and "encodes audio, not images" in answer.json()["detail"]
+
+
+def audio_file(samples: np.ndarray, rate: int = SAMPLE_RATE, audio_format: str = "WAV") -> bytes:
+    """[samples, C] float32 as a 16-bit file."""
+    buffer = io.BytesIO()
+    soundfile.write(buffer, samples, rate, subtype="PCM_16", format=audio_format)
+    return buffer.getvalue()
+
+
+def tone(samples: int, channels: int = 2) -> np.ndarray:
+    t = np.arange(samples)[:, None] / SAMPLE_RATE
+    return (0.5 * np.sin(2 * np.pi * 440 * t * np.arange(1, channels + 1))).astype(np.float32)
+
+
+@pytest.mark.parametrize(("audio_format", "channels"), [("WAV", 2), ("FLAC", 2), ("WAV", 1)])
+def test_an_uploaded_file_encodes_as_its_samples_do(
+    model: tuple[str, torch.nn.Module], audio_format: str, channels: int
+) -> None:
+    url, reference = model
+    data = audio_file(tone(797, channels), audio_format=audio_format)  # padded with silence to 800
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/encode", content=data)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    samples, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    wave = np.pad(np.repeat(samples.T, 2 // channels, axis=0), ((0, 0), (0, 3)))[None]
+    with torch.inference_mode():
+        expected = reference.encode(torch.from_numpy(wave)).latent_dist.mean.numpy()
+    assert z.shape == (1, 6, 100)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
+
+
+def test_another_rate_is_resampled_to_the_models(model: tuple[str, torch.nn.Module]) -> None:
+    url, reference = model
+    samples = tone(1102)  # 22050 Hz: 800 samples at 16000 Hz
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/encode", content=audio_file(samples, rate=22050))
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    stored, _ = soundfile.read(io.BytesIO(audio_file(samples, rate=22050)), dtype="float32", always_2d=True)
+    wave = soxr.resample(stored, 22050, SAMPLE_RATE, quality="HQ").T
+    wave = np.pad(wave, ((0, 0), (0, -wave.shape[1] % 8)))[None]
+    with torch.inference_mode():
+        expected = reference.encode(torch.from_numpy(np.ascontiguousarray(wave))).latent_dist.mean.numpy()
+    assert z.shape == expected.shape == (1, 6, 100)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
+
+
+def too_long() -> bytes:
+    """601 s of mono silence (19 MB, under the body limit): refused from the header, no sample read.
+    (A header that claims more samples than the file holds is clamped by libsndfile to what it holds.)"""
+    return audio_file(np.zeros((601 * SAMPLE_RATE, 1), np.float32))
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (audio_file(np.zeros((800, 3), np.float32)), 422, "3 channels; this model takes 2"),
+        (too_long(), 413, "601.0 s of audio, over the 600 s limit (VAE_MAX_SECONDS)"),
+        (b"RIFF\x00\x00\x00\x00WAVEjunkjunk", 422, "body: not a readable WAV file"),
+        (b"fLaC" + b"\x00" * 40, 422, "body: not a readable FLAC file"),
+        (b"ID3\x03" + b"\x00" * 40, 422, "body: not a WAV or FLAC file"),
+    ],
+)
+def test_hostile_or_unfit_files_are_refused(
+    model: tuple[str, torch.nn.Module], data: bytes, status: int, message: str
+) -> None:
+    url, _ = model
+    answer = httpx.post(f"{url}/v1/models/tiny-oobleck/encode", content=data)
+    assert answer.status_code == status and message in answer.json()["detail"], answer.text

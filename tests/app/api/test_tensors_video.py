@@ -1,0 +1,258 @@
+"""Every served diffusers video autoencoder class through diffusers' own `remote_decode` client
+against a real server, each of the answers that client asks for (mp4, pt with a VideoProcessor,
+partial_postprocess, pil with a processor), equal to the same model in-process (float32 within
+1e-5, pixels within one level: tests/app/api/test_tensors.py says why not bit for bit); the mp4
+read back with PyAV has the frames and size decoded."""
+
+from __future__ import annotations
+
+import io
+import json
+from collections.abc import Iterator
+from pathlib import Path
+
+import httpx
+import numpy as np
+import pytest
+import torch
+from PIL import Image
+
+from app.engine.backends.diffusers import as_images, as_video
+from app.tensors import tensor_bytes
+from tests.diffusers_models import served
+from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, save_video_classes
+
+diffusers = pytest.importorskip("diffusers")
+av = pytest.importorskip("av")  # the media extra
+from diffusers.utils.remote_utils import remote_decode
+from diffusers.video_processor import VideoProcessor
+
+FLOAT_TOLERANCE = 1e-5
+RAW = {"do_scaling": False}  # the VAE's own latents, unscaled
+FRAMES, HEIGHT, WIDTH = 9, 16, 24  # three latent frames of 1 + 4k (Mochi, 1 + 6k: 13)
+MOCHI_FRAMES = 13
+
+
+@pytest.fixture(scope="module")
+def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Module]:
+    """Each tiny model, as diffusers itself loads its folder."""
+    folders = save_video_classes(tmp_path_factory.mktemp("video-served"))
+    loaded = {}
+    for name, folder in folders.items():
+        kind = json.loads((folder / "config.json").read_text())["_class_name"]
+        model = getattr(diffusers, kind).from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+        loaded[name] = model.eval()
+    return loaded
+
+
+@pytest.fixture(scope="module")
+def server(models: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
+    folder = Path(str(models["tiny-wan"].config["_name_or_path"])).parent
+    with served(folder, tmp_path_factory.mktemp("logs"), max_pixels=MOCHI_FRAMES * HEIGHT * WIDTH) as replica:
+        yield replica.url
+
+
+def frames_of(model: torch.nn.Module) -> int:
+    return MOCHI_FRAMES if type(model).__name__ == "AutoencoderKLMochi" else FRAMES
+
+
+def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
+    """Latents of a 16x24 video of three latent frames: the encoder's posterior mean of a random one."""
+    generator = torch.Generator().manual_seed(seed)
+    video = torch.rand(1, 3, frames_of(model), HEIGHT, WIDTH, generator=generator) * 2 - 1
+    with torch.inference_mode():
+        if svd(model):
+            return as_video(model.encode(as_images(video)).latent_dist.mean, 1).contiguous()
+        if type(model).__name__ == "AutoencoderKLCosmos":  # deterministic latents
+            return model.encode(video).latent_dist.mode().contiguous()
+        # Contiguous: diffusers' client sends a tensor's storage as it lies (Mochi's mean is a strided view).
+        return model.encode(video).latent_dist.mean.contiguous()
+
+
+def svd(model: torch.nn.Module) -> bool:
+    """Stable Video Diffusion's VAE takes frames as a batch of images (its pipeline's layout)."""
+    return type(model).__name__ == "AutoencoderKLTemporalDecoder"
+
+
+def in_process(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    with torch.inference_mode():
+        if svd(model):
+            return as_video(model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
+        return model.decode(z).sample  # [B, C, F, H, W] in [-1, 1]
+
+
+def pixels(video: torch.Tensor) -> np.ndarray:
+    """[1, C, F, H, W] in [-1, 1] -> uint8 [F, H, W, C], as VideoProcessor makes them."""
+    return (video[0].permute(1, 2, 3, 0).clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8).numpy()
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_pt_with_a_video_processor_equals_diffusers(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    decoded = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pt", **RAW)
+    expected = in_process(model, z)
+    assert decoded.shape == (1, 3, frames_of(model), HEIGHT, WIDTH) and decoded.dtype == torch.float32
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=FLOAT_TOLERANCE)
+    frames = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pil", **RAW)
+    assert len(frames) == frames_of(model) and frames[0].size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_partial_postprocess_gives_uint8_frames(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    frames = remote_decode(endpoint, z, output_type="pt", partial_postprocess=True, return_type="pt", **RAW)
+    assert frames.shape == (frames_of(model), HEIGHT, WIDTH, 3) and frames.dtype == torch.uint8
+    difference = np.abs(frames.numpy().astype(int) - pixels(in_process(model, z)).astype(int))
+    assert difference.max() <= 1
+    images = remote_decode(endpoint, z, output_type="pt", partial_postprocess=True, return_type="pil", **RAW)
+    assert len(images) == frames_of(model) and images[0].size == (WIDTH, HEIGHT)
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_pil_with_a_processor_gives_the_frames(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    images = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pil", return_type="pil", **RAW)
+    assert len(images) == frames_of(model) and images[0].size == (WIDTH, HEIGHT)
+    expected = pixels(in_process(model, z))
+    assert np.abs(np.asarray(images[4]).astype(int) - expected[4].astype(int)).max() <= 1
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+def test_mp4_reads_back_with_its_frames_and_size(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
+    model = models[name]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/{name}/decode"
+    data = remote_decode(endpoint, z, output_type="mp4", return_type="mp4", **RAW)
+    with av.open(io.BytesIO(data)) as container:
+        stream = container.streams.video[0]
+        assert stream.codec_context.name == "h264" and stream.codec_context.pix_fmt == "yuv420p"
+        decoded = [frame.to_ndarray(format="rgb24") for frame in container.decode(stream)]
+        rate = stream.average_rate
+    assert len(decoded) == frames_of(model) and decoded[0].shape == (HEIGHT, WIDTH, 3)
+    assert rate == httpx.get(f"{server}/v1/models/{name}").json()["details"]["fps"]  # the model's frame rate
+
+
+def test_wan_pipeline_latents_are_denormalised_per_channel(models: dict[str, torch.nn.Module], server: str) -> None:
+    model = models["tiny-wan"]
+    z = latents(model)
+    shape = (1, len(WAN_MEAN), 1, 1, 1)
+    mean, std = torch.tensor(WAN_MEAN).reshape(shape), torch.tensor(WAN_STD).reshape(shape)
+    normalised = (z - mean) / std  # what WanPipeline's transformer works on
+    endpoint = f"{server}/v1/models/tiny-wan/decode?latents=pipeline"
+    decoded = remote_decode(endpoint, normalised, processor=VideoProcessor(), output_type="pt", return_type="pt")
+    torch.testing.assert_close(decoded, in_process(model, normalised * std + mean), rtol=0, atol=FLOAT_TOLERANCE)
+
+
+def test_encode_a_video_tensor_equals_diffusers(models: dict[str, torch.nn.Module], server: str) -> None:
+    model = models["tiny-hunyuanvideo"]
+    video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)) * 2 - 1
+    data, shape, _ = tensor_bytes(video.numpy())
+    answer = httpx.post(f"{server}/v1/models/tiny-hunyuanvideo/encode", params={"shape": shape}, content=data)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    with torch.inference_mode():
+        expected = model.encode(video).latent_dist.mean.numpy()
+    assert z.shape == (1, 4, 3, 2, 3)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("name", "shape", "query", "message"),
+    [
+        ("tiny-cogvideox", [1, 4, 2, 2, 3], {}, "2 latent frames decode to 5 frames; model 'tiny-cogvideox' takes"),
+        ("tiny-wan", [16, 2, 3], {}, "takes latents [B, C, t, h, w]"),
+        ("tiny-wan", [1, 16, 66, 2, 3], {}, "frames of the video (VAE_MAX_FRAMES): at most 257 allowed, got 261"),
+        ("tiny-wan", [2, 16, 3, 1, 1], {"output_type": "mp4"}, "output_type=mp4 returns one file"),
+        ("tiny-wan", [1, 16, 3, 2, 3], {"output_type": "pil"}, "makes videos: use mp4 or pt"),
+        ("tiny-wan", [1, 16, 3, 2, 3], {"fps": 8, "output_type": "pt"}, "fps: the frame rate of an mp4 answer"),
+        ("tiny-ltx", [1, 8, 3, 4, 6], {"latents": "pipeline", "output_type": "pt"}, "has no pipeline latents"),
+    ],
+)
+def test_video_requests_the_model_cannot_take_are_refused(
+    server: str, name: str, shape: list[int], query: dict[str, object], message: str
+) -> None:
+    body = np.zeros(shape, np.float32).tobytes()
+    answer = httpx.post(f"{server}/v1/models/{name}/decode", params={"shape": shape, **query}, content=body)
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+
+
+def test_what_the_listing_says_of_a_video_model(server: str) -> None:
+    info = httpx.get(f"{server}/v1/models/tiny-wan").json()
+    assert info["image_shape"] == [3, 5, 512, 512] and info["latent_shape"] == [16, None, None, None]
+    assert info["details"]["media"] == "video" and info["details"]["frames"] == "1 + 4k"
+    assert info["details"]["latent_layout"] == "[B, 16, t, h, w]" and info["details"]["fps"] == 16
+
+
+def test_the_other_endpoints_take_a_still_as_a_one_frame_video(server: str) -> None:
+    png = io.BytesIO()
+    Image.fromarray(np.full((HEIGHT, WIDTH, 3), 128, np.uint8)).save(png, "PNG")
+    files = {"files": ("still.png", png.getvalue())}
+    grid = httpx.post(f"{server}/v1/reconstruct", files=files, data={"model": "tiny-wan"}, timeout=60)
+    assert grid.status_code == 200 and Image.open(io.BytesIO(grid.content)).size == (WIDTH, HEIGHT)
+    scores = httpx.post(f"{server}/v1/score", files=files, data={"model": "tiny-wan"}, timeout=60)
+    assert scores.status_code == 200 and scores.json()["scores"][0]["mse"] > 0
+    v2 = httpx.get(f"{server}/v2/models/tiny-wan.decode").json()
+    assert v2["inputs"][0]["shape"] == [-1, 16, -1, -1, -1] and v2["outputs"][0]["shape"] == [-1, -1, -1, -1, 3]
+
+
+def clip(frames: int, height: int = HEIGHT, width: int = WIDTH, kind: str = "mp4") -> bytes:
+    """A clip of smooth random frames (codecs keep them close), written with PyAV."""
+    generator = np.random.default_rng(frames)
+    base = generator.integers(64, 192, (1, height, width, 3))
+    pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
+    codec, container_format, pix_fmt = {
+        "mp4": ("libx264", "mp4", "yuv420p"),
+        "webm": ("libvpx-vp9", "webm", "yuv420p"),
+        "gif": ("gif", "gif", "rgb8"),
+    }[kind]
+    buffer = io.BytesIO()
+    with av.open(buffer, mode="w", format=container_format) as container:
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
+        for frame in pixels:
+            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
+        container.mux(stream.encode())
+    return buffer.getvalue()
+
+
+def frames_read(data: bytes) -> np.ndarray:
+    with av.open(io.BytesIO(data)) as container:
+        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
+
+
+@pytest.mark.parametrize("kind", ["mp4", "webm", "gif"])
+def test_an_uploaded_clip_encodes_as_its_frames_do(models: dict[str, torch.nn.Module], server: str, kind: str) -> None:
+    data = clip(FRAMES, kind=kind)
+    answer = httpx.post(f"{server}/v1/models/tiny-wan/encode", content=data, timeout=60)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    frames = torch.from_numpy(frames_read(data)).permute(3, 0, 1, 2)[None].float() / 255
+    with torch.inference_mode():
+        expected = models["tiny-wan"].encode(frames * 2 - 1).latent_dist.mean.numpy()
+    assert z.shape == (1, 16, 3, 2, 3)
+    np.testing.assert_allclose(z, expected, rtol=0, atol=FLOAT_TOLERANCE)
+
+
+@pytest.mark.parametrize(
+    ("data", "status", "message"),
+    [
+        (clip(10), 422, "the video has 10 frames; this model takes 1 + 4k frames"),
+        (clip(1, 40, 128), 413, "frames are 128x40 pixels, over the 4992-pixel limit"),
+        (clip(17), 413, "at most 257 frames (VAE_MAX_FRAMES) and 4992 pixels in all"),
+        (clip(FRAMES, 20, 24), 422, "frames are 24x20; this model needs sides that are multiples of 8"),
+        (clip(FRAMES)[:300], 422, "body: not a readable mp4 video"),
+        (b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 4, 422, "body: not a readable mp4 video"),
+        (b"\x1a\x45\xdf\xa3" + b"\xff" * 64, 422, "body: not a readable matroska video"),
+        (b"GIF89a" + b"\x00" * 8, 422, "body: not a readable gif video"),
+        (b"RIFF....WAVE", 422, "body: not an mp4, WebM or GIF video"),
+    ],
+)
+def test_hostile_or_unfit_clips_are_refused(server: str, data: bytes, status: int, message: str) -> None:
+    answer = httpx.post(f"{server}/v1/models/tiny-wan/encode", content=data, timeout=60)
+    assert answer.status_code == status and message in answer.json()["detail"], answer.text

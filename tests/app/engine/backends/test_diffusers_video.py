@@ -1,0 +1,113 @@
+"""Every served diffusers video autoencoder class, in-process: the backend computes what the
+class computes in diffusers for videos [B, C, T, H, W], with the frame counts it takes."""
+
+from __future__ import annotations
+
+from pathlib import Path
+
+import pytest
+import torch
+
+from app.engine.backends.diffusers import DiffusersBackend, LatentGaussian, as_images, as_video, load_diffusers
+from app.engine.backends.diffusers_classes import VIDEO_CLASSES
+from app.engine.passes import Passes
+from tests.diffusers_video_models import TINY_VIDEO, save_video_classes
+
+diffusers = pytest.importorskip("diffusers")
+CPU = torch.device("cpu")
+
+
+@pytest.fixture(scope="module")
+def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[DiffusersBackend, torch.nn.Module]]:
+    """Each model served, and the same folder loaded by diffusers itself."""
+    models = {}
+    for name, folder in save_video_classes(tmp_path_factory.mktemp("video")).items():
+        backend = load_diffusers(folder, CPU)
+        cls = getattr(diffusers, backend.kind)
+        models[name] = (backend, cls.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False).eval())
+    return models
+
+
+def video(frames: int, seed: int = 0, height: int = 16, width: int = 24) -> torch.Tensor:
+    generator = torch.Generator().manual_seed(seed)
+    return (torch.randint(0, 256, (1, 3, frames, height, width), generator=generator) / 255.0).float()
+
+
+def test_every_video_class_has_a_tiny_model() -> None:
+    assert {kind for kind, _ in TINY_VIDEO.values()} == set(VIDEO_CLASSES)
+
+
+@pytest.mark.parametrize("name", list(TINY_VIDEO))
+@torch.inference_mode()
+def test_encode_and_decode_equal_diffusers(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
+) -> None:
+    backend, model = loaded[name]
+    rule = backend.image.frames
+    assert rule is not None
+    frames = rule.first + 2 * rule.ratio  # three latent frames
+    assert rule.accepts(frames) and rule.latent(frames) == 3 and rule.decoded(3) == frames
+    x = video(frames)
+    q = backend.encode(x)
+    if backend.spec.encoder == "mode":  # Cosmos's deterministic latents
+        assert isinstance(q, torch.Tensor) and backend.features == {"encoder", "decoder"}
+        assert torch.equal(q, model.encode(x * 2.0 - 1.0).latent_dist.mode())
+        torch.testing.assert_close(backend.decode(q), model.decode(q).sample * 0.5 + 0.5, rtol=0, atol=1e-5)
+        return
+    assert isinstance(q, LatentGaussian)
+    assert tuple(q.mean.shape) == (1, *backend.latent_shape(16, 24, frames))
+    if backend.spec.frames_as_images:  # SVD's: frames as a batch of images, the decoder told how many
+        encoded = model.encode(as_images(x) * 2.0 - 1.0).latent_dist
+        assert torch.equal(q.mean, as_video(encoded.mean, 1)) and torch.equal(q.variance, as_video(encoded.var, 1))
+        expected = as_video(model.decode(as_images(q.mean), num_frames=frames).sample, 1)
+    else:
+        encoded = model.encode(x * 2.0 - 1.0).latent_dist
+        assert torch.equal(q.mean, encoded.mean) and torch.equal(q.variance, encoded.var)
+        expected = model.decode(q.mean).sample
+    decoded = backend.decode(q.mean)
+    assert decoded.shape == x.shape
+    torch.testing.assert_close(decoded, expected * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]]) -> None:
+    facts = {name: backend.describe() for name, (backend, _) in loaded.items()}
+    assert facts["tiny-wan"]["latent_layout"] == "[B, 16, t, h, w]" and facts["tiny-wan"]["frames"] == "1 + 4k"
+    assert facts["tiny-cogvideox"]["frames"] == "1 + 8k"  # CogVideoX encodes 8 frames at a time
+    cog = loaded["tiny-cogvideox"][0].image.frames
+    assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
+    assert {name: fact["downsampling"] for name, fact in facts.items()} == {
+        "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-hunyuanvideo15": 8, "tiny-cogvideox": 8, "tiny-ltx": 4,
+        "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4,
+    }  # fmt: skip
+    assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
+    assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count
+    for backend, _ in loaded.values():
+        assert backend.image.media == "video" and backend.latent_shape() == (backend.latent_channels, None, None, None)
+
+
+@pytest.mark.parametrize("name", ["tiny-wan", "tiny-ltx"])
+@torch.inference_mode()
+def test_passes_calibrate_and_sample_on_videos(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
+) -> None:
+    backend, _ = loaded[name]
+    passes = Passes(backend, max_rows=2)
+    passes.calibrate()
+    z = backend.prior(2, torch.Generator().manual_seed(0))
+    native = backend.image.frames.native  # type: ignore[union-attr]
+    assert z.shape == (2, *backend.latent_shape(backend.sample_size, backend.sample_size, native))
+    # The prior's native size (no sample_size in these configs: 512) is large; decode a crop of it.
+    crop = z[..., :2, :3]
+    decoded = passes.decode(crop, None)
+    assert decoded.shape == (2, 3, native, 2 * backend.factor, 3 * backend.factor)
+    assert torch.equal(decoded[1:], passes.decode(crop[1:], None))  # a row alone: the same bits
+
+
+def test_ltx_091_with_a_decode_timestep_is_refused_at_load(tmp_path: Path) -> None:
+    from app.engine.backends.diffusers_folders import DiffusersError
+    from tests.diffusers_models import save
+
+    kind, config = TINY_VIDEO["tiny-ltx"]
+    folder = save(tmp_path, {"ltx-091": (kind, {**config, "timestep_conditioning": True})})["ltx-091"]
+    with pytest.raises(DiffusersError, match="timestep_conditioning"):
+        load_diffusers(folder, CPU)

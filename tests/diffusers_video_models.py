@@ -1,0 +1,161 @@
+"""Tiny random diffusers video autoencoders of every served video class, from the small configs
+of diffusers' own tests (tests/models/autoencoders/test_models_autoencoder_*.py)."""
+
+from __future__ import annotations
+
+from pathlib import Path
+from typing import Any
+
+from tests.diffusers_models import save
+
+# Wan's per-channel statistics, not the identity, so that a pipeline's normalisation shows.
+WAN_MEAN = [0.1 * (i % 5) - 0.2 for i in range(16)]
+WAN_STD = [0.5 + 0.25 * (i % 4) for i in range(16)]
+
+# name: (class, config); each compresses 8x in space (LTX, Cosmos: 4x) and 4x in time, 1 + 4k frames
+# (CogVideoX: 1 + 8k; Mochi 6x: 1 + 6k; SVD's 2x in space, none in time).
+TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny-wan": (
+        "AutoencoderKLWan",
+        {
+            "base_dim": 3,
+            "z_dim": 16,
+            "dim_mult": [1, 1, 1, 1],
+            "num_res_blocks": 1,
+            "temperal_downsample": [False, True, True],
+            "latents_mean": WAN_MEAN,
+            "latents_std": WAN_STD,
+        },
+    ),
+    "tiny-hunyuanvideo": (
+        "AutoencoderKLHunyuanVideo",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "down_block_types": ["HunyuanVideoDownBlock3D"] * 4,
+            "up_block_types": ["HunyuanVideoUpBlock3D"] * 4,
+            "block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": 1,
+            "act_fn": "silu",
+            "norm_num_groups": 4,
+            "scaling_factor": 0.476986,
+            "spatial_compression_ratio": 8,
+            "temporal_compression_ratio": 4,
+            "mid_block_add_attention": True,
+        },
+    ),
+    # No tiny config in diffusers' tests: its defaults at 8x (16x in the released model), 8 channels.
+    "tiny-hunyuanvideo15": (
+        "AutoencoderKLHunyuanVideo15",
+        {
+            "latent_channels": 4,
+            "block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": 1,
+            "spatial_compression_ratio": 8,
+            "temporal_compression_ratio": 4,
+        },
+    ),
+    "tiny-cogvideox": (
+        "AutoencoderKLCogVideoX",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["CogVideoXDownBlock3D"] * 4,
+            "up_block_types": ["CogVideoXUpBlock3D"] * 4,
+            "block_out_channels": [8, 8, 8, 8],
+            "latent_channels": 4,
+            "layers_per_block": 1,
+            "norm_num_groups": 2,
+            "temporal_compression_ratio": 4,
+            "scaling_factor": 1.15258426,
+        },
+    ),
+    # LTX-Video 0.9.0 (no decode timestep).
+    "tiny-ltx": (
+        "AutoencoderKLLTXVideo",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 8,
+            "block_out_channels": [8, 8, 8, 8],
+            "decoder_block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": [1, 1, 1, 1, 1],
+            "decoder_layers_per_block": [1, 1, 1, 1, 1],
+            "spatio_temporal_scaling": [True, True, False, False],
+            "decoder_spatio_temporal_scaling": [True, True, False, False],
+            "decoder_inject_noise": [False, False, False, False, False],
+            "upsample_residual": [False, False, False, False],
+            "upsample_factor": [1, 1, 1, 1],
+            "timestep_conditioning": False,
+            "patch_size": 1,
+            "patch_size_t": 1,
+            "encoder_causal": True,
+            "decoder_causal": False,
+        },
+    ),
+    "tiny-mochi": (
+        "AutoencoderKLMochi",
+        {
+            "in_channels": 15,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "encoder_block_out_channels": [32, 32, 32, 32],
+            "decoder_block_out_channels": [32, 32, 32, 32],
+            "layers_per_block": [1, 1, 1, 1, 1],
+            "act_fn": "silu",
+            "scaling_factor": 1.0,
+            "latents_mean": WAN_MEAN[:4],
+            "latents_std": WAN_STD[:4],
+        },
+    ),
+    "tiny-magvit": (
+        "AutoencoderKLMagvit",
+        {
+            "in_channels": 3,
+            "latent_channels": 4,
+            "out_channels": 3,
+            "block_out_channels": [8, 8, 8, 8],
+            "down_block_types": ["SpatialDownBlock3D", *["SpatialTemporalDownBlock3D"] * 3],
+            "up_block_types": ["SpatialUpBlock3D", *["SpatialTemporalUpBlock3D"] * 3],
+            "layers_per_block": 1,
+            "norm_num_groups": 8,
+            "spatial_group_norm": True,
+        },
+    ),
+    "tiny-cosmos": (
+        "AutoencoderKLCosmos",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 4,
+            "encoder_block_out_channels": [8, 8, 8, 8],
+            "decode_block_out_channels": [8, 8, 8, 8],
+            "attention_resolutions": [8],
+            "resolution": 64,
+            "num_layers": 2,
+            "patch_size": 4,
+            "patch_type": "haar",
+            "scaling_factor": 1.0,
+            "spatial_compression_ratio": 4,
+            "temporal_compression_ratio": 4,
+        },
+    ),
+    # Stable Video Diffusion's: no compression in time (any frame count).
+    "tiny-svd": (
+        "AutoencoderKLTemporalDecoder",
+        {
+            "block_out_channels": [32, 64],
+            "in_channels": 3,
+            "out_channels": 3,
+            "down_block_types": ["DownEncoderBlock2D", "DownEncoderBlock2D"],
+            "latent_channels": 4,
+            "layers_per_block": 2,
+        },
+    ),
+}
+
+
+def save_video_classes(folder: Path, names: list[str] | None = None) -> dict[str, Path]:
+    """A folder per served video class (or the `names` among them) in `folder`."""
+    return save(folder, {name: TINY_VIDEO[name] for name in names or TINY_VIDEO})

@@ -308,59 +308,44 @@ class Batcher(Generic[In, Out]):
                 if self._on_batch:
                     waited = started * len(batch) - sum(p.queued_at for p in batch)
                     self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at, waited)
-                cost = sum(p.cost for p in batch)
                 try:
-                    results = await self._worker.run(self._tracked(batch), [p.item for p in batch], cost=cost)
-                    if len(results) != len(batch):
-                        raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
+                    await self._execute(batch)
                 except asyncio.CancelledError:  # closed while the batch ran
                     fail(batch, ShuttingDown())
                     raise
-                except Abandoned as error:  # stopped mid-run: nobody waits for any request of it
-                    fail(batch, error)
-                    continue
-                except Exception as error:  # the batch fails, the batcher does not
-                    if len(batch) > 1 and self._on_isolate:
-                        self._on_isolate()
-                    await self._failed(batch, error)
-                    continue
-                for pending, result in zip(batch, results, strict=True):
-                    if not pending.future.done():  # its client may have gone
-                        pending.future.set_result(result)
 
-    async def _failed(self, batch: list[Pending[In, Out]], error: Exception) -> None:
-        """Answer the requests of a batch that raised `error`. A request alone gets the error:
-        an `EngineError` as `run` described it (an input the backend refused: InvalidInput),
-        anything else as `BatchFailed`. A larger batch is isolated: its halves run again, each
-        split further if it fails too, so that only a request that fails alone gets an error;
-        the others get what they would have got alone (batch invariance: the same bytes)."""
-        if len(batch) == 1:
-            if isinstance(error, EngineError):
-                log.warning("%s: a request failed: %s", self.name, error)
-                fail(batch, error)
-            else:
-                log.error("%s: a request failed", self.name, exc_info=error)
-                fail(batch, BatchFailed(self.name, error))
-            return
-        log.warning(
-            "%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error
-        )
+    async def _execute(self, batch: list[Pending[In, Out]], part: bool = False) -> None:
+        """Run `batch` and answer its requests. A request alone that fails gets the error: an
+        `EngineError` as `run` described it (an input the backend refused: InvalidInput),
+        anything else as `BatchFailed`. A larger batch that fails is isolated: its halves run
+        again (`part`), each split further if it fails too, so that only a request that fails
+        alone gets an error; the others get what they would have got alone (batch invariance:
+        the same bytes). A batch stopped because nobody waits for it is not run again."""
         try:
-            for part in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
-                try:
-                    cost = sum(p.cost for p in part)
-                    results = await self._worker.run(self._tracked(part), [p.item for p in part], cost=cost)
-                    if len(results) != len(part):
-                        raise RuntimeError(f"{len(results)} results for {len(part)} requests")
-                except Abandoned as gone:
-                    fail(part, gone)
-                    continue
-                except Exception as part_error:
-                    await self._failed(part, part_error)
-                    continue
-                for pending, result in zip(part, results, strict=True):
-                    if not pending.future.done():
-                        pending.future.set_result(result)
-        except asyncio.CancelledError:  # closed meanwhile
-            fail(batch, ShuttingDown())
-            raise
+            cost = sum(p.cost for p in batch)
+            results = await self._worker.run(self._tracked(batch), [p.item for p in batch], cost=cost)
+            if len(results) != len(batch):
+                raise RuntimeError(f"{len(results)} results for {len(batch)} requests")
+        except Abandoned as error:  # stopped mid-run: nobody waits for any request of it
+            fail(batch, error)
+            return
+        except Exception as error:  # the batch fails, the batcher does not
+            if len(batch) == 1:
+                if isinstance(error, EngineError):
+                    log.warning("%s: a request failed: %s", self.name, error)
+                    fail(batch, error)
+                else:
+                    log.error("%s: a request failed", self.name, exc_info=error)
+                    fail(batch, BatchFailed(self.name, error))
+                return
+            if not part and self._on_isolate:
+                self._on_isolate()
+            log.warning(
+                "%s: a batch of %d requests failed (%r); running them again in halves", self.name, len(batch), error
+            )
+            for half in (batch[: len(batch) // 2], batch[len(batch) // 2 :]):
+                await self._execute(half, part=True)
+            return
+        for pending, result in zip(batch, results, strict=True):
+            if not pending.future.done():  # its client may have gone
+                pending.future.set_result(result)

@@ -33,9 +33,12 @@ import torch
 from app.engine import progress
 from app.engine.backend import NEEDS, Backend, Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
+from app.engine.budget import default_budget, memory_limit
 from app.engine.cost import Cost, measure
-from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
+from app.engine.errors import InvalidInput, MemoryBudgetExceeded, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
+from app.engine.memory import Footprint, MemoryPool, Need, Recorder, held
+from app.engine.memory import fit as fit_memory
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
 from model.vae import DiagonalGaussian, elbo_terms, iwae_bound, seeded
@@ -281,6 +284,25 @@ def row_shape(job: Job) -> Hashable:
     return None if isinstance(job, SampleJob) else job.x.shape[1:]
 
 
+def pass_units(job: Job, op: str, backend: Backend, max_rows: int, latent_size: int) -> int:
+    """The elements of the largest pass of `job` whose working memory counts at once: at most
+    `max_rows` rows, each at most one tile a side where the backend tiles (`tiled_above`:
+    pixels a side; latents count at their decoded size). app/engine/memory.py."""
+    if isinstance(job, SampleJob):
+        rows, row = job.n, latent_size
+        height, width = backend.image.height, backend.image.width
+    else:
+        rows = len(job.x) * (1 + job.k if isinstance(job, ScoreJob) else 1)
+        row = job.x[0].size
+        scale = backend.image.multiple if op in ("decode", "sample") else 1
+        height, width = (side * scale for side in job.x.shape[-2:])
+    tile = getattr(backend, "tiled_above", None)
+    share = 1.0
+    if tile and not backend.image.sample_rate and max(height, width) > tile:
+        share = min(1.0, tile / height) * min(1.0, tile / width)
+    return math.ceil(min(rows, max_rows) * row * share)
+
+
 def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
     """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
     side (or the model's own size); score with k = 8."""
@@ -325,18 +347,24 @@ def sample_units(passes: Passes) -> int:
     return math.prod(passes.backend.latent_shape(image.height, image.width))  # type: ignore[arg-type]
 
 
-def costs_of(passes: Passes, latent_size: int) -> dict[str, Cost]:
-    """Each operation's cost line, measured on probe jobs in the thread that serves."""
+def costs_of(passes: Passes, latent_size: int) -> tuple[dict[str, Cost], dict[str, Footprint]]:
+    """Each operation's cost line and memory footprint, measured on the same probe jobs in the
+    thread that serves."""
     features = passes.backend.features
     found: dict[str, Cost] = {}
+    footprints: dict[str, Footprint] = {}
     for op, needs in MEASURED.items():
         if all(feature in features for feature in needs):
             jobs = [probe_jobs(passes, op, rows or passes.max_rows, side) for rows, side in PROBES]
-            run = memory_guarded(RUNS[op], passes, f"measuring {op}")
-            found[op] = measure(run, jobs, partial(units, latent_size=latent_size))
-    if "decode" in found:
-        found["sample"] = found["decode"]
-    return found
+            count = partial(units, latent_size=latent_size)
+            recorded = Recorder(partial(RUNS[op], passes), count, passes.backend.device)
+            run = memory_guarded(lambda _, jobs: recorded(jobs), passes, f"measuring {op}")
+            found[op] = measure(run, jobs, count)
+            footprints[op] = fit_memory(recorded.points)
+    for table in (found, footprints):
+        if "decode" in table:
+            table["sample"] = table["decode"]
+    return found, footprints
 
 
 def observed(
@@ -399,6 +427,12 @@ def memory_guarded(
     return guarded
 
 
+def smaller(model: LoadedModel) -> str:
+    """What a request to `model` can send less of, to need less memory."""
+    media = model.backend.image.media
+    return {"video": "fewer or smaller frames", "audio": "shorter audio"}.get(media, "smaller images") + " or fewer items"
+
+
 class Engine:
     """The async model operations of the served models; each goes through its (model,
     operation, lane) batcher. `start` calibrates every model's passes, measures its costs and
@@ -421,7 +455,11 @@ class Engine:
         long_threads: int = 1,
         long_cost: float = 0.25,
         metrics: MetricsSink | None = None,
+        memory_budget: int | None = None,
+        processes: int = 1,
     ) -> None:
+        """`memory_budget`: bytes the running batches may hold at once; None: the device's or
+        cgroup's limit, shared by `processes`, less what the loaded models hold (app/engine/budget.py)."""
         self.registry = registry
         setup = lane_setup(threads, {m.backend.device for m in registry if m.backend.device.type == "cuda"})
         self.lanes = {"short": Worker(setup, name="short")}
@@ -435,6 +473,10 @@ class Engine:
         self._batchers: dict[str, dict[str, dict[str, Batcher[Any, Any]]]] = {}  # model, op, lane
         self._costs: dict[str, dict[str, Cost]] = {}  # model, op
         self._latent_sizes: dict[str, int] = {}
+        self._footprints: dict[str, dict[str, Footprint]] = {}  # model, op
+        self._max_rows: dict[str, int] = {}  # rows per pass, by model
+        self.memory = MemoryPool(memory_budget if memory_budget is not None else 0)
+        self._memory_budget, self._processes = memory_budget, processes
 
     def model(self, name: str | None) -> LoadedModel:
         """The named model, or the default one; `UnknownModel` otherwise."""
@@ -443,6 +485,9 @@ class Engine:
     async def start(self) -> None:
         for model in self.registry:
             await self.serve(model)
+        if self._memory_budget is None:
+            device = next(iter(self.registry)).backend.device
+            self.memory.budget = default_budget(memory_limit(device), held(device), self._processes)
 
     async def serve(self, model: LoadedModel) -> None:
         """Calibrate `model`'s passes (which also pays every pass shape's first-call costs before
@@ -451,7 +496,9 @@ class Engine:
         short = self.lanes["short"]
         await short.run(passes.calibrate)
         latent_size = self._latent_sizes[model.name] = sample_units(passes)
-        costs = self._costs[model.name] = await short.run(costs_of, passes, latent_size)
+        costs, self._footprints[model.name] = await short.run(costs_of, passes, latent_size)
+        self._costs[model.name] = costs
+        self._max_rows[model.name] = passes.max_rows
         score_limits = replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES)
         self._batchers[model.name] = {
             op: {
@@ -461,6 +508,7 @@ class Engine:
                     worker,
                     self.limits if op != "score" else score_limits,
                     *self._observers(model.name, op),
+                    memory=self.memory,
                 )
                 for lane, worker in self.lanes.items()
             }
@@ -506,7 +554,17 @@ class Engine:
         batcher = self._batchers[model.name][op][lane]
         rows = items if size is None else size
         share = cost.share(amount, shape, rows, batcher.limits.max_size)
-        return await batcher.submit(job, items, size, gone, share)
+        need = self.need(model, op, job)
+        if need.total > self.memory.budget:
+            raise MemoryBudgetExceeded(f"model '{model.name}' {operation}", need.total, self.memory.budget, smaller(model))
+        return await batcher.submit(job, items, size, gone, share, need)
+
+    def need(self, model: LoadedModel, op: str, job: Job) -> Need:
+        """The estimated memory of `job` run alone by `model`'s `op` (app/engine/memory.py)."""
+        footprint = self._footprints[model.name].get(op, Footprint())
+        latent_size = self._latent_sizes[model.name]
+        widest = pass_units(job, op, model.backend, self._max_rows[model.name], latent_size)
+        return footprint.need(units(job, latent_size), widest)
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None

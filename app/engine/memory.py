@@ -1,0 +1,203 @@
+"""What a request needs of memory, measured at load, and the budget that running batches share.
+
+A request is refused before it runs if it can never fit (`MemoryBudgetExceeded`), waits while
+the batches running now hold what it needs, and is taken into a batch only with the rows that
+fit beside them (app/engine/batcher.py): the kernel's out-of-memory killer never gets to choose.
+
+The estimate of a job, per (model, operation), from the probe jobs that app/engine/cost.py
+times at load (`Recorder` measures each one's peak):
+
+    need = work + buffers
+    work    = max(small, rate x pass elements)      the working memory of one pass
+    buffers = IO_COPIES x 4 bytes x (1 + outputs) x elements     the job's input and output
+
+A pass holds at most `max_rows` rows, and a tiled model (a backend with `tiled_above`) works on
+one tile a side at a time, so the working memory grows with the elements of one pass, each row
+at most a tile, not with the request: a big tiled decode needs a tile's working memory plus its
+input and output, not an extrapolation of the untiled regime. `small` is the peak of the
+smallest probe; `rate` is the peak per element of the largest (a full pass), its fixed part
+included, which bounds the per-element growth from above where it levels off with size (small
+probes are dominated by fixed allocations: the slope between two small probes would understate
+it). `buffers` counts IO_COPIES float32 copies of every input and output element (`outputs`:
+output elements per input element, from the probes' results): a tiled decode keeps its tiles
+(with their overlap), the blended rows and the output, and the conversion to pixels makes a
+few more. The time axis of a video counts per element too: conservative for the decoders that
+work frame by frame (Wan's), whose working memory does not grow with the frames
+(docs/deploy.md, "Memory").
+
+On a GPU the measure is torch's allocator (max_memory_allocated after reset_peak_memory_stats);
+on the CPU the process's peak resident memory (VmHWM, reset by /proc/self/clear_refs after
+malloc_trim hands freed heap back), which is what a cgroup limit counts.
+"""
+
+from __future__ import annotations
+
+import asyncio
+import ctypes
+import ctypes.util
+import itertools
+import math
+import re
+import time
+from collections.abc import Callable, Iterable
+from dataclasses import dataclass
+from pathlib import Path
+from typing import Any
+
+import numpy as np
+import torch
+
+# Float32 copies of a job's input and output elements that a run holds at once (see above).
+IO_COPIES = 4
+FLOAT_BYTES = 4
+PROC_STATUS = Path("/proc/self/status")
+CLEAR_REFS = Path("/proc/self/clear_refs")
+
+
+@dataclass(frozen=True)
+class Need:
+    """Bytes a batch needs: `work` once (one pass at a time), `buffers` for all its requests."""
+
+    work: int = 0
+    buffers: int = 0
+
+    @property
+    def total(self) -> int:
+        return self.work + self.buffers
+
+    def __add__(self, other: Need) -> Need:
+        """Two requests in one batch: they share the passes' working memory, not their buffers."""
+        return Need(max(self.work, other.work), self.buffers + other.buffers)
+
+
+@dataclass(frozen=True)
+class Footprint:
+    """The memory of one (model, operation), measured at load (module docstring)."""
+
+    small: int = 0  # bytes: the peak of the smallest probe
+    rate: float = 0.0  # bytes per element of a pass
+    outputs: float = 0.0  # output elements per input element
+
+    def need(self, elements: int, pass_elements: int) -> Need:
+        """A job of `elements` input elements, `pass_elements` of them in its largest pass."""
+        work = max(self.small, math.ceil(self.rate * pass_elements))
+        return Need(work, math.ceil(IO_COPIES * FLOAT_BYTES * (1 + self.outputs) * elements))
+
+
+def fit(points: Iterable[tuple[int, int, int]]) -> Footprint:
+    """The footprint from probes' (input elements, peak bytes, output elements); none: zero."""
+    found = sorted(points)
+    if not found:
+        return Footprint()
+    largest = found[-1]
+    return Footprint(found[0][1], largest[1] / max(1, largest[0]), max(out / max(1, n) for n, _, out in found))
+
+
+def elements(result: Any) -> int:
+    """The array elements in a run's results (arrays, dataclasses and tuples of them)."""
+    if isinstance(result, np.ndarray):
+        return result.size
+    if isinstance(result, list | tuple):
+        return sum(map(elements, result))
+    if hasattr(result, "__dataclass_fields__"):
+        return sum(elements(getattr(result, name)) for name in result.__dataclass_fields__)
+    return 0
+
+
+def _libc_trim() -> Callable[[], None]:
+    """glibc's malloc_trim(0): freed heap memory back to the system, so a peak counts what a run
+    takes, not what it reuses of earlier runs' freed memory; a no-op elsewhere."""
+    name = ctypes.util.find_library("c")
+    trim = getattr(ctypes.CDLL(name), "malloc_trim", None) if name else None
+    return (lambda: trim(0)) if trim is not None else (lambda: None)
+
+
+def _status() -> dict[str, int]:
+    """VmRSS and VmHWM of this process, bytes."""
+    found = re.findall(r"^(VmRSS|VmHWM):\s+(\d+) kB", PROC_STATUS.read_text(), re.MULTILINE)
+    return {key: int(value) * 1024 for key, value in found}
+
+
+def held(device: torch.device) -> int:
+    """Bytes this process holds now: in tensors on a GPU, resident on the CPU."""
+    if device.type == "cuda":
+        return torch.cuda.memory_allocated(device)
+    _libc_trim()()
+    return _status().get("VmRSS", 0)
+
+
+def peak_of(run: Callable[[], Any], device: torch.device) -> tuple[Any, int]:
+    """`run()`'s result and the most bytes it held at once above what was held before it. Where
+    the CPU's peak cannot be reset (clear_refs refused), the process's peak so far counts:
+    larger, never smaller."""
+    if device.type == "cuda":
+        torch.cuda.synchronize(device)
+        torch.cuda.reset_peak_memory_stats(device)
+        before = torch.cuda.memory_allocated(device)
+        result = run()
+        torch.cuda.synchronize(device)
+        return result, max(0, torch.cuda.max_memory_allocated(device) - before)
+    before = held(device)
+    try:
+        CLEAR_REFS.write_text("5")  # VmHWM := VmRSS
+    except OSError:
+        pass
+    result = run()
+    return result, max(0, _status().get("VmHWM", 0) - before)
+
+
+class Recorder:
+    """`run` (a batch runner) with each call's input elements, peak bytes and output elements
+    recorded, for `fit`."""
+
+    def __init__(self, run: Callable[[list[Any]], list[Any]], units: Callable[[Any], int], device: torch.device):
+        self._run, self._units, self.device = run, units, device
+        self.points: list[tuple[int, int, int]] = []
+
+    def __call__(self, jobs: list[Any]) -> list[Any]:
+        results, peak = peak_of(lambda: self._run(jobs), self.device)
+        self.points.append((sum(map(self._units, jobs)), peak, elements(results)))
+        return results
+
+
+class MemoryPool:
+    """The bytes running batches may hold at once (`budget`) and what they hold (`reserved`),
+    with each reservation's estimated end, to tell a request how long it would wait."""
+
+    def __init__(self, budget: int) -> None:
+        self.budget = budget
+        self.reserved = 0
+        self._held: dict[int, tuple[int, float]] = {}  # token: (bytes, time.monotonic() of its estimated end)
+        self._tokens = itertools.count()
+        self._released = asyncio.Event()
+
+    def fits(self, need: Need) -> bool:
+        """Whether `need` fits beside what is reserved; anything fits when nothing is (a request
+        over the whole budget is refused before it queues)."""
+        return not self._held or self.reserved + need.total <= self.budget
+
+    def wait(self, need: Need) -> float:
+        """Estimated seconds until `need` fits, as the running batches end; inf: never."""
+        if self.fits(need):
+            return 0.0
+        free, now = self.budget - self.reserved, time.monotonic()
+        for size, end in sorted(self._held.values(), key=lambda held: held[1]):
+            free += size
+            if need.total <= free:
+                return max(0.0, end - now)
+        return math.inf
+
+    def reserve(self, need: Need, seconds: float) -> int:
+        token = next(self._tokens)
+        self._held[token] = (need.total, time.monotonic() + seconds)
+        self.reserved += need.total
+        return token
+
+    def release(self, token: int) -> None:
+        self.reserved -= self._held.pop(token)[0]
+        self._released.set()
+        self._released = asyncio.Event()
+
+    async def released(self) -> None:
+        """Until a reservation is released."""
+        await self._released.wait()

@@ -280,7 +280,7 @@ class Batcher(Generic[In, Out]):
                 continue
             if batch and (not self.limits.batching or size + pending.size > self.limits.max_size):
                 break
-            if self._memory is not None and not self._memory.fits(need + pending.need):
+            if self._memory is not None and not self._memory.fits(need + pending.need, alone=not batch):
                 if batch or not abandoned(pending):
                     break  # an abandoned head is dropped below, not waited for
             self._queue.popleft()

@@ -8,12 +8,13 @@ The estimate of a job, per (model, operation), from the probe jobs that app/engi
 times at load (`Recorder` measures each one's peak):
 
     need = work + buffers
-    work    = max(small, rate x pass elements)      the working memory of one pass
+    work    = max(small, rate x pass elements)      the working memory of its largest pass
     buffers = IO_COPIES x 4 bytes x (1 + outputs) x elements     the job's input and output
 
-A pass holds at most `max_rows` rows, and a tiled model (a backend with `tiled_above`) works on
-one tile a side at a time, so the working memory grows with the elements of one pass, each row
-at most a tile, not with the request: a big tiled decode needs a tile's working memory plus its
+A pass holds at most `max_rows` rows (padded to the passes' quantum), and a tiled model (a
+backend with `tiled_above`) works on one tile a side at a time, so the working memory grows
+with the elements of one pass, each row at most a tile, not with the request; requests batched
+together share passes, so their work adds up to at most a full pass (`Need.__add__`): a big tiled decode needs a tile's working memory plus its
 input and output, not an extrapolation of the untiled regime. `small` is the peak of the
 smallest probe; `rate` is the peak per element of the largest (a full pass), its fixed part
 included, which bounds the per-element growth from above where it levels off with size (small
@@ -56,18 +57,24 @@ CLEAR_REFS = Path("/proc/self/clear_refs")
 
 @dataclass(frozen=True)
 class Need:
-    """Bytes a batch needs: `work` once (one pass at a time), `buffers` for all its requests."""
+    """Bytes a batch needs: `work` for its largest pass, `buffers` for its inputs and outputs;
+    `most`, the work of a full pass, which no batch of these requests exceeds."""
 
     work: int = 0
     buffers: int = 0
+    most: int | None = None  # None: no bound known
 
     @property
     def total(self) -> int:
         return self.work + self.buffers
 
     def __add__(self, other: Need) -> Need:
-        """Two requests in one batch: they share the passes' working memory, not their buffers."""
-        return Need(max(self.work, other.work), self.buffers + other.buffers)
+        """Two requests in one batch: their rows may share a pass (up to a full one); their
+        buffers add up."""
+        bounds = [need.most for need in (self, other) if need.most is not None]
+        most = max(bounds) if bounds else None
+        work = self.work + other.work
+        return Need(work if most is None else min(most, work), self.buffers + other.buffers, most)
 
 
 @dataclass(frozen=True)
@@ -78,10 +85,14 @@ class Footprint:
     rate: float = 0.0  # bytes per element of a pass
     outputs: float = 0.0  # output elements per input element
 
-    def need(self, elements: int, pass_elements: int) -> Need:
-        """A job of `elements` input elements, `pass_elements` of them in its largest pass."""
-        work = max(self.small, math.ceil(self.rate * pass_elements))
-        return Need(work, math.ceil(IO_COPIES * FLOAT_BYTES * (1 + self.outputs) * elements))
+    def need(self, elements: int, pass_elements: int, full_pass: int) -> Need:
+        """A job of `elements` input elements, `pass_elements` of them in its largest pass (its
+        padding included), `full_pass` in a pass of the most rows of its shape."""
+        buffers = math.ceil(IO_COPIES * FLOAT_BYTES * (1 + self.outputs) * elements)
+        return Need(self.work(pass_elements), buffers, self.work(full_pass))
+
+    def work(self, pass_elements: int) -> int:
+        return max(self.small, math.ceil(self.rate * pass_elements))
 
 
 def fit(points: Iterable[tuple[int, int, int]]) -> Footprint:
@@ -171,14 +182,15 @@ class MemoryPool:
         self._tokens = itertools.count()
         self._released = asyncio.Event()
 
-    def fits(self, need: Need) -> bool:
-        """Whether `need` fits beside what is reserved; anything fits when nothing is (a request
-        over the whole budget is refused before it queues)."""
-        return not self._held or self.reserved + need.total <= self.budget
+    def fits(self, need: Need, alone: bool = False) -> bool:
+        """Whether `need` fits beside what is reserved. A request `alone` fits whenever nothing
+        is reserved: one over the whole budget is refused before it queues, and an estimate is
+        no reason to leave the memory idle."""
+        return self.reserved + need.total <= self.budget or (alone and not self._held)
 
     def wait(self, need: Need) -> float:
-        """Estimated seconds until `need` fits, as the running batches end; inf: never."""
-        if self.fits(need):
+        """Estimated seconds until `need`, a request alone, fits, as the running batches end; inf: never."""
+        if self.fits(need, alone=True):
             return 0.0
         free, now = self.budget - self.reserved, time.monotonic()
         for size, end in sorted(self._held.values(), key=lambda held: held[1]):

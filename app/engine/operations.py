@@ -284,10 +284,10 @@ def row_shape(job: Job) -> Hashable:
     return None if isinstance(job, SampleJob) else job.x.shape[1:]
 
 
-def pass_units(job: Job, op: str, backend: Backend, max_rows: int, latent_size: int) -> int:
-    """The elements of the largest pass of `job` whose working memory counts at once: at most
-    `max_rows` rows, each at most one tile a side where the backend tiles (`tiled_above`:
-    pixels a side; latents count at their decoded size). app/engine/memory.py."""
+def pass_rows(job: Job, op: str, backend: Backend, latent_size: int) -> tuple[int, int]:
+    """The rows of `job`'s passes and the elements of each whose working memory counts at
+    once: at most one tile a side where the backend tiles (`tiled_above`: pixels a side;
+    latents count at their decoded size). app/engine/memory.py."""
     if isinstance(job, SampleJob):
         rows, row = job.n, latent_size
         height, width = backend.image.height, backend.image.width
@@ -300,7 +300,7 @@ def pass_units(job: Job, op: str, backend: Backend, max_rows: int, latent_size: 
     share = 1.0
     if tile and not backend.image.sample_rate and max(height, width) > tile:
         share = min(1.0, tile / height) * min(1.0, tile / width)
-    return math.ceil(min(rows, max_rows) * row * share)
+    return rows, math.ceil(row * share)
 
 
 def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
@@ -474,7 +474,7 @@ class Engine:
         self._costs: dict[str, dict[str, Cost]] = {}  # model, op
         self._latent_sizes: dict[str, int] = {}
         self._footprints: dict[str, dict[str, Footprint]] = {}  # model, op
-        self._max_rows: dict[str, int] = {}  # rows per pass, by model
+        self._passes: dict[str, Passes] = {}  # by model
         self.memory = MemoryPool(memory_budget if memory_budget is not None else 0)
         self._memory_budget, self._processes = memory_budget, processes
 
@@ -498,7 +498,7 @@ class Engine:
         latent_size = self._latent_sizes[model.name] = sample_units(passes)
         costs, self._footprints[model.name] = await short.run(costs_of, passes, latent_size)
         self._costs[model.name] = costs
-        self._max_rows[model.name] = passes.max_rows
+        self._passes[model.name] = passes
         score_limits = replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES)
         self._batchers[model.name] = {
             op: {
@@ -562,9 +562,9 @@ class Engine:
     def need(self, model: LoadedModel, op: str, job: Job) -> Need:
         """The estimated memory of `job` run alone by `model`'s `op` (app/engine/memory.py)."""
         footprint = self._footprints[model.name].get(op, Footprint())
-        latent_size = self._latent_sizes[model.name]
-        widest = pass_units(job, op, model.backend, self._max_rows[model.name], latent_size)
-        return footprint.need(units(job, latent_size), widest)
+        latent_size, passes = self._latent_sizes[model.name], self._passes[model.name]
+        rows, row = pass_rows(job, op, model.backend, latent_size)
+        return footprint.need(units(job, latent_size), passes.shape(rows) * row, passes.max_rows * row)
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None

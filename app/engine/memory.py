@@ -7,24 +7,24 @@ fit beside them (app/engine/batcher.py): the kernel's out-of-memory killer never
 The estimate of a job, per (model, operation), from the probe jobs that app/engine/cost.py
 times at load (`Recorder` measures each one's peak):
 
-    need = work + buffers
-    work    = max(small, rate x pass elements)      the working memory of its largest pass
-    buffers = IO_COPIES x 4 bytes x (1 + outputs) x elements     the job's input and output
+    need    = work + buffers
+    work    = margin x max(small, rate x pass elements)       its largest pass's working memory
+    buffers = IO_COPIES x 4 bytes x (1 + outputs) x elements  its input and output
 
 A pass holds at most `max_rows` rows (padded to the passes' quantum), and a tiled model (a
 backend with `tiled_above`) works on one tile a side at a time, so the working memory grows
-with the elements of one pass, each row at most a tile, not with the request; requests batched
-together share passes, so their work adds up to at most a full pass (`Need.__add__`): a big tiled decode needs a tile's working memory plus its
-input and output, not an extrapolation of the untiled regime. `small` is the peak of the
-smallest probe; `rate` is the peak per element of the largest (a full pass), its fixed part
-included, which bounds the per-element growth from above where it levels off with size (small
-probes are dominated by fixed allocations: the slope between two small probes would understate
-it). `buffers` counts IO_COPIES float32 copies of every input and output element (`outputs`:
-output elements per input element, from the probes' results): a tiled decode keeps its tiles
-(with their overlap), the blended rows and the output, and the conversion to pixels makes a
-few more. The time axis of a video counts per element too: conservative for the decoders that
-work frame by frame (Wan's), whose working memory does not grow with the frames
-(docs/deploy.md, "Memory").
+with the elements of one pass, each row at most a tile, not with the request: a big tiled
+decode needs a tile's working memory plus its input and output, not an extrapolation of the
+untiled regime. Requests batched together share passes, so their work adds up to at most a
+full pass (`Need.__add__`). `small` is the peak of the smallest probe; `rate` the peak per
+element of the largest, its fixed part included, which bounds the per-element growth from
+above where it levels off with size (small probes are dominated by fixed allocations: the slope
+between two of them would understate it); `margin` (MARGIN) covers what the measure misses.
+`buffers` counts IO_COPIES float32 copies of every input and output element (`outputs`: output
+elements per input element, from the probes' results): a tiled decode keeps its tiles (with
+their overlap), the blended rows and the output, and the conversion to pixels makes more. The
+time axis of a video counts per element too: conservative for the decoders that work frame by
+frame (Wan's), whose working memory does not grow with the frames (docs/deploy.md, "Memory").
 
 On a GPU the measure is torch's allocator (max_memory_allocated after reset_peak_memory_stats);
 on the CPU the process's peak resident memory (VmHWM, reset by /proc/self/clear_refs after
@@ -50,6 +50,11 @@ import torch
 
 # Float32 copies of a job's input and output elements that a run holds at once (see above).
 IO_COPIES = 4
+# What the measured working memory is multiplied by, per device type. On a CPU the resident
+# peak of one job depends on what the allocator reuses and how its heap fragments: the same
+# decode peaked up to 1.6x higher served than probed at load (docs/deploy.md, "Memory"). On a
+# GPU the allocator's counts are exact, but its cache fragments.
+MARGIN = {"cpu": 2.0, "cuda": 1.25}
 FLOAT_BYTES = 4
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -84,6 +89,7 @@ class Footprint:
     small: int = 0  # bytes: the peak of the smallest probe
     rate: float = 0.0  # bytes per element of a pass
     outputs: float = 0.0  # output elements per input element
+    margin: float = 1.0  # the measured working memory is multiplied by it (MARGIN)
 
     def need(self, elements: int, pass_elements: int, full_pass: int) -> Need:
         """A job of `elements` input elements, `pass_elements` of them in its largest pass (its
@@ -92,16 +98,17 @@ class Footprint:
         return Need(self.work(pass_elements), buffers, self.work(full_pass))
 
     def work(self, pass_elements: int) -> int:
-        return max(self.small, math.ceil(self.rate * pass_elements))
+        return math.ceil(self.margin * max(self.small, self.rate * pass_elements))
 
 
-def fit(points: Iterable[tuple[int, int, int]]) -> Footprint:
+def fit(points: Iterable[tuple[int, int, int]], margin: float = 1.0) -> Footprint:
     """The footprint from probes' (input elements, peak bytes, output elements); none: zero."""
     found = sorted(points)
     if not found:
         return Footprint()
     largest = found[-1]
-    return Footprint(found[0][1], largest[1] / max(1, largest[0]), max(out / max(1, n) for n, _, out in found))
+    outputs = max(out / max(1, n) for n, _, out in found)
+    return Footprint(found[0][1], largest[1] / max(1, largest[0]), outputs, margin)
 
 
 def elements(result: Any) -> int:

@@ -35,9 +35,9 @@ from app.engine.backend import NEEDS, Backend, Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
 from app.engine.budget import default_budget, memory_limit
 from app.engine.cost import Cost, measure
-from app.engine.errors import InvalidInput, MemoryBudgetExceeded, NeedsTooMuchMemory, OutOfMemory
+from app.engine.errors import EngineError, InvalidInput, MemoryBudgetExceeded, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
-from app.engine.memory import Footprint, MemoryPool, Need, Recorder, held
+from app.engine.memory import MARGIN, Footprint, MemoryPool, Need, Recorder, held
 from app.engine.memory import fit as fit_memory
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
@@ -339,6 +339,11 @@ MEASURED: dict[str, tuple[str, ...]] = {
 # Measured jobs, (rows, latent cells a side): a row at the smallest probe size, then a full pass
 # (max_rows) at twice the side. One row and a few would run the same pass: passes are padded.
 PROBES = ((1, 4), (None, 8))
+# A variable-size model whose probes peaked under MEMORY_PROBE_BYTES runs one more, at twice the
+# side, for its memory alone: under it, what the allocator happens to reuse is too large a part
+# of a peak for its per-element rate to be extrapolated (app/engine/memory.py).
+MEMORY_PROBE = (None, 16)
+MEMORY_PROBE_BYTES = 32 << 20
 
 
 def sample_units(passes: Passes) -> int:
@@ -360,7 +365,14 @@ def costs_of(passes: Passes, latent_size: int) -> tuple[dict[str, Cost], dict[st
             recorded = Recorder(partial(RUNS[op], passes), count, passes.backend.device)
             run = memory_guarded(lambda _, jobs: recorded(jobs), passes, f"measuring {op}")
             found[op] = measure(run, jobs, count)
-            footprints[op] = fit_memory(recorded.points)
+            peak = max((peak for _, peak, _ in recorded.points), default=0)
+            if not passes.backend.image.fixed_size and peak < MEMORY_PROBE_BYTES:
+                rows, side = MEMORY_PROBE
+                try:
+                    run(probe_jobs(passes, op, rows or passes.max_rows, side))
+                except EngineError:  # out of memory at load: the probes measured so far stand
+                    pass
+            footprints[op] = fit_memory(recorded.points, MARGIN[passes.backend.device.type])
     for table in (found, footprints):
         if "decode" in table:
             table["sample"] = table["decode"]
@@ -430,7 +442,8 @@ def memory_guarded(
 def smaller(model: LoadedModel) -> str:
     """What a request to `model` can send less of, to need less memory."""
     media = model.backend.image.media
-    return {"video": "fewer or smaller frames", "audio": "shorter audio"}.get(media, "smaller images") + " or fewer items"
+    less = {"video": "fewer or smaller frames", "audio": "shorter audio"}.get(media, "smaller images")
+    return f"{less} or fewer items"
 
 
 class Engine:
@@ -556,7 +569,8 @@ class Engine:
         share = cost.share(amount, shape, rows, batcher.limits.max_size)
         need = self.need(model, op, job)
         if need.total > self.memory.budget:
-            raise MemoryBudgetExceeded(f"model '{model.name}' {operation}", need.total, self.memory.budget, smaller(model))
+            name, budget = f"model '{model.name}' {operation}", self.memory.budget
+            raise MemoryBudgetExceeded(name, need.total, budget, smaller(model))
         return await batcher.submit(job, items, size, gone, share, need)
 
     def need(self, model: LoadedModel, op: str, job: Job) -> Need:

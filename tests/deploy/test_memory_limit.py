@@ -94,8 +94,7 @@ def test_a_decode_past_the_cgroups_memory_gets_413_and_the_server_goes_on(server
     small = generator.standard_normal((1, 16, 2, 4, 4), dtype=np.float32)  # 5 frames of 32 x 32
     before = decode(server, small)
     assert before.status_code == 200, before.text
-    # 61 frames of 512 x 512: estimated past what the cgroup leaves; run, it would take the
-    # process past its limit, and the kernel would kill it (docs/deploy.md, "Memory").
+    # 61 frames of 512 x 512: estimated past what the cgroup leaves (docs/deploy.md, "Memory").
     big = generator.standard_normal((1, 16, 16, 64, 64), dtype=np.float32)
     refused = decode(server, big)
     assert refused.status_code == 413, refused.text

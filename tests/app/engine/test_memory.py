@@ -162,7 +162,8 @@ def test_a_request_whose_memory_frees_after_its_deadline_gets_503_at_once() -> N
         # Long work holds the memory on a lane of its own: the short lane has no backlog.
         lane = Worker(name="long")
         try:
-            long = asyncio.ensure_future(Batcher("long", work, lane, LIMITS, memory=pool).submit(1, cost=60.0, need=Need(80)))
+            holder = Batcher("long", work, lane, LIMITS, memory=pool)
+            long = asyncio.ensure_future(holder.submit(1, cost=60.0, need=Need(80)))
             await asyncio.sleep(0.05)
             started = time.perf_counter()
             with pytest.raises(MemoryBusy) as refused:

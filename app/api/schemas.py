@@ -45,13 +45,19 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ImageOutput(Request):
-    """How endpoints that return images render them."""
+# png: one PNG grid; json: base64 PNGs plus latents; mp4: one video (video models); wav, flac:
+# one waveform (audio models, /v1/reconstruct).
+OutputFormat = Literal["png", "json", "mp4", "wav", "flac"]
 
-    format: Literal["png", "json"] | None = Field(
+
+class ImageOutput(Request):
+    """How endpoints that return images (videos, sounds) render them."""
+
+    format: OutputFormat | None = Field(
         None,
-        description="png: one PNG grid; json: base64 PNGs plus latents. "
-        "Default: from the Accept header (JSON only when application/json is preferred to image/png)",
+        description="png: one PNG grid; json: base64 PNGs (a video's frames) plus latents; mp4: one video (video "
+        "models); wav, flac: one sound (audio models). Default: from the Accept header, the model's own media on a "
+        "tie (image models: JSON only when application/json is preferred to image/png; one video: mp4)",
         examples=["png"],
     )
     scale: int = Field(

@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from app.api.bodies import EncodeInput, ReconstructInput, ScoreInput
 from app.api.deps import FormatQueryOnly, ServiceDep, client_gone, unprocessable
 from app.api.limits import check_limits
-from app.api.responses import image_response
+from app.api.responses import audio_response, image_response
 from app.api.schemas import (
     IMAGE_RESPONSES,
     MEDIA_RESPONSES,
@@ -68,7 +68,11 @@ async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> En
 )
 async def reconstruct(request: Request, data: ReconstructInput, service: ServiceDep) -> Response:
     check_limits(data.body, service.settings)
-    pixels, means = await service.engine.reconstruct(data.model, data.images, data.labels, client_gone(request))
+    audio = data.model.backend.image.media == "audio"
+    gone = client_gone(request)
+    pixels, means = await service.engine.reconstruct(data.model, data.images, data.labels, gone, values=audio)
+    if audio:
+        return await audio_response(request, data.body, data.model, pixels)
     return await image_response(request, service.codec, data.body, data.model, pixels, means, data.labels)
 
 

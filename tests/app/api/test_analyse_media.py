@@ -5,6 +5,7 @@ truncated or hostile files are a 4xx, never a 500 or a hang."""
 
 from __future__ import annotations
 
+import base64
 import io
 import json
 from collections.abc import Iterator
@@ -105,7 +106,7 @@ def test_a_clip_reconstructs_as_an_mp4_and_as_its_frames(models: tuple[str, dict
     assert np.abs(frames.astype(float) - expected).mean() < 4  # H.264 at CRF 18 keeps it close
     as_json = post(url, "reconstruct", "tiny-wan", data, accept="application/json").json()
     assert len(as_json["images"]) == FRAMES and np.asarray(as_json["latents"]).shape == (1, 16, 3, 2, 3)
-    first = np.asarray(Image.open(io.BytesIO(__import__("base64").b64decode(as_json["images"][0]))).convert("RGB"))
+    first = np.asarray(Image.open(io.BytesIO(base64.b64decode(as_json["images"][0]))).convert("RGB"))
     assert np.abs(first.astype(int) - expected[0].astype(int)).max() <= 1  # PNG: lossless
     grid = post(url, "reconstruct", "tiny-wan", data, accept="image/png")
     assert grid.headers["content-type"] == "image/png"

@@ -6,7 +6,6 @@ from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
 from typing import Annotated, Generic, TypeVar
 
-import anyio
 import numpy as np
 from fastapi import Depends, HTTPException, Request
 from fastapi.exceptions import RequestValidationError
@@ -81,7 +80,7 @@ async def model_input(uploads: list[Upload], model: LoadedModel, service: Servic
     clips when any is one (mp4, WebM, GIF), else as images (a still is a one-frame video)."""
     spec = model.backend.image
     if spec.media == "audio" or (spec.media == "video" and any(container_format(u.data) for u in uploads)):
-        return await anyio.to_thread.run_sync(media_input, uploads, spec, service.settings)
+        return await service.codec.run(media_input, uploads, spec, service.settings)
     return await service.codec.to_array(uploads, model.backend)
 
 

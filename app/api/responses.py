@@ -4,16 +4,15 @@ from __future__ import annotations
 
 import math
 
-import anyio
 import numpy as np
 from fastapi import Request, Response
 from fastapi.responses import JSONResponse
 
-from app.api.codecs.audio import AUDIO_MEDIA, audio_bytes
-from app.api.codecs.video import MP4_MEDIA, VideoError, mp4_bytes
+from app.api.codecs.audio import audio_bytes
+from app.api.codecs.video import VideoError, mp4_bytes
 from app.api.deps import unprocessable
 from app.api.images import ImageCodec, enlarged
-from app.api.schemas import ImageOutput, ImagesResponse
+from app.api.schemas import FORMAT_MEDIA, ImageOutput, ImagesResponse
 from app.engine.registry import LoadedModel
 
 
@@ -41,7 +40,6 @@ FORMATS: dict[str, tuple[str, ...]] = {
     "audio": ("wav", "flac"),
 }
 FILES = ("mp4", "wav", "flac")
-FORMAT_MEDIA = {"png": "image/png", "json": "application/json", "mp4": MP4_MEDIA, **AUDIO_MEDIA}
 
 
 def answer_format(request: Request, output: ImageOutput, model: LoadedModel, count: int) -> str:
@@ -91,7 +89,7 @@ async def image_response(
         )
     kind = answer_format(request, output, model, len(pixels))
     if kind == "mp4":
-        return await media_response(model, enlarged(pixels[0], output.scale), kind, seed)
+        return await media_response(codec, model, enlarged(pixels[0], output.scale), kind, seed)
     if pixels.ndim == 5:
         nrow = nrow or pixels.shape[1]
         pixels = pixels.reshape(-1, *pixels.shape[2:])
@@ -109,24 +107,27 @@ async def image_response(
     return Response(await codec.grid_png(pixels, columns, output.scale), media_type="image/png", headers=headers)
 
 
-async def media_response(model: LoadedModel, item: np.ndarray, kind: str, seed: int | None = None) -> Response:
+async def media_response(
+    codec: ImageCodec, model: LoadedModel, item: np.ndarray, kind: str, seed: int | None = None
+) -> Response:
     """One video (uint8 frames [T, H, W, C]) as an mp4 at the model's frame rate, or one
     waveform (float32 [C, samples] in [0, 1], the backends' range for [-1, 1]) as WAV or FLAC."""
     spec = model.backend.image
     if kind == "mp4":
         assert spec.frames is not None  # a video model
         try:
-            data = await anyio.to_thread.run_sync(mp4_bytes, item, spec.frames.fps)
+            data = await codec.run(mp4_bytes, item, spec.frames.fps)
         except VideoError as e:
             raise unprocessable(f"format: {e}") from None
     else:
         assert spec.sample_rate is not None  # an audio model
-        data = await anyio.to_thread.run_sync(audio_bytes, item * np.float32(2) - np.float32(1), spec.sample_rate, kind)
+        data = await codec.run(audio_bytes, item * np.float32(2) - np.float32(1), spec.sample_rate, kind)
     return Response(data, media_type=FORMAT_MEDIA[kind], headers=answer_headers(model, seed))
 
 
 async def audio_response(
-    request: Request, output: ImageOutput, model: LoadedModel, waveforms: np.ndarray
+    request: Request, codec: ImageCodec, output: ImageOutput, model: LoadedModel, waveforms: np.ndarray
 ) -> Response:
     """An audio model's one waveform (float32 [1, C, samples] in [0, 1]) as WAV (default) or FLAC."""
-    return await media_response(model, waveforms[0], answer_format(request, output, model, len(waveforms)))
+    kind = answer_format(request, output, model, len(waveforms))
+    return await media_response(codec, model, waveforms[0], kind)

@@ -212,3 +212,24 @@ def test_corrupt_truncated_or_hostile_files_are_refused(
     answer = post(url, endpoint, model, clip(FRAMES) if model == "tiny-wan" else sound(), data)  # the second file
     assert answer.status_code == status, answer.text
     assert answer.json()["detail"].startswith("files[1] (upload-1): ") and message in answer.json()["detail"]
+
+
+def test_clips_come_as_json_and_interpolate_too(models: tuple[str, dict[str, torch.nn.Module]]) -> None:
+    url, _ = models
+    data = clip(FRAMES)
+    as_json = httpx.post(
+        f"{url}/v1/score", json={"model": "tiny-wan", "images": [base64.b64encode(data).decode()]}, timeout=120
+    )
+    assert as_json.json()["scores"] == post(url, "score", "tiny-wan", data).json()["scores"]
+    path = httpx.post(
+        f"{url}/v1/interpolate",
+        files=[("files", ("a.mp4", data)), ("files", ("b.webm", clip(FRAMES, kind="webm")))],
+        data={"model": "tiny-wan", "steps": "3", "format": "json"},
+        timeout=120,
+    )
+    assert path.status_code == 200, path.text
+    assert len(path.json()["images"]) == 3 * FRAMES  # each step's frames, in order
+    png = io.BytesIO()
+    Image.new("RGB", (WIDTH, HEIGHT)).save(png, "PNG")
+    mixed = post(url, "score", "tiny-wan", data, png.getvalue())
+    assert mixed.status_code == 422 and "files[1] (upload-1): not an mp4, WebM or GIF video" in mixed.json()["detail"]

@@ -606,11 +606,14 @@ function normals(count, seed, scale) {
 }
 
 /** The file at `src` (an object URL) in `container` as a <video> (looped, muted) or <audio>
- *  with controls, freeing the object URL it replaces. */
-function showMedia(container, src, label) {
-  const old = container.querySelector("video, audio");
+ *  with controls (`tag` "img": a GIF clip, which browsers play as an image), freeing the object
+ *  URL it replaces. */
+function showMedia(container, src, label, tag = media().tag) {
+  const old = container.querySelector("video, audio, img");
   if (old?.src.startsWith("blob:")) URL.revokeObjectURL(old.src);
-  const node = el(media().tag, { src, controls: "", preload: "auto", "aria-label": label, title: label });
+  const node = tag === "img"
+    ? el("img", { src, alt: label, class: "px" })
+    : el(tag, { src, controls: "", preload: "auto", "aria-label": label, title: label });
   if (node.tagName === "VIDEO") Object.assign(node, { loop: true, muted: true, playsInline: true });
   container.replaceChildren(node);
 }
@@ -831,7 +834,8 @@ function encodeMedia(file) {
   encodeRunner(() =>
     task("encode", $("encode-media"), generation, async (stale) => {
       $("encode-status").textContent = `Encoding ${name}…`;
-      showMedia($("encode-original-media"), URL.createObjectURL(file), `${name}, as given`);
+      const tag = file.type === "image/gif" ? "img" : media().tag;
+      showMedia($("encode-original-media"), URL.createObjectURL(file), `${name}, as given`, tag);
       let reconstruction, scores;
       try {
         [reconstruction, scores] = await Promise.all([api.reconstructFile(form(), media()), api.scoreFile(form())]);

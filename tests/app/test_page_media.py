@@ -73,15 +73,16 @@ def loaded(page: object, selector: str) -> list[float]:
 
 
 def clip_file(path: Path, frames: int = 9, height: int = 16, width: int = 24) -> Path:
-    """An mp4 (H.264) of smooth random frames at 8 fps, written with PyAV."""
+    """An mp4 (H.264) or, named .gif, a GIF of smooth random frames at 8 fps, written with PyAV."""
     import numpy as np
 
     generator = np.random.default_rng(0)
     base = generator.integers(64, 192, (1, height, width, 3))
     pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
+    codec, pix_fmt = ("gif", "rgb8") if path.suffix == ".gif" else ("libx264", "yuv420p")
     with av.open(str(path), mode="w") as container:
-        stream = container.add_stream("libx264", rate=8)
-        stream.width, stream.height, stream.pix_fmt = width, height, "yuv420p"
+        stream = container.add_stream(codec, rate=8)
+        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
         for frame in pixels:
             container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
         container.mux(stream.encode())
@@ -125,6 +126,13 @@ def test_a_video_model_draws_and_reconstructs_videos(open_page: OpenPage, tmp_pa
     assert original[1] == pytest.approx(9 / 8, abs=1e-3) and original[2:] == [24, 16]  # as given, 8 fps
     assert reconstruction[1] == pytest.approx(9 / FPS, abs=1e-3) and reconstruction[2:] == [24, 16]
     assert 0 < float(page.inner_text("#score-mse")) < 1 and float(page.inner_text("#score-kl")) > 0
+    # A GIF clip shows as the image browsers animate; its reconstruction is an mp4 all the same.
+    before = page.eval_on_selector("#encode-reconstruction-media video", "v => v.src")
+    page.set_input_files("#file", str(clip_file(tmp_path / "clip.gif")))
+    page.wait_for_function(f"() => document.querySelector('#encode-reconstruction-media video')?.src !== {before!r}")
+    page.wait_for_function("() => document.querySelector('#encode-original-media img')?.complete")
+    assert page.eval_on_selector("#encode-original-media img", "i => [i.naturalWidth, i.naturalHeight]") == [24, 16]
+    assert loaded(page, "#encode-reconstruction-media video")[2:] == [24, 16]
     assert record.problems() == []
 
 

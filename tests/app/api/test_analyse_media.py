@@ -191,9 +191,18 @@ HOSTILE_CLIPS = [
     (clip(300, 8, 8, kind="webm"), 413, "at most 257 frames (VAE_MAX_FRAMES) and 4992 pixels in all"),  # no count
     (sound(), 422, "not an mp4, WebM or GIF video"),
 ]
+def flac_of_unknown_length() -> bytes:
+    """A FLAC stream whose STREAMINFO hides its length (total samples 0, as a live encoder writes)."""
+    data = bytearray(sound(SAMPLES, audio_format="FLAC"))
+    data[21] &= 0xF0  # STREAMINFO (from byte 8): its 36-bit sample count starts at byte 13's low nibble
+    data[22:26] = bytes(4)
+    return bytes(data)
+
+
 HOSTILE_SOUNDS = [
     (sound(channels=3), 422, "3 channels; this model takes 2"),
     (sound(601 * 8000, channels=1, rate=8000), 413, "601.0 s of audio, over the 600 s limit (VAE_MAX_SECONDS)"),
+    (flac_of_unknown_length(), 413, "s of audio, over the 600 s limit (VAE_MAX_SECONDS)"),  # never decoded
     (sound()[:30], 422, "not a readable WAV file"),
     (b"fLaC" + b"\x00" * 40, 422, "not a readable FLAC file"),
     (clip(FRAMES), 422, "not a WAV or FLAC file"),

@@ -223,13 +223,15 @@ def test_corrupt_truncated_or_hostile_files_are_refused(
     assert answer.json()["detail"].startswith("files[1] (upload-1): ") and message in answer.json()["detail"]
 
 
-def test_clips_come_as_json_and_interpolate_too(models: tuple[str, dict[str, torch.nn.Module]]) -> None:
+def test_clips_come_as_json_and_encode_and_interpolate_too(models: tuple[str, dict[str, torch.nn.Module]]) -> None:
     url, _ = models
     data = clip(FRAMES)
     as_json = httpx.post(
         f"{url}/v1/score", json={"model": "tiny-wan", "images": [base64.b64encode(data).decode()]}, timeout=120
     )
     assert as_json.json()["scores"] == post(url, "score", "tiny-wan", data).json()["scores"]
+    encoded = post(url, "encode", "tiny-wan", data).json()["latents"][0]
+    assert np.asarray(encoded["mean"]).shape == np.asarray(encoded["variance"]).shape == (16, 3, 2, 3)
     path = httpx.post(
         f"{url}/v1/interpolate",
         files=[("files", ("a.mp4", data)), ("files", ("b.webm", clip(FRAMES, kind="webm")))],

@@ -8,6 +8,7 @@ from __future__ import annotations
 from collections.abc import Iterator
 from pathlib import Path
 
+import numpy as np
 import pytest
 
 from tests.app.test_page import (  # noqa: F401  (browser and driver are fixtures)
@@ -74,8 +75,6 @@ def loaded(page: object, selector: str) -> list[float]:
 
 def clip_file(path: Path, frames: int = 9, height: int = 16, width: int = 24) -> Path:
     """An mp4 (H.264) or, named .gif, a GIF of smooth random frames at 8 fps, written with PyAV."""
-    import numpy as np
-
     generator = np.random.default_rng(0)
     base = generator.integers(64, 192, (1, height, width, 3))
     pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
@@ -91,8 +90,6 @@ def clip_file(path: Path, frames: int = 9, height: int = 16, width: int = 24) ->
 
 def sound_file(path: Path, samples: int = 1600) -> Path:
     """A stereo WAV at the model's rate: a 440 Hz tone and its octave."""
-    import numpy as np
-
     t = np.arange(samples)[:, None] / SAMPLE_RATE
     soundfile.write(str(path), 0.5 * np.sin(2 * np.pi * 440 * t * np.array([1, 2])), SAMPLE_RATE, subtype="PCM_16")
     return path

@@ -564,18 +564,18 @@ class Engine:
     ) -> Any:
         """`job`, a request already checked (`LoadedModel.checked`), through `model`'s batcher of
         `run` (default: `operation`) on the lane that its estimated cost picks."""
-        progress.admitted(model.name, operation)
         op = run or operation
+        need = self.need(model, op, job)
+        if need.total > self.memory.budget:  # before a job is admitted: it would never run either
+            name, budget = f"model '{model.name}' {operation}", self.memory.budget
+            raise MemoryBudgetExceeded(name, need.total, budget, smaller(model))
+        progress.admitted(model.name, operation)
         cost = self._costs[model.name][op]
         amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
         lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) >= self.long_cost else "short"
         batcher = self._batchers[model.name][op][lane]
         rows = items if size is None else size
         share = cost.share(amount, shape, rows, batcher.limits.max_size)
-        need = self.need(model, op, job)
-        if need.total > self.memory.budget:
-            name, budget = f"model '{model.name}' {operation}", self.memory.budget
-            raise MemoryBudgetExceeded(name, need.total, budget, smaller(model))
         return await batcher.submit(job, items, size, gone, share, need)
 
     def need(self, model: LoadedModel, op: str, job: Job) -> Need:

@@ -23,8 +23,10 @@ between two of them would understate it); `margin` (MARGIN) covers what the meas
 `buffers` counts IO_COPIES float32 copies of every input and output element (`outputs`: output
 elements per input element, from the probes' results): a tiled decode keeps its tiles (with
 their overlap), the blended rows and the output, and the conversion to pixels makes more. The
-time axis of a video counts per element too: conservative for the decoders that work frame by
-frame (Wan's), whose working memory does not grow with the frames (docs/deploy.md, "Memory").
+frames of a video past the probes' count at the `growth` one more probe with twice the frames
+measured (`grown`), where the measure shows it (TIME_MEASURED: on a GPU): the decoders that work
+a few frames at a time (Wan's) need little more working memory for more frames; elsewhere
+they count per element (docs/deploy.md, "Memory").
 
 On a GPU the measure is torch's allocator (max_memory_allocated after reset_peak_memory_stats);
 on the CPU the process's peak resident memory (VmHWM, reset by /proc/self/clear_refs after
@@ -41,7 +43,7 @@ import math
 import re
 import time
 from collections.abc import Callable, Iterable
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
@@ -55,6 +57,12 @@ IO_COPIES = 4
 # decode peaked up to 1.6x higher served than probed at load (docs/deploy.md, "Memory"). On a
 # GPU the allocator's counts are exact, but its cache fragments.
 MARGIN = {"cpu": 2.0, "cuda": 1.25}
+# Whether a video model's probes measure how its working memory grows with the frames, per
+# device type. On a GPU the allocator counts the tensors alive, so a decoder that works a few
+# frames at a time (Wan's, frame by frame; CogVideoX's, two latent frames) shows it. On a CPU the
+# resident peak grew with the frames even for Wan's (the heap fragments as the output grows:
+# 2.5x the frames, 3x the peak, docs/benchmarks.md): there the time axis counts per element.
+TIME_MEASURED = {"cpu": False, "cuda": True}
 FLOAT_BYTES = 4
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
@@ -90,14 +98,20 @@ class Footprint:
     rate: float = 0.0  # bytes per element of a pass
     outputs: float = 0.0  # output elements per input element
     margin: float = 1.0  # the measured working memory is multiplied by it (MARGIN)
+    frames: int = 0  # a video model's: the frames (latent frames, for decode) of the probes' rows
+    growth: float = 1.0  # the share of the working memory that grows with the frames past `frames`
 
-    def need(self, elements: int, pass_elements: int, full_pass: int) -> Need:
+    def need(self, elements: int, pass_elements: int, full_pass: int, frames: int = 0) -> Need:
         """A job of `elements` input elements, `pass_elements` of them in its largest pass (its
-        padding included), `full_pass` in a pass of the most rows of its shape."""
+        padding included), `full_pass` in a pass of the most rows of its shape; a video's rows
+        of `frames` frames count the frames past the probes' at `growth`."""
         buffers = math.ceil(IO_COPIES * FLOAT_BYTES * (1 + self.outputs) * elements)
-        return Need(self.work(pass_elements), buffers, self.work(full_pass))
+        share = 1.0
+        if self.frames and frames > self.frames:
+            share = (self.frames + self.growth * (frames - self.frames)) / frames
+        return Need(self.work(pass_elements * share), buffers, self.work(full_pass * share))
 
-    def work(self, pass_elements: int) -> int:
+    def work(self, pass_elements: float) -> int:
         return math.ceil(self.margin * max(self.small, self.rate * pass_elements))
 
 
@@ -109,6 +123,17 @@ def fit(points: Iterable[tuple[int, int, int]], margin: float = 1.0) -> Footprin
     largest = found[-1]
     outputs = max(out / max(1, n) for n, _, out in found)
     return Footprint(found[0][1], largest[1] / max(1, largest[0]), outputs, margin)
+
+
+def grown(footprint: Footprint, shorter: tuple[int, int, int], longer: tuple[int, int, int], frames: int) -> Footprint:
+    """`footprint` with the growth of its working memory with the frames, from two probes of the
+    same rows and size, `shorter` of `frames` frames and `longer` of more: 0 where the peak did
+    not grow with them, 1 where it grew as much as the elements did."""
+    (units, peak, _), (more_units, more_peak, _) = shorter, longer
+    if units <= 0 or peak <= 0 or more_units <= units:
+        return footprint
+    growth = min(1.0, max(0.0, (more_peak / peak - 1) / (more_units / units - 1)))
+    return replace(footprint, frames=frames, growth=growth)
 
 
 def elements(result: Any) -> int:

@@ -37,7 +37,7 @@ from app.engine.budget import default_budget, memory_limit
 from app.engine.cost import Cost, measure
 from app.engine.errors import EngineError, InvalidInput, MemoryBudgetExceeded, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
-from app.engine.memory import MARGIN, Footprint, MemoryPool, Need, Recorder, held
+from app.engine.memory import MARGIN, TIME_MEASURED, Footprint, MemoryPool, Need, Recorder, grown, held
 from app.engine.memory import fit as fit_memory
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
@@ -308,19 +308,22 @@ def pass_rows(job: Job, op: str, backend: Backend, latent_size: int) -> tuple[in
     return rows, math.ceil(row * share)
 
 
-def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
+def probe_jobs(passes: Passes, op: str, rows: int, side: int, longer: bool = False) -> list[Job]:
     """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
-    side (or the model's own size); score with k = 8."""
+    side (or the model's own size); score with k = 8. A video model's have its native frame
+    count, or with `longer` twice its latent frames."""
     backend = passes.backend
     image = backend.image
     height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
     generator = np.random.default_rng(0)
     labels = np.zeros(rows, np.int64) if backend.label_names else None
+    video = image.frames
+    frames = video.decoded(2 * video.latent(video.native)) if video and longer else None
     if op == "decode":
-        latent = backend.latent_shape(height, width)
+        latent = backend.latent_shape(height, width, *([frames] if frames else []))  # type: ignore[call-arg]
         z = generator.standard_normal((rows, *latent), dtype=np.float32)  # type: ignore[arg-type]
         return [ArrayJob(z, labels, options=default_options(backend))]
-    x = generator.random((rows, *image.item(height, width)), dtype=np.float32)
+    x = generator.random((rows, *image.item(height, width, frames)), dtype=np.float32)
     return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
 
 
@@ -370,18 +373,35 @@ def costs_of(passes: Passes, latent_size: int) -> tuple[dict[str, Cost], dict[st
             recorded = Recorder(partial(RUNS[op], passes), count, passes.backend.device)
             run = memory_guarded(lambda _, jobs: recorded(jobs), passes, f"measuring {op}")
             found[op] = measure(run, jobs, count)
-            peak = max((peak for _, peak, _ in recorded.points), default=0)
-            if not passes.backend.image.fixed_size and peak < MEMORY_PROBE_BYTES:
-                rows, side = MEMORY_PROBE
-                try:
-                    run(probe_jobs(passes, op, rows or passes.max_rows, side))
-                except EngineError:  # out of memory at load: the probes measured so far stand
-                    pass
-            footprints[op] = fit_memory(recorded.points, MARGIN[passes.backend.device.type])
+            footprints[op] = measure_memory(passes, op, recorded, run)
     for table in (found, footprints):
         if "decode" in table:
             table["sample"] = table["decode"]
     return found, footprints
+
+
+def measure_memory(
+    passes: Passes, op: str, recorded: Recorder, run: Callable[[list[Any]], list[Any]]
+) -> Footprint:
+    """`op`'s footprint from the peaks `recorded` on the cost probes, after one more probe at
+    twice the side where they peaked under MEMORY_PROBE_BYTES, and, for a video model where the
+    device's measure shows it, one with twice the latent frames (app/engine/memory.py)."""
+    backend = passes.backend
+    device, video = backend.device.type, backend.image.frames
+    rows, side = PROBES[-1]
+    try:
+        if not backend.image.fixed_size and max((p for _, p, _ in recorded.points), default=0) < MEMORY_PROBE_BYTES:
+            rows, side = MEMORY_PROBE
+            run(probe_jobs(passes, op, rows or passes.max_rows, side))
+        footprint = fit_memory(recorded.points, MARGIN[device])
+        if video is None or not TIME_MEASURED[device] or not recorded.points:
+            return footprint
+        shorter = max(recorded.points)
+        run(probe_jobs(passes, op, rows or passes.max_rows, side, longer=True))
+    except EngineError:  # out of memory at load: what was measured stands
+        return fit_memory(recorded.points, MARGIN[device])
+    frames = video.latent(video.native) if op == "decode" else video.native
+    return grown(footprint, shorter, recorded.points[-1], frames)
 
 
 def observed(
@@ -583,7 +603,8 @@ class Engine:
         footprint = self._footprints[model.name].get(op, Footprint())
         latent_size, passes = self._latent_sizes[model.name], self._passes[model.name]
         rows, row = pass_rows(job, op, model.backend, latent_size)
-        return footprint.need(units(job, latent_size), passes.shape(rows) * row, passes.max_rows * row)
+        frames = job.x.shape[2] if model.backend.image.frames and not isinstance(job, SampleJob) else 0
+        return footprint.need(units(job, latent_size), passes.shape(rows) * row, passes.max_rows * row, frames)
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None

@@ -10,6 +10,7 @@ import threading
 import time
 from collections.abc import Awaitable, Callable
 from dataclasses import dataclass
+from pathlib import Path
 from typing import Any
 
 import numpy as np
@@ -20,12 +21,15 @@ from app.api.errors import status_code
 from app.engine.backend import ImageSpec
 from app.engine.batcher import Batcher, Limits, Worker
 from app.engine.errors import MemoryBudgetExceeded, MemoryBusy
-from app.engine.memory import IO_COPIES, MARGIN, Footprint, MemoryPool, Need, fit, peak_of
-from app.engine.operations import ArrayJob, Engine, pass_rows
+from app.engine import operations
+from app.engine.memory import IO_COPIES, MARGIN, Footprint, MemoryPool, Need, fit, grown, peak_of
+from app.engine.operations import ArrayJob, Engine, costs_of, pass_rows, sample_units
+from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
 from tests.app.engine.toy_backend import ToyBackend
 
 MiB = 1 << 20
+CPU = torch.device("cpu")
 LIMITS = Limits(max_size=8, max_delay=0.0, max_queue=100, timeout=5.0)
 
 
@@ -72,7 +76,7 @@ def test_the_peak_counts_what_a_run_held_at_once_not_what_it_kept() -> None:
         held = torch.ones(16 * MiB // 4)  # 16 MiB, its pages written
         return float(held.sum())
 
-    result, peak = peak_of(run, torch.device("cpu"))
+    result, peak = peak_of(run, CPU)
     assert result == 4 * MiB
     assert 16 * MiB <= peak < 24 * MiB
 
@@ -260,3 +264,29 @@ def test_requests_that_fit_alone_but_not_together_run_one_after_the_other() -> N
     results = engine_run(main, budget=96 * MiB, batches=batches)
     assert [r.shape for r in results] == [(2, 8, 8, 3)] * 3
     assert batches.sizes == [2, 2, 2]  # without the budget: [2, 4], the last two batched
+
+
+def test_frames_past_the_probes_count_at_the_growth_measured() -> None:
+    footprint = grown(Footprint(0, 1000.0), (1000, 10 * MiB, 0), (2000, 15 * MiB, 0), frames=2)
+    assert footprint.frames == 2 and footprint.growth == 0.5  # twice the frames, 1.5x the peak
+    # 8 frames: 2 + 0.5 x 6 = 5 frames' worth of working memory.
+    assert footprint.need(4000, 4000, 4000, frames=8).work == 1000 * 4000 * 5 // 8
+    assert footprint.need(1000, 1000, 1000, frames=2).work == 1000 * 1000  # the probes' own frames
+    assert grown(Footprint(), (1000, 10, 0), (2000, 30, 0), 2).growth == 1.0  # never more than per element
+
+
+def test_a_video_models_probes_measure_the_growth_with_the_frames_where_the_device_shows_it(
+    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
+) -> None:
+    diffusers_backend = pytest.importorskip("app.engine.backends.diffusers")
+    from tests.diffusers_video_models import save_video_classes
+
+    backend = diffusers_backend.load_diffusers(save_video_classes(tmp_path, ["tiny-wan"])["tiny-wan"], CPU)
+    passes = Passes(backend, 1)
+    passes.calibrate()
+    assert not operations.TIME_MEASURED["cpu"]  # a CPU's resident peaks: frames count per element
+    monkeypatch.setattr(operations, "TIME_MEASURED", {"cpu": True})
+    _, measured = costs_of(passes, sample_units(passes))
+    decode, encode = measured["decode"], measured["encode"]
+    assert decode.frames == 2 and encode.frames == 5  # latent frames of the probes, and frames
+    assert 0 <= decode.growth <= 1 and 0 <= encode.growth <= 1

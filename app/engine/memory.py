@@ -23,10 +23,11 @@ between two of them would understate it); `margin` (MARGIN) covers what the meas
 `buffers` counts IO_COPIES float32 copies of every input and output element (`outputs`: output
 elements per input element, from the probes' results): a tiled decode keeps its tiles (with
 their overlap), the blended rows and the output, and the conversion to pixels makes more. The
-frames of a video past the probes' count at the `growth` one more probe with twice the frames
-measured (`grown`), where the measure shows it (TIME_MEASURED: on a GPU): the decoders that work
-a few frames at a time (Wan's) need little more working memory for more frames; elsewhere
-they count per element (docs/deploy.md, "Memory").
+frames of a video past the probes' count at the `growth` that one more probe, with twice the
+frames, measured (`grown`): a decoder that works a few frames at a time (Wan's, frame by frame)
+needs little more working memory for more frames, one that takes them all at once as much more
+as it has frames. Where fixed allocations are a part of the probes' peaks, the growth is
+understated by as much as the rate is overstated, so that for a long video the two cancel.
 
 On a GPU the measure is torch's allocator (max_memory_allocated after reset_peak_memory_stats);
 on the CPU the process's peak resident memory (VmHWM, reset by /proc/self/clear_refs after
@@ -57,12 +58,6 @@ IO_COPIES = 4
 # decode peaked up to 1.6x higher served than probed at load (docs/deploy.md, "Memory"). On a
 # GPU the allocator's counts are exact, but its cache fragments.
 MARGIN = {"cpu": 2.0, "cuda": 1.25}
-# Whether a video model's probes measure how its working memory grows with the frames, per
-# device type. On a GPU the allocator counts the tensors alive, so a decoder that works a few
-# frames at a time (Wan's, frame by frame; CogVideoX's, two latent frames) shows it. On a CPU the
-# resident peak grew with the frames even for Wan's (the heap fragments as the output grows:
-# 2.5x the frames, 3x the peak, docs/benchmarks.md): there the time axis counts per element.
-TIME_MEASURED = {"cpu": False, "cuda": True}
 FLOAT_BYTES = 4
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")

@@ -37,7 +37,7 @@ from app.engine.budget import default_budget, memory_limit
 from app.engine.cost import Cost, measure
 from app.engine.errors import EngineError, InvalidInput, MemoryBudgetExceeded, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
-from app.engine.memory import MARGIN, TIME_MEASURED, Footprint, MemoryPool, Need, Recorder, grown, held
+from app.engine.memory import MARGIN, Footprint, MemoryPool, Need, Recorder, grown, held
 from app.engine.memory import fit as fit_memory
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
@@ -384,8 +384,8 @@ def measure_memory(
     passes: Passes, op: str, recorded: Recorder, run: Callable[[list[Any]], list[Any]]
 ) -> Footprint:
     """`op`'s footprint from the peaks `recorded` on the cost probes, after one more probe at
-    twice the side where they peaked under MEMORY_PROBE_BYTES, and, for a video model where the
-    device's measure shows it, one with twice the latent frames (app/engine/memory.py)."""
+    twice the side where they peaked under MEMORY_PROBE_BYTES, and, for a video model, one with
+    twice the latent frames (app/engine/memory.py)."""
     backend = passes.backend
     device, video = backend.device.type, backend.image.frames
     rows, side = PROBES[-1]
@@ -394,7 +394,7 @@ def measure_memory(
             rows, side = MEMORY_PROBE
             run(probe_jobs(passes, op, rows or passes.max_rows, side))
         footprint = fit_memory(recorded.points, MARGIN[device])
-        if video is None or not TIME_MEASURED[device] or not recorded.points:
+        if video is None or not recorded.points:
             return footprint
         shorter = max(recorded.points)
         run(probe_jobs(passes, op, rows or passes.max_rows, side, longer=True))

@@ -21,7 +21,6 @@ from app.api.errors import status_code
 from app.engine.backend import ImageSpec
 from app.engine.batcher import Batcher, Limits, Worker
 from app.engine.errors import MemoryBudgetExceeded, MemoryBusy
-from app.engine import operations
 from app.engine.memory import IO_COPIES, MARGIN, Footprint, MemoryPool, Need, fit, grown, peak_of
 from app.engine.operations import ArrayJob, Engine, costs_of, pass_rows, sample_units
 from app.engine.passes import Passes
@@ -275,17 +274,13 @@ def test_frames_past_the_probes_count_at_the_growth_measured() -> None:
     assert grown(Footprint(), (1000, 10, 0), (2000, 30, 0), 2).growth == 1.0  # never more than per element
 
 
-def test_a_video_models_probes_measure_the_growth_with_the_frames_where_the_device_shows_it(
-    tmp_path: Path, monkeypatch: pytest.MonkeyPatch
-) -> None:
+def test_a_video_models_probes_measure_the_growth_of_its_memory_with_the_frames(tmp_path: Path) -> None:
     diffusers_backend = pytest.importorskip("app.engine.backends.diffusers")
     from tests.diffusers_video_models import save_video_classes
 
     backend = diffusers_backend.load_diffusers(save_video_classes(tmp_path, ["tiny-wan"])["tiny-wan"], CPU)
     passes = Passes(backend, 1)
     passes.calibrate()
-    assert not operations.TIME_MEASURED["cpu"]  # a CPU's resident peaks: frames count per element
-    monkeypatch.setattr(operations, "TIME_MEASURED", {"cpu": True})
     _, measured = costs_of(passes, sample_units(passes))
     decode, encode = measured["decode"], measured["encode"]
     assert decode.frames == 2 and encode.frames == 5  # latent frames of the probes, and frames

@@ -1,12 +1,14 @@
 """Tiny random diffusers audio autoencoders of every served audio class, from the small configs
-of diffusers' own tests (tests/models/autoencoders/test_models_autoencoder_oobleck.py)."""
+of diffusers' own tests (tests/models/autoencoders/test_models_autoencoder_oobleck.py,
+..._kl_minimax_h3_audio.py, ..._cosmos3_audio.py, tests/pipelines/longcat_audio_dit/), at one
+rate of their own; MMAudio's with its vocoder in `vocoder/`."""
 
 from __future__ import annotations
 
 from pathlib import Path
 from typing import Any
 
-from tests.diffusers_models import save
+from tests.diffusers_models import build, save
 
 # Stereo, 8 samples per latent step, at a rate of its own (not the class's 44100 default).
 SAMPLE_RATE = 16000
@@ -40,9 +42,111 @@ TINY_AUDIO: dict[str, tuple[str, dict[str, Any]]] = {
             "sampling_rate": SAMPLE_RATE,
         },
     ),
+    # Mono, 4 samples per latent step.
+    "tiny-kvae-audio": (
+        "AutoencoderKLKVAEAudio",
+        {
+            "encoder_dim": 4,
+            "encoder_rates": [2, 2],
+            "latent_dim": 16,
+            "codebook_dim": 4,
+            "decoder_dim": 16,
+            "decoder_rates": [2, 2],
+            "sample_rate": SAMPLE_RATE,
+            "num_channels": 1,
+            "attn_num_heads": 2,
+        },
+    ),
+    # Mono, 4 samples per latent step; per-channel statistics that are not the identity.
+    "tiny-minimax-audio": (
+        "AutoencoderKLMiniMaxH3Audio",
+        {
+            "encoder_dim": 4,
+            "encoder_rates": [2, 2],
+            "latent_dim": 32,
+            "latent_channels": 8,
+            "num_attention_heads": 2,
+            "decoder_dim": 16,
+            "decoder_rates": [2, 2],
+            "decoder_kernel_sizes": [4, 4],
+            "resblock_kernel_sizes": [3, 7],
+            "resblock_dilation_sizes": [[1, 3], [1, 3]],
+            "sampling_rate": SAMPLE_RATE,
+            "latents_mean": [0.1 * i for i in range(8)],
+            "latents_std": [1.0 + 0.25 * i for i in range(8)],
+        },
+    ),
+    # Mono, strides 2 and 2 (the last given stride repeated for the second block): 4 samples per step.
+    "tiny-longcat": (
+        "LongCatAudioDiTVae",
+        {
+            "in_channels": 1,
+            "channels": 16,
+            "c_mults": [1, 2],
+            "strides": [2],
+            "latent_dim": 8,
+            "encoder_latent_dim": 16,
+            "downsampling_ratio": 4,
+            "sample_rate": SAMPLE_RATE,
+        },
+    ),
+    # Stereo, 4 samples per latent step, its encoder's volume normalisation on.
+    "tiny-cosmos3-audio": (
+        "Cosmos3AVAEAudioTokenizer",
+        {
+            "sampling_rate": SAMPLE_RATE,
+            "hop_size": 4,
+            "input_channels": 1,
+            "stereo": True,
+            "normalize_volume": True,
+            "enc_dim": 4,
+            "enc_num_blocks": 1,
+            "enc_n_fft": 8,
+            "enc_hop_length": 2,
+            "enc_latent_dim": 8,
+            "enc_c_mults": [1],
+            "enc_strides": [2],
+            "vocoder_input_dim": 4,
+            "dec_dim": 4,
+            "dec_c_mults": [1, 2],
+            "dec_strides": [2, 2],
+            "dec_out_channels": 2,
+        },
+    ),
+    # Mono; mel frames of 16 samples, 2 per latent step (32 samples); the vocoder upsamples by 16.
+    "tiny-mmaudio": (
+        "MMAudioVAE",
+        {
+            "mel_bins": 16,
+            "latent_channels": 4,
+            "hidden_channels": 8,
+            "channel_multipliers": [1, 2],
+            "layers_per_block": 1,
+            "sample_rate": SAMPLE_RATE,
+            "n_fft": 64,
+            "hop_length": 16,
+        },
+    ),
+}
+# The vocoders of the mel classes, saved in their folder's `vocoder/`.
+TINY_VOCODERS: dict[str, tuple[str, dict[str, Any]]] = {
+    "tiny-mmaudio": (
+        "MMAudioVocoder",
+        {
+            "num_mels": 16,
+            "upsample_initial_channel": 16,
+            "upsample_rates": [4, 4],
+            "upsample_kernel_sizes": [8, 8],
+            "resblock_kernel_sizes": [3],
+            "resblock_dilation_sizes": [[1, 3]],
+        },
+    ),
 }
 
 
 def save_audio_classes(folder: Path) -> dict[str, Path]:
-    """A folder per served audio class in `folder`."""
-    return save(folder, TINY_AUDIO)
+    """A folder per served audio class in `folder` (a mel class's with its vocoder)."""
+    saved = save(folder, TINY_AUDIO)
+    for name, (kind, config) in TINY_VOCODERS.items():
+        build(kind, config).save_pretrained(saved[name] / "vocoder")
+    return saved

@@ -64,6 +64,21 @@ def value(key: str) -> Callable[[Config], int]:
     return lambda config: int(config[key])
 
 
+def rates_differ(config: Config, encoder: str, decoder: str) -> str | None:
+    """Why a config whose decoder does not upsample by its encoder's hop is not served, else None."""
+    down, up = math.prod(config[encoder]), math.prod(config[decoder])
+    return f"its {decoder} upsample by {up}, its {encoder} downsample by {down}" if up != down else None
+
+
+def longcat_hop(config: Config) -> int:
+    """LongCat-AudioDiT's encoder's strides, as AudioDiTVaeEncoder completes them: one per entry of
+    `c_mults` (default five), the last given stride (else 2) repeated."""
+    blocks = len(config.get("c_mults") or [1, 2, 4, 8, 16])
+    strides = list(config.get("strides") or [2] * blocks)
+    strides += [strides[-1] if strides else 2] * (blocks - len(strides))
+    return math.prod(strides[:blocks])
+
+
 @dataclass(frozen=True)
 class DecodeOption:
     """An input a class's decode takes from the request (query parameter of the same name)."""
@@ -79,7 +94,7 @@ class ClassSpec:
     encoder: Encoder
     factor: Callable[[Config], int]  # the spatial downsampling factor
     latent_channels: str = "latent_channels"  # the config key
-    image_channels: str | None = None  # the config key, where the class is not RGB-only
+    image_channels: str | int | None = None  # the config key (or the count), where the class is not RGB-only
     frames: bool = False  # a video-shaped model used for one frame: images [B, C, 1, H, W], latents [B, C, 1, h, w]
     # A video class: its temporal compression (frames per latent frame after the first, which is
     # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
@@ -90,6 +105,17 @@ class ClassSpec:
     frames_as_images: bool = False
     fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
     sample_rate: str | None = None  # an audio class: the config key of its sample rate; waveforms [B, C, samples]
+    # An audio class's posterior keeps its log variance (`logvar`), or its log standard deviation
+    # (`logs`: MiniMax H3 audio's).
+    posterior_log: Literal["logvar", "logs"] = "logvar"
+    encode_options: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments of its encode
+    # Its encode normalises over the whole batch (Cosmos3's peak volume): each row is encoded alone,
+    # so that a row's latents do not depend on the rows batched with it.
+    encode_alone: bool = False
+    channel_axis: bool = True  # False: its encode takes mono waveforms [B, samples]
+    # A class that decodes to a mel spectrogram: the class of its pipelines' vocoder, which turns the
+    # mel into the waveform (the folder must hold it: diffusers_folders.py).
+    vocoder: str | None = None
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
@@ -241,6 +267,74 @@ AUDIO_CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="float32",
         sample_rate="sampling_rate",
     ),
+    # Kandinsky's KVAE-Audio: DAC-style strided convolutions, a Gaussian bottleneck of `codebook_dim` channels.
+    "AutoencoderKLKVAEAudio": ClassSpec(
+        "posterior",
+        product("encoder_rates"),
+        "codebook_dim",
+        "num_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sample_rate",
+        refuse=lambda config: rates_differ(config, "encoder_rates", "decoder_rates"),
+    ),
+    # MiniMax-H3's: mono (the pipeline carries stereo as two batch rows), float32 whatever the
+    # pipeline's dtype (_keep_in_fp32_modules), a posterior of mean and log standard deviation;
+    # its pipeline normalises the latents per channel.
+    "AutoencoderKLMiniMaxH3Audio": ClassSpec(
+        "posterior",
+        product("encoder_rates"),
+        "latent_channels",
+        1,
+        tiling=False,
+        normalisation="mean_std",
+        gpu_dtype="float32",
+        sample_rate="sampling_rate",
+        posterior_log="logs",
+    ),
+    # LongCat-AudioDiT's: encode(sample_posterior=False) gives the posterior mean divided by the
+    # config's `scale`, as its pipeline's latents (decode multiplies it back).
+    "LongCatAudioDiTVae": ClassSpec(
+        "latents",
+        longcat_hop,
+        "latent_dim",
+        "in_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sample_rate",
+        encode_options={"sample_posterior": False},
+        refuse=lambda config: (
+            f"its downsampling_ratio ({config.get('downsampling_ratio')}), which its pipeline uses, is not the "
+            f"encoder's strides' product ({longcat_hop(config)})"
+            if config.get("downsampling_ratio") != longcat_hop(config)
+            else None
+        ),
+    ),
+    # Cosmos3's sound tokenizer: an Oobleck-style posterior; encode peak-normalises the volume over
+    # the whole batch (hence row by row) and its decode returns the waveform tensor itself.
+    "Cosmos3AVAEAudioTokenizer": ClassSpec(
+        "posterior",
+        lambda config: int(config.get("hop_size") or math.prod(config["dec_strides"])),
+        "vocoder_input_dim",
+        "dec_out_channels",
+        tiling=False,
+        gpu_dtype="bfloat16",
+        sample_rate="sampling_rate",
+        encode_alone=True,
+    ),
+    # Kandinsky 6's MMAudio: encode computes its log-mel from a mono waveform [B, samples] itself;
+    # decode makes a mel spectrogram of 2 frames per latent step, which MMAudioVocoder turns into the
+    # waveform (`hop_length` samples per frame).
+    "MMAudioVAE": ClassSpec(
+        "posterior",
+        lambda config: 2 * int(config["hop_length"]),
+        image_channels=1,
+        tiling=False,
+        gpu_dtype="bfloat16",
+        sample_rate="sample_rate",
+        channel_axis=False,
+        vocoder="MMAudioVocoder",
+    ),
 }
 CLASSES.update(AUDIO_CLASSES)
 
@@ -261,10 +355,4 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderVidTok": "not yet a row",
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
     "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
-    "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
-    "AutoencoderKLKVAEAudio": "not yet a row",
-    "AutoencoderKLMiniMaxH3Audio": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), "
-    "which needs the accelerate package, not installed here",
-    "Cosmos3AVAEAudioTokenizer": "not yet a row",
-    "LongCatAudioDiTVae": "not yet a row",
 }

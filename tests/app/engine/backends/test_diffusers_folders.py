@@ -138,7 +138,7 @@ def test_what_cannot_be_served_stops_start_up_with_one_line(tmp_path: Path, kl: 
     no_vae = tmp_path / "no-vae"
     no_vae.mkdir()
     (no_vae / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "X"]}')
-    assert "model_index.json: the pipeline FluxPipeline has no vae component" in one_line(no_vae)
+    assert "model_index.json: the pipeline FluxPipeline has no vae or audio_vae component" in one_line(no_vae)
     rae = tmp_path / "rae"
     rae.mkdir()
     (rae / "config.json").write_text('{"_class_name": "AutoencoderRAE"}')

@@ -5,8 +5,11 @@ rate of their own; MMAudio's with its vocoder in `vocoder/`."""
 
 from __future__ import annotations
 
+from collections.abc import Callable
 from pathlib import Path
 from typing import Any
+
+import torch
 
 from tests.diffusers_models import build, save
 
@@ -150,3 +153,58 @@ def save_audio_classes(folder: Path) -> dict[str, Path]:
     for name, (kind, config) in TINY_VOCODERS.items():
         build(kind, config).save_pretrained(saved[name] / "vocoder")
     return saved
+
+
+# How each class is called in diffusers (its docs and pipelines), waveforms in [-1, 1]: encode ->
+# (latents or the posterior's mean, the posterior's variance or None); decode -> waveforms.
+Encoded = tuple[torch.Tensor, torch.Tensor | None]
+
+
+def posterior(q: object) -> Encoded:
+    return q.mean, q.var  # type: ignore[attr-defined]
+
+
+def minimax(q: object) -> Encoded:
+    return q.mean, q.std**2  # type: ignore[attr-defined]
+
+
+ENCODE: dict[str, Callable[[torch.nn.Module, torch.Tensor], Encoded]] = {
+    "AutoencoderOobleck": lambda model, x: posterior(model.encode(x).latent_dist),
+    "AutoencoderSAME": lambda model, x: (model.encode(x).latents, None),
+    "AutoencoderKLKVAEAudio": lambda model, x: posterior(model.encode(x).latent_dist),
+    # Mean and log standard deviation (`logs`), no `var`.
+    "AutoencoderKLMiniMaxH3Audio": lambda model, x: minimax(model.encode(x).latent_dist),
+    "LongCatAudioDiTVae": lambda model, x: (model.encode(x, sample_posterior=False).latents, None),
+    # Its volume normalisation is over the whole batch: each row alone is what a row should get.
+    "Cosmos3AVAEAudioTokenizer": lambda model, x: tuple(  # type: ignore[return-value]
+        torch.cat(part) for part in zip(*(posterior(model.encode(row).latent_dist) for row in x.split(1)))
+    ),
+    "MMAudioVAE": lambda model, x: posterior(model.encode(x[:, 0]).latent_dist),  # mono [B, samples]
+}
+
+
+class WithVocoder(torch.nn.Module):
+    """A mel class and its vocoder, as its pipelines decode: vocoder(vae.decode(z).sample)."""
+
+    def __init__(self, vae: torch.nn.Module, vocoder: torch.nn.Module) -> None:
+        super().__init__()
+        self.vae, self.vocoder = vae, vocoder
+
+    def encode(self, *args: Any, **kwargs: Any) -> Any:
+        return self.vae.encode(*args, **kwargs)
+
+
+def build_audio(name: str) -> torch.nn.Module:
+    """The tiny model `name` as saved (with its vocoder, where it has one), built, not reloaded."""
+    model = build(*TINY_AUDIO[name])
+    return WithVocoder(model, build(*TINY_VOCODERS[name])) if name in TINY_VOCODERS else model
+
+
+def in_diffusers_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
+    """Waveforms in [-1, 1] from latents, as the class's pipelines decode them."""
+    if isinstance(model, WithVocoder):
+        mel = model.vae.decode(z).sample
+        assert mel.shape[1] == model.vocoder.config.num_mels  # a mel spectrogram; the vocoder makes the waveform
+        return model.vocoder(mel).sample
+    decoded = model.decode(z)
+    return getattr(decoded, "sample", decoded)  # Cosmos3's sound tokenizer returns the tensor itself

@@ -3,46 +3,32 @@ class computes in diffusers for waveforms [B, C, samples]."""
 
 from __future__ import annotations
 
-from collections.abc import Callable
+import json
+import shutil
+from pathlib import Path
 
 import pytest
 import torch
 
-from app.engine.backends.diffusers import DiffusersBackend, DiffusersError, LatentGaussian, load_diffusers
+from app.config import Settings
+from app.engine.backends.diffusers import DiffusersBackend, DiffusersError, LatentGaussian, family, load_diffusers
 from app.engine.backends.diffusers_classes import AUDIO_CLASSES
+from app.engine.errors import StartupError
 from app.engine.passes import Passes
-from tests.diffusers_audio_models import SAMPLE_RATE, TINY_AUDIO, TINY_VOCODERS, save_audio_classes
+from app.main import load_models
+from tests.diffusers_audio_models import (
+    ENCODE,
+    SAMPLE_RATE,
+    TINY_AUDIO,
+    TINY_VOCODERS,
+    build_audio,
+    in_diffusers_decode,
+    save_audio_classes,
+)
 from tests.diffusers_models import build
 
 diffusers = pytest.importorskip("diffusers")
 CPU = torch.device("cpu")
-
-
-# How each class is called in diffusers (its docs and pipelines), waveforms in [-1, 1]: encode ->
-# (latents or the posterior's mean, the posterior's variance or None); decode -> waveforms.
-Encoded = tuple[torch.Tensor, torch.Tensor | None]
-
-
-def posterior(q: object) -> Encoded:
-    return q.mean, q.var  # type: ignore[attr-defined]
-
-
-ENCODE: dict[str, Callable[[torch.nn.Module, torch.Tensor], Encoded]] = {
-    "AutoencoderOobleck": lambda model, x: posterior(model.encode(x).latent_dist),
-    "AutoencoderSAME": lambda model, x: (model.encode(x).latents, None),
-    "AutoencoderKLKVAEAudio": lambda model, x: posterior(model.encode(x).latent_dist),
-    # Mean and log standard deviation (`logs`), no `var`.
-    "AutoencoderKLMiniMaxH3Audio": lambda model, x: (model.encode(x).latent_dist.mean, model.encode(x).latent_dist.std ** 2),
-    "LongCatAudioDiTVae": lambda model, x: (model.encode(x, sample_posterior=False).latents, None),
-    # Its volume normalisation is over the whole batch: each row alone is what a row should get.
-    "Cosmos3AVAEAudioTokenizer": lambda model, x: tuple(  # type: ignore[return-value]
-        torch.cat(part) for part in zip(*(posterior(model.encode(row).latent_dist) for row in x.split(1)))
-    ),
-    "MMAudioVAE": lambda model, x: posterior(model.encode(x[:, 0]).latent_dist),  # mono [B, samples]
-}
-DECODE: dict[str, Callable[[torch.nn.Module, torch.Tensor], torch.Tensor]] = {
-    "Cosmos3AVAEAudioTokenizer": lambda model, z: model.decode(z),  # the tensor itself
-}
 
 
 @pytest.fixture(scope="module")
@@ -50,7 +36,7 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Diffuser
     """Each tiny model served, and the model it was saved from (the reference: built, not reloaded)."""
     models = {}
     for name, folder in save_audio_classes(tmp_path_factory.mktemp("audio")).items():
-        models[name] = (load_diffusers(folder, CPU), build(*TINY_AUDIO[name]))
+        models[name] = (load_diffusers(folder, CPU), build_audio(name))
     return models
 
 
@@ -80,11 +66,7 @@ def test_encode_and_decode_equal_diffusers(
     torch.testing.assert_close(z, mean, rtol=0, atol=1e-5)
     assert tuple(z.shape) == (2, *backend.latent_shape(1, wave.shape[-1])) == (2, backend.latent_channels, steps)
     decoded = backend.decode(z)
-    expected = DECODE.get(kind, lambda model, z: model.decode(z).sample)(model, z)
-    if backend.vocoder is not None:
-        vocoder = build(*TINY_VOCODERS[name])
-        assert expected.shape[1] == vocoder.config.num_mels  # a mel spectrogram, which its vocoder makes a waveform
-        expected = vocoder(expected).sample
+    expected = in_diffusers_decode(model, z)
     assert decoded.shape == wave.shape
     torch.testing.assert_close(decoded, expected * 0.5 + 0.5, rtol=0, atol=1e-5)
 
@@ -111,3 +93,50 @@ def test_passes_calibrate_and_sample_on_audio(loaded: dict[str, tuple[DiffusersB
     z = backend.prior(1, torch.Generator().manual_seed(0))
     assert z.shape == (1, 6, SAMPLE_RATE // 8)
     assert passes.decode(z, None).shape == (1, 2, SAMPLE_RATE)
+
+
+def one_line(path: Path) -> str:
+    with pytest.raises(StartupError) as error:
+        load_models(Settings(checkpoint=path, device="cpu"))
+    message = str(error.value)
+    assert "\n" not in message
+    return message
+
+
+@torch.inference_mode()
+def test_a_mel_class_is_served_from_a_pipeline_folder_with_its_vocoder(tmp_path: Path) -> None:
+    """Kandinsky 6's layout: model_index.json naming audio_vae and vocoder; the sha256 covers both."""
+    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
+    pipeline = tmp_path / "kandinsky6-audio"
+    pipeline.mkdir()
+    components = {"audio_vae": ["diffusers", "MMAudioVAE"], "vocoder": ["diffusers", "MMAudioVocoder"]}
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "Kandinsky6TI2VAPipeline", **components}))
+    shutil.copytree(saved / "vocoder", pipeline / "vocoder")
+    shutil.copytree(saved, pipeline / "audio_vae", ignore=shutil.ignore_patterns("vocoder"))
+    loaded = family.load(pipeline, CPU)
+    backend = loaded.backend
+    assert isinstance(backend, DiffusersBackend) and type(backend.vocoder).__name__ == "MMAudioVocoder"
+    z = torch.randn(1, 4, 10, generator=torch.Generator().manual_seed(1))
+    expected = in_diffusers_decode(build_audio("tiny-mmaudio"), z) * 0.5 + 0.5
+    torch.testing.assert_close(backend.decode(z), expected, rtol=0, atol=1e-5)
+    assert backend.decode(z).shape == (1, 1, 10 * 32)
+    # Another vocoder's weights make another model.
+    other = build(*TINY_VOCODERS["tiny-mmaudio"])
+    torch.nn.init.zeros_(other.conv_pre.bias)
+    other.save_pretrained(pipeline / "vocoder")
+    assert family.load(pipeline, CPU).sha256 != loaded.sha256
+
+
+def test_a_mel_class_without_its_vocoder_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
+    alone = tmp_path / "mmaudio-alone"
+    shutil.copytree(saved, alone, ignore=shutil.ignore_patterns("vocoder"))
+    assert one_line(alone).endswith(
+        "this MMAudioVAE decodes to a mel spectrogram and the vocoder that makes its waveform is missing: serve "
+        "its pipeline folder (with its vocoder component), or put the MMAudioVocoder's save_pretrained folder in "
+        f"{alone}/vocoder"
+    )
+    wrong = tmp_path / "wrong-vocoder"
+    shutil.copytree(alone, wrong)
+    build(*TINY_AUDIO["tiny-oobleck"]).save_pretrained(wrong / "vocoder")
+    assert one_line(wrong).endswith(f"{wrong}/vocoder: a MMAudioVAE needs a MMAudioVocoder, not 'AutoencoderOobleck'")

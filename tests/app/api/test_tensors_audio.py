@@ -1,13 +1,14 @@
-"""Every served diffusers audio autoencoder class over HTTP: decode to a WAV or FLAC file that
-reads back (soundfile) with the model's rate, channels and length and the samples the model
-gives in-process (to 16-bit rounding), float32 waveform tensors within 1e-5, encode of a
-waveform tensor, and clear refusals."""
+"""Every served diffusers audio autoencoder class over HTTP: a WAV file decoded that reads back
+(soundfile) with the model's rate, channels and length and the samples the class gives in
+diffusers (to 16-bit rounding), a waveform tensor encoded; the tiny Oobleck in depth: WAV and
+FLAC, float32 waveform tensors within 1e-5, uploads, and clear refusals."""
 
 from __future__ import annotations
 
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +16,14 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.diffusers_audio_models import SAMPLE_RATE, save_audio_classes
+from tests.diffusers_audio_models import (
+    ENCODE,
+    SAMPLE_RATE,
+    TINY_AUDIO,
+    build_audio,
+    in_diffusers_decode,
+    save_audio_classes,
+)
 from tests.diffusers_models import served
 
 diffusers = pytest.importorskip("diffusers")
@@ -25,12 +33,65 @@ LATENT_STEPS = 100  # of 8 samples: 800 samples, stereo
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, torch.nn.Module]]:
-    """A real server of the tiny Oobleck, and the same folder loaded by diffusers itself."""
-    folder = save_audio_classes(tmp_path_factory.mktemp("audio"))["tiny-oobleck"]
-    reference = diffusers.AutoencoderOobleck.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
-    with served(folder.parent, tmp_path_factory.mktemp("logs")) as replica:
-        yield replica.url, reference.eval()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
+    """A real server of every tiny audio model, and their folders."""
+    folders = save_audio_classes(tmp_path_factory.mktemp("audio"))
+    with served(folders["tiny-oobleck"].parent, tmp_path_factory.mktemp("logs")) as replica:
+        yield replica.url, folders
+
+
+@pytest.fixture(scope="module")
+def model(server: tuple[str, dict[str, Path]]) -> tuple[str, torch.nn.Module]:
+    """The server, and the tiny Oobleck's folder loaded by diffusers itself."""
+    url, folders = server
+    reference = diffusers.AutoencoderOobleck.from_pretrained(
+        folders["tiny-oobleck"], local_files_only=True, low_cpu_mem_usage=False
+    )
+    return url, reference.eval()
+
+
+# Every class's tiny model: (channels, samples per latent step, latent channels), from its config.
+SHAPES = {
+    "tiny-oobleck": (2, 8, 6),
+    "tiny-same": (2, 16, 8),
+    "tiny-kvae-audio": (1, 4, 4),
+    "tiny-minimax-audio": (1, 4, 8),
+    "tiny-longcat": (1, 4, 8),
+    "tiny-cosmos3-audio": (2, 4, 4),
+    "tiny-mmaudio": (1, 32, 4),  # mel frames of 16 samples, 2 per latent step
+}
+
+
+def test_every_audio_class_is_served() -> None:
+    assert set(SHAPES) == set(TINY_AUDIO)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_every_class_decodes_to_a_wav_and_encodes_a_waveform(server: tuple[str, dict[str, Path]], name: str) -> None:
+    """WAV read back with the model's rate, channels and length, its samples those of the class in
+    diffusers (16-bit rounding); a waveform tensor encodes to the class's latents within 1e-5."""
+    url, _ = server
+    channels, hop, latent_channels = SHAPES[name]
+    reference = build_audio(name)
+    z = np.random.default_rng(4).standard_normal((1, latent_channels, 30)).astype(np.float32)
+    answer = httpx.post(
+        f"{url}/v1/models/{name}/decode", params={"shape": list(z.shape), "output_type": "wav"}, content=z.tobytes()
+    )
+    assert answer.status_code == 200 and answer.headers["content-type"] == "audio/wav", answer.text
+    samples, rate = soundfile.read(io.BytesIO(answer.content), dtype="float32", always_2d=True)
+    assert rate == SAMPLE_RATE and samples.shape == (30 * hop, channels)
+    with torch.inference_mode():
+        expected = in_diffusers_decode(reference, torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(samples, np.clip(expected[0].T, -1, 1), rtol=0, atol=1.5 / 2**15)
+
+    wave = np.random.default_rng(5).uniform(-1, 1, (1, channels, 20 * hop)).astype(np.float32)
+    answer = httpx.post(f"{url}/v1/models/{name}/encode", params={"shape": list(wave.shape)}, content=wave.tobytes())
+    assert answer.status_code == 200, answer.text
+    latents = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    with torch.inference_mode():
+        mean, _ = ENCODE[TINY_AUDIO[name][0]](reference, torch.from_numpy(wave))
+    assert latents.shape == (1, latent_channels, 20)
+    np.testing.assert_allclose(latents, mean.numpy(), rtol=0, atol=1e-5)
 
 
 def latents(seed: int = 0) -> np.ndarray:

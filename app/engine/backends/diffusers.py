@@ -161,7 +161,10 @@ class DiffusersBackend:
         height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
         self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
-        self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
+        features: set[Feature] = {"encoder", "decoder", *gaussian}
+        if getattr(model, "encoder", True) is None:  # decoder-only weights (Cosmos3's sound tokenizer drops it)
+            features -= {"encoder", "posterior"}
+        self.features = frozenset(features)
         self.decode_options = spec.decode_options
 
     @property

@@ -9,6 +9,7 @@ from pathlib import Path
 
 import pytest
 import torch
+from safetensors.torch import load_file, save_file
 
 from app.config import Settings
 from app.engine.backends.diffusers import DiffusersBackend, DiffusersError, LatentGaussian, family, load_diffusers
@@ -140,3 +141,17 @@ def test_a_mel_class_without_its_vocoder_stops_start_up_with_one_line(tmp_path: 
     shutil.copytree(alone, wrong)
     build(*TINY_AUDIO["tiny-oobleck"]).save_pretrained(wrong / "vocoder")
     assert one_line(wrong).endswith(f"{wrong}/vocoder: a MMAudioVAE needs a MMAudioVocoder, not 'AutoencoderOobleck'")
+
+
+def test_decoder_only_weights_decode_and_do_not_encode(tmp_path: Path) -> None:
+    """Cosmos3's sound tokenizer saved without its encoder (its decoder-only checkpoints): diffusers
+    drops the encoder at load, and so does the model's list of what it can do."""
+    model = build(*TINY_AUDIO["tiny-cosmos3-audio"])
+    model.save_pretrained(tmp_path / "decoder-only")
+    weights = tmp_path / "decoder-only" / "diffusion_pytorch_model.safetensors"
+    save_file({k: v for k, v in load_file(weights).items() if not k.startswith("encoder.")}, weights)
+    backend = load_diffusers(tmp_path / "decoder-only", CPU)
+    assert backend.features == {"decoder", "prior"}
+    z = torch.randn(1, 4, 10, generator=torch.Generator().manual_seed(2))
+    with torch.inference_mode():
+        torch.testing.assert_close(backend.decode(z), model.decode(z) * 0.5 + 0.5, rtol=0, atol=1e-5)

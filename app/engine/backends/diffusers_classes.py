@@ -350,9 +350,13 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
     "AutoencoderKLKVAEVideo": "not yet a row",
-    "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
-    "needs the accelerate package, not installed here",
+    # It loads (diffusers.py's with_float32_modules); its contract is another one.
+    "AutoencoderKLMiniMaxH3": "its pixels are ImageNet-normalised (not [-1, 1]), 17n + 5 frames make 5n + 2 latent "
+    "frames (not first + step * k), and it was released tiled (untiled decodes differ): not yet a row",
     "AutoencoderVidTok": "not yet a row",
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
-    "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
+    "AutoencoderKLLTX2Audio": "its l latent steps decode (causally) to 1 + 4(l - 1) mel frames, so a waveform is "
+    "not l samples per latent step, and its latents are [B, C, l, mel_bins / 4]: the audio contract ([B, C, "
+    "samples], latents [B, C, samples / hop]) does not hold; diffusers has no waveform-to-mel front end for its "
+    "encoder (its pipelines never encode audio)",
 }

@@ -3,25 +3,19 @@ class computes in diffusers for waveforms [B, C, samples]."""
 
 from __future__ import annotations
 
-import json
-import shutil
 from pathlib import Path
 
 import pytest
 import torch
 from safetensors.torch import load_file, save_file
 
-from app.config import Settings
-from app.engine.backends.diffusers import DiffusersBackend, DiffusersError, LatentGaussian, family, load_diffusers
+from app.engine.backends.diffusers import DiffusersBackend, DiffusersError, LatentGaussian, load_diffusers
 from app.engine.backends.diffusers_classes import AUDIO_CLASSES
-from app.engine.errors import StartupError
 from app.engine.passes import Passes
-from app.main import load_models
 from tests.diffusers_audio_models import (
     ENCODE,
     SAMPLE_RATE,
     TINY_AUDIO,
-    TINY_VOCODERS,
     build_audio,
     in_diffusers_decode,
     save_audio_classes,
@@ -94,53 +88,6 @@ def test_passes_calibrate_and_sample_on_audio(loaded: dict[str, tuple[DiffusersB
     z = backend.prior(1, torch.Generator().manual_seed(0))
     assert z.shape == (1, 6, SAMPLE_RATE // 8)
     assert passes.decode(z, None).shape == (1, 2, SAMPLE_RATE)
-
-
-def one_line(path: Path) -> str:
-    with pytest.raises(StartupError) as error:
-        load_models(Settings(checkpoint=path, device="cpu"))
-    message = str(error.value)
-    assert "\n" not in message
-    return message
-
-
-@torch.inference_mode()
-def test_a_mel_class_is_served_from_a_pipeline_folder_with_its_vocoder(tmp_path: Path) -> None:
-    """Kandinsky 6's layout: model_index.json naming audio_vae and vocoder; the sha256 covers both."""
-    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
-    pipeline = tmp_path / "kandinsky6-audio"
-    pipeline.mkdir()
-    components = {"audio_vae": ["diffusers", "MMAudioVAE"], "vocoder": ["diffusers", "MMAudioVocoder"]}
-    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "Kandinsky6TI2VAPipeline", **components}))
-    shutil.copytree(saved / "vocoder", pipeline / "vocoder")
-    shutil.copytree(saved, pipeline / "audio_vae", ignore=shutil.ignore_patterns("vocoder"))
-    loaded = family.load(pipeline, CPU)
-    backend = loaded.backend
-    assert isinstance(backend, DiffusersBackend) and type(backend.vocoder).__name__ == "MMAudioVocoder"
-    z = torch.randn(1, 4, 10, generator=torch.Generator().manual_seed(1))
-    expected = in_diffusers_decode(build_audio("tiny-mmaudio"), z) * 0.5 + 0.5
-    torch.testing.assert_close(backend.decode(z), expected, rtol=0, atol=1e-5)
-    assert backend.decode(z).shape == (1, 1, 10 * 32)
-    # Another vocoder's weights make another model.
-    other = build(*TINY_VOCODERS["tiny-mmaudio"])
-    torch.nn.init.zeros_(other.conv_pre.bias)
-    other.save_pretrained(pipeline / "vocoder")
-    assert family.load(pipeline, CPU).sha256 != loaded.sha256
-
-
-def test_a_mel_class_without_its_vocoder_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
-    alone = tmp_path / "mmaudio-alone"
-    shutil.copytree(saved, alone, ignore=shutil.ignore_patterns("vocoder"))
-    assert one_line(alone).endswith(
-        "this MMAudioVAE decodes to a mel spectrogram and the vocoder that makes its waveform is missing: serve "
-        "its pipeline folder (with its vocoder component), or put the MMAudioVocoder's save_pretrained folder in "
-        f"{alone}/vocoder"
-    )
-    wrong = tmp_path / "wrong-vocoder"
-    shutil.copytree(alone, wrong)
-    build(*TINY_AUDIO["tiny-oobleck"]).save_pretrained(wrong / "vocoder")
-    assert one_line(wrong).endswith(f"{wrong}/vocoder: a MMAudioVAE needs a MMAudioVocoder, not 'AutoencoderOobleck'")
 
 
 def test_decoder_only_weights_decode_and_do_not_encode(tmp_path: Path) -> None:

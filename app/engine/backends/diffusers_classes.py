@@ -324,13 +324,14 @@ AUDIO_CLASSES: dict[str, ClassSpec] = {
     ),
     # Kandinsky 6's MMAudio: encode computes its log-mel from a mono waveform [B, samples] itself;
     # decode makes a mel spectrogram of 2 frames per latent step, which MMAudioVocoder turns into the
-    # waveform (`hop_length` samples per frame).
+    # waveform (`hop_length` samples per frame). float32: what diffusers' from_pretrained makes of it
+    # even with the bfloat16 of Kandinsky 6's pipeline.
     "MMAudioVAE": ClassSpec(
         "posterior",
         lambda config: 2 * int(config["hop_length"]),
         image_channels=1,
         tiling=False,
-        gpu_dtype="bfloat16",
+        gpu_dtype="float32",
         sample_rate="sample_rate",
         channel_axis=False,
         vocoder="MMAudioVocoder",

@@ -91,7 +91,7 @@ def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
 
 
 def sample(decoded: Any) -> torch.Tensor:
-    """A decode's output: its `sample`, or the tensor itself (Cosmos3's sound tokenizer, LTX-2's vocoder)."""
+    """A decode's output: its `sample`, or the tensor itself (Cosmos3's sound tokenizer's decode)."""
     return getattr(decoded, "sample", decoded)
 
 
@@ -110,6 +110,8 @@ def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shif
     if spec.normalisation == "none":
         return None
     if spec.normalisation == "mean_std":
+        if config.get("latents_mean") is None:  # a config without statistics (MiniMax H3 audio's may lack them)
+            return None
         return mean_std_space(config.latents_mean, config.latents_std)
     if spec.normalisation == "batch_norm":
         bn = model.bn

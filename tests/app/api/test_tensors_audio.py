@@ -146,6 +146,21 @@ def test_encode_a_waveform_equals_diffusers(model: tuple[str, torch.nn.Module]) 
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
 
 
+def test_minimax_pipeline_latents_are_normalised_per_channel(server: tuple[str, dict[str, Path]]) -> None:
+    """latents=pipeline: its pipeline's (z - latents_mean) / latents_std, undone before decoding."""
+    url, _ = server
+    _, config = TINY_AUDIO["tiny-minimax-audio"]
+    mean, std = (np.asarray(config[key], np.float32)[None, :, None] for key in ("latents_mean", "latents_std"))
+    z = np.random.default_rng(6).standard_normal((1, 8, 30)).astype(np.float32)
+    query = {"shape": list(z.shape), "output_type": "pt", "latents": "pipeline"}
+    answer = httpx.post(f"{url}/v1/models/tiny-minimax-audio/decode", params=query, content=z.tobytes())
+    assert answer.status_code == 200, answer.text
+    waves = np.frombuffer(answer.content, np.float32).reshape(1, 1, 120)
+    with torch.inference_mode():
+        expected = in_diffusers_decode(build_audio("tiny-minimax-audio"), torch.from_numpy(z * std + mean)).numpy()
+    np.testing.assert_allclose(waves, expected, rtol=0, atol=1e-5)
+
+
 @pytest.mark.parametrize(
     ("shape", "query", "message"),
     [

@@ -331,6 +331,7 @@ class DiffusersBackend:
             "force_upcast": self.force_upcast,
             "dtype": str(self.dtype).removeprefix("torch."),
             "tile": self.tile if self.spec.tiling else None,
+            "vocoder": None if self.vocoder is None else type(self.vocoder).__name__,
         }
 
 
@@ -441,7 +442,8 @@ class DiffusersFamily:
             located = locate(path)
             backend = load_located(located, device)
             # A vocoder decides a mel class's waveforms; another class ignores the folder's.
-            return Loaded(backend, sha256(located if backend.vocoder else replace(located, vocoder=None)))
+            used = located if backend.vocoder is not None else replace(located, vocoder=None)
+            return Loaded(backend, sha256(used))
         except DiffusersError as e:
             raise StartupError(f"cannot load model {e}") from None
 

@@ -146,6 +146,21 @@ def test_encode_a_waveform_equals_diffusers(model: tuple[str, torch.nn.Module]) 
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
 
 
+@pytest.mark.parametrize("name", ["tiny-mmaudio", "tiny-minimax-audio"])
+def test_a_stereo_file_encodes_as_its_mono_mix_on_a_mono_class(server: tuple[str, dict[str, Path]], name: str) -> None:
+    """MMAudio (whose encode takes [B, samples] and computes its own mel) and MiniMax H3 audio."""
+    url, _ = server
+    data = audio_file(tone(640))
+    answer = httpx.post(f"{url}/v1/models/{name}/encode", content=data)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    samples, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    with torch.inference_mode():
+        mean, _ = ENCODE[TINY_AUDIO[name][0]](build_audio(name), torch.from_numpy(samples.mean(axis=1))[None, None])
+    assert z.shape == mean.shape == (1, TINY_AUDIO[name][1]["latent_channels"], 640 // SHAPES[name][1])
+    np.testing.assert_allclose(z, mean.numpy(), rtol=0, atol=1e-5)
+
+
 def test_minimax_pipeline_latents_are_normalised_per_channel(server: tuple[str, dict[str, Path]]) -> None:
     """latents=pipeline: its pipeline's (z - latents_mean) / latents_std, undone before decoding."""
     url, _ = server

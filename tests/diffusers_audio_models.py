@@ -168,6 +168,13 @@ def minimax(q: object) -> Encoded:
     return q.mean, q.std**2  # type: ignore[attr-defined]
 
 
+def each_row(model: torch.nn.Module, x: torch.Tensor) -> Encoded:
+    """Cosmos3's: its volume normalisation is over the whole batch, so what a row should get is
+    what it gets encoded alone."""
+    rows = [posterior(model.encode(row).latent_dist) for row in x.split(1)]
+    return torch.cat([mean for mean, _ in rows]), torch.cat([variance for _, variance in rows])  # type: ignore[misc]
+
+
 ENCODE: dict[str, Callable[[torch.nn.Module, torch.Tensor], Encoded]] = {
     "AutoencoderOobleck": lambda model, x: posterior(model.encode(x).latent_dist),
     "AutoencoderSAME": lambda model, x: (model.encode(x).latents, None),
@@ -175,10 +182,7 @@ ENCODE: dict[str, Callable[[torch.nn.Module, torch.Tensor], Encoded]] = {
     # Mean and log standard deviation (`logs`), no `var`.
     "AutoencoderKLMiniMaxH3Audio": lambda model, x: minimax(model.encode(x).latent_dist),
     "LongCatAudioDiTVae": lambda model, x: (model.encode(x, sample_posterior=False).latents, None),
-    # Its volume normalisation is over the whole batch: each row alone is what a row should get.
-    "Cosmos3AVAEAudioTokenizer": lambda model, x: tuple(  # type: ignore[return-value]
-        torch.cat(part) for part in zip(*(posterior(model.encode(row).latent_dist) for row in x.split(1)))
-    ),
+    "Cosmos3AVAEAudioTokenizer": lambda model, x: each_row(model, x),
     "MMAudioVAE": lambda model, x: posterior(model.encode(x[:, 0]).latent_dist),  # mono [B, samples]
 }
 

@@ -24,7 +24,6 @@ import json
 import math
 from collections.abc import Hashable
 from contextlib import AbstractContextManager, nullcontext
-from dataclasses import replace
 from pathlib import Path
 from typing import Any
 
@@ -39,6 +38,7 @@ from app.engine.backends.diffusers_folders import (
     VOCODER,
     DiffusersError,
     Located,
+    component,
     is_candidate,
     locate,
     model_name,
@@ -409,10 +409,11 @@ def load_vocoder(located: Located, spec: ClassSpec, dtype: torch.dtype) -> torch
             f"is missing: serve its pipeline folder (with its vocoder component), or put the {spec.vocoder}'s "
             f"save_pretrained folder in {located.folder / VOCODER}"
         )
-    found = located.vocoder.config.get("_class_name")
+    vocoder = component(located.vocoder)
+    found = vocoder.config.get("_class_name")
     if found != spec.vocoder:
-        raise DiffusersError(f"{located.vocoder.folder}: a {kind} needs a {spec.vocoder}, not {found!r}")
-    return load_component(located.vocoder, spec.vocoder, dtype)
+        raise DiffusersError(f"{vocoder.folder}: a {kind} needs a {spec.vocoder}, not {found!r}")
+    return load_component(vocoder, spec.vocoder, dtype)
 
 
 def load_located(located: Located, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
@@ -442,8 +443,8 @@ class DiffusersFamily:
             located = locate(path)
             backend = load_located(located, device)
             # A vocoder decides a mel class's waveforms; another class ignores the folder's.
-            used = located if backend.vocoder is not None else replace(located, vocoder=None)
-            return Loaded(backend, sha256(used))
+            vocoder = [] if backend.vocoder is None or located.vocoder is None else [component(located.vocoder)]
+            return Loaded(backend, sha256(located, *vocoder))
         except DiffusersError as e:
             raise StartupError(f"cannot load model {e}") from None
 

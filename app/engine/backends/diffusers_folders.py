@@ -37,7 +37,7 @@ class Located:
     config: dict[str, Any]
     weights: Path
     variant: str | None  # e.g. "fp16", for from_pretrained
-    vocoder: Located | None = None  # the vocoder's folder, where there is one
+    vocoder: Path | None = None  # a vocoder's save_pretrained folder beside it, read only for a class that needs one
 
 
 def is_candidate(path: Path) -> bool:
@@ -122,7 +122,7 @@ def locate(path: Path) -> Located:
     folder = snapshot(path) if path.name.startswith(HUB_PREFIX) and (path / "snapshots").is_dir() else path
     vocoder = folder / VOCODER  # a pipeline's component, or beside a save_pretrained VAE's config.json
     folder = vae_folder(folder)
-    return replace(component(folder), vocoder=component(vocoder) if (vocoder / CONFIG).is_file() else None)
+    return replace(component(folder), vocoder=vocoder if (vocoder / CONFIG).is_file() else None)
 
 
 def component(folder: Path) -> Located:
@@ -132,11 +132,10 @@ def component(folder: Path) -> Located:
     return Located(folder, config, found, variant)
 
 
-def sha256(located: Located) -> str:
-    """sha256 of config.json's bytes followed by the weights' bytes (then the vocoder's): what
-    decides the model."""
+def sha256(*parts: Located) -> str:
+    """sha256 of config.json's bytes followed by the weights' bytes, of each part in turn (a mel
+    class's VAE, then its vocoder): what decides the model."""
     digest = hashlib.sha256()
-    parts = [located, located.vocoder] if located.vocoder else [located]
     for path in [file for part in parts for file in (part.folder / CONFIG, part.weights)]:
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):

@@ -195,3 +195,14 @@ def test_a_mel_class_without_its_vocoder_stops_start_up_with_one_line(tmp_path: 
     shutil.copytree(alone, wrong)
     build(*TINY_AUDIO["tiny-oobleck"]).save_pretrained(wrong / "vocoder")
     assert one_line(wrong).endswith(f"{wrong}/vocoder: a MMAudioVAE needs a MMAudioVocoder, not 'AutoencoderOobleck'")
+
+
+def test_another_classs_vae_ignores_the_pipelines_vocoder(tmp_path: Path, kl: torch.nn.Module) -> None:
+    """LTX-2's layout: a video vae beside a vocoder; the vocoder is not read (here: pickled weights only)."""
+    pipeline = pipeline_folder(tmp_path / "with-vocoder", kl)
+    (pipeline / "vocoder").mkdir()
+    (pipeline / "vocoder" / "config.json").write_text('{"_class_name": "LTX2Vocoder"}')
+    (pipeline / "vocoder" / "diffusion_pytorch_model.bin").write_bytes(b"never unpickled")
+    loaded = family.load(pipeline, CPU)
+    assert isinstance(loaded.backend, DiffusersBackend) and loaded.backend.vocoder is None
+    assert loaded.sha256 == family.load(pipeline_folder(tmp_path / "without", kl), CPU).sha256

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import base64
 import io
+import json
 import math
 import os
 import platform
@@ -31,6 +32,7 @@ from load import service
 from PIL import Image
 
 from app.engine.backends.diffusers import GPU_ROWS, DiffusersBackend
+from app.engine.backends.diffusers import load_model as builtin_load_model
 from app.engine.passes import PROBE_SIDE, Passes
 
 ROOT = Path(__file__).resolve().parent.parent
@@ -61,6 +63,16 @@ TINY_VAE = {
 }
 
 
+# Wan 2.1's VAE (vae/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers), random weights; the dry
+# run's at an eighth of its width.
+WAN_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
+           "temperal_downsample": [False, True, True]}  # fmt: skip
+VIDEO_NAME = "wan"
+# Served frames against in-process ones, float32 in [0, 1] on the same device: the same code,
+# so only a convolution algorithm picked for another batch size may round differently.
+VIDEO_TOLERANCE = 1e-4
+
+
 @dataclass(frozen=True)
 class Plan:
     device: str
@@ -68,6 +80,8 @@ class Plan:
     rounds: int  # pairs at c=1
     waves: int  # pairs at c=8
     config: dict[str, Any]  # the AutoencoderKL's
+    video: tuple[int, int, int]  # the video part's latents: frames, height, width
+    video_config: dict[str, Any]  # its AutoencoderKLWan's
 
     @property
     def factor(self) -> int:
@@ -76,10 +90,12 @@ class Plan:
 
 
 # Sized for a run well inside 8 minutes on an H100, by estimate until one runs (docs/benchmarks.md, "GPU").
-REAL = Plan("cuda", (512, 1024), rounds=5, waves=2, config=SD_VAE)
+# The video: 6 latent frames of 60x104, 21 frames of 480x832 (Wan's 480p).
+REAL = Plan("cuda", (512, 1024), rounds=5, waves=2, config=SD_VAE, video=(6, 60, 104), video_config=WAN_VAE)
 # The dry run's first size is the calibration's probe size (PROBE_SIDE latents a side), so that its
 # invariance check rests on the calibration, whatever CPU runs the test suite.
-DRY = Plan("cpu", (PROBE_SIDE * 2, PROBE_SIDE * 4), rounds=1, waves=1, config=TINY_VAE)
+DRY = Plan("cpu", (PROBE_SIDE * 2, PROBE_SIDE * 4), rounds=1, waves=1, config=TINY_VAE,
+           video=(2, 4, 6), video_config={**WAN_VAE, "base_dim": 12})  # fmt: skip
 
 
 def row(part: str, case: str, result: str, expected: str = "", verdict: str = "measured", **values: Any) -> Row:
@@ -123,11 +139,11 @@ def latents(plan: Plan, rows: int, side: int, seed: int) -> torch.Tensor:
 
 
 @contextmanager
-def served(plan: Plan, work: Path, dtype: str, **variables: str) -> Iterator[tuple[str, int]]:
-    """`python -m app.serve` on the check's model folder through bench/gpu_family.py."""
+def served(plan: Plan, work: Path, dtype: str, folder: str = "models", **variables: str) -> Iterator[tuple[str, int]]:
+    """`python -m app.serve` on one of the check's model folders through bench/gpu_family.py."""
     with service(
         server_cores(),
-        VAE_MODEL_DIR=str(work / "models"),
+        VAE_MODEL_DIR=str(work / folder),
         VAE_BACKENDS="bench.gpu_family:family",
         VAE_DEVICE=plan.device,
         VAE_MAX_BATCH="8",
@@ -139,11 +155,13 @@ def served(plan: Plan, work: Path, dtype: str, **variables: str) -> Iterator[tup
         yield url, pid
 
 
-def post_decode(client: httpx.Client, url: str, z: np.ndarray) -> httpx.Response:
-    """diffusers' remote_decode request for latents `z` [B, 4, h, w]: uint8 pixels back."""
+def post_decode(
+    client: httpx.Client, url: str, z: np.ndarray, name: str = NAME, partial: bool = True
+) -> httpx.Response:
+    """diffusers' remote_decode request for latents `z`: uint8 pixels back (partial), else float32."""
     shape = "&".join(f"shape={d}" for d in z.shape)
-    query = f"{shape}&dtype=float32&output_type=pt&partial_postprocess=true"
-    return client.post(f"{url}/v1/models/{NAME}/decode?{query}", content=np.ascontiguousarray(z, np.float32).tobytes())
+    query = f"{shape}&dtype=float32&output_type=pt&partial_postprocess={str(partial).lower()}"
+    return client.post(f"{url}/v1/models/{name}/decode?{query}", content=np.ascontiguousarray(z, np.float32).tobytes())
 
 
 def metric(client: httpx.Client, url: str, name: str) -> float | None:
@@ -453,11 +471,61 @@ def fashion(plan: Plan, work: Path) -> list[Row]:
     return rows
 
 
+@torch.inference_mode()
 def video(plan: Plan, work: Path) -> list[Row]:
-    """The hook for one video VAE decode (a mid-size config) with its peak memory: the service
-    serves no video VAE yet. Once the video-VAE issue lands, this part saves such a model (as
-    `setup` does SD's), serves it through bench/gpu_family.py and decodes one clip."""
-    return [row("video", "one video VAE decode", "not run: the service serves no video VAE yet", verdict="skipped")]
+    """One video decode of Wan's VAE, served against in-process at equal settings (the same
+    backend, so the same tiling, in float32 as Wan's pipelines run it): the seconds, paired; the
+    served frames against in-process; both processes' peak memory."""
+    from diffusers import AutoencoderKLWan
+
+    from app.engine.backends.diffusers_folders import locate
+
+    folder = work / "video-models"
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        AutoencoderKLWan(**plan.video_config).save_pretrained(folder / VIDEO_NAME)
+    model = builtin_load_model(locate(folder / VIDEO_NAME), torch.float32)
+    backend = DiffusersBackend(model.to(plan.device))
+    device = backend.device
+    frames, side_h, side_w = plan.video
+    z = torch.randn(1, plan.video_config["z_dim"], frames, side_h, side_w, generator=torch.Generator().manual_seed(8))
+    on_device, z_np = z.to(device), z.numpy()
+    reset_peak(device)
+
+    def own() -> torch.Tensor:
+        video = backend.decode(on_device)  # [1, C, F, H, W] in [0, 1]
+        pixels = (video.clamp(0, 1) * 255).round().to(torch.uint8).cpu()
+        sync(device)
+        return pixels
+
+    with served(plan, work, "float32", folder="video-models") as (url, pid), httpx.Client(timeout=600) as client:
+
+        def remote(partial: bool = True) -> httpx.Response:
+            response = post_decode(client, url, z_np, VIDEO_NAME, partial)
+            response.raise_for_status()
+            return response
+
+        pairs = paired(own, remote, plan.rounds)
+        answer = remote(partial=False)
+        served_video = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+        memory = {"served_peak_mib": server_peak_mib(client, url, pid), "own_peak_mib": own_peak_mib(device)}
+    low, high = backend.image.value_range  # the served floats are in the model's range, clipped to it
+    own_video = backend.decode(on_device).clamp(0, 1).cpu().numpy()
+    error = float(np.abs((served_video - low) / (high - low) - own_video).max())
+    count, height, width = served_video.shape[2:]
+    own_s, remote_s = (statistics.median(times) for times in zip(*pairs, strict=True))
+    ratio = statistics.median(o / r for o, r in pairs)
+    case = f"Wan VAE (base_dim {plan.video_config['base_dim']}), {count} frames of {width}x{height}, float32"
+    result = (
+        f"served {remote_s:.2f} s, in-process {own_s:.2f} s, ratio {ratio:.2f} ({len(pairs)} pairs); "
+        f"peak {memory_kind(plan)}: served {memory['served_peak_mib']:.0f} MiB, "
+        f"in-process {memory['own_peak_mib']:.0f} MiB"
+    )
+    return [
+        row("video", case, result, served_s=remote_s, own_s=own_s, ratio=ratio, **memory),
+        row("video", f"{case}, served vs in-process", f"max |Δ| {error:.1e}", f"<= {VIDEO_TOLERANCE}",
+            check(error <= VIDEO_TOLERANCE), error=error),  # fmt: skip
+    ]
 
 
 def measured(dtype: str) -> Callable[[Plan, Path], list[Row]]:

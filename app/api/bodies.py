@@ -13,7 +13,9 @@ from pydantic import BaseModel, ValidationError
 from starlette.datastructures import UploadFile
 from starlette.exceptions import HTTPException as StarletteHTTPException
 
-from app.api.deps import ServiceDep, is_json, media_type, unprocessable
+from app.api.codecs.uploads import media_input
+from app.api.codecs.video import container_format
+from app.api.deps import Service, ServiceDep, is_json, media_type, unprocessable
 from app.api.images import Upload, decode_base64
 from app.api.limits import check_limits
 from app.api.schemas import EncodeRequest, ImagesRequest, ReconstructRequest, ScoreRequest
@@ -73,6 +75,15 @@ class ImagesInput(Generic[R]):
     labels: np.ndarray | None  # [B] class indices for conditional models
 
 
+async def model_input(uploads: list[Upload], model: LoadedModel, service: Service) -> np.ndarray:
+    """The uploads as the model's input: an audio model's as sound files, a video model's as
+    clips when any is one (mp4, WebM, GIF), else as images (a still is a one-frame video)."""
+    spec = model.backend.image
+    if spec.media == "audio" or (spec.media == "video" and any(container_format(u.data) for u in uploads)):
+        return await service.codec.run(media_input, uploads, spec, service.settings)
+    return await service.codec.to_array(uploads, model.backend)
+
+
 def images_input(cls: type[R]) -> Callable[..., Awaitable[ImagesInput[R]]]:
     """A dependency that reads a `cls` request with one or more images, ready for the model."""
 
@@ -82,7 +93,7 @@ def images_input(cls: type[R]) -> Callable[..., Awaitable[ImagesInput[R]]]:
             raise unprocessable("images: no images; send them as multipart field `files` or JSON `images` (base64)")
         model = service.engine.model(body.model)
         labels = model.label_array(body.labels, len(uploads), "image")
-        return ImagesInput(body, model, await service.codec.to_array(uploads, model.backend), labels)
+        return ImagesInput(body, model, await model_input(uploads, model, service), labels)
 
     return dependency
 

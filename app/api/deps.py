@@ -4,12 +4,13 @@ from __future__ import annotations
 
 from collections.abc import Callable
 from dataclasses import dataclass
-from typing import Annotated, Literal
+from typing import Annotated
 
 from fastapi import Depends, HTTPException, Query, Request
 from starlette.types import Receive
 
 from app.api.images import ImageCodec
+from app.api.schemas import OutputFormat
 from app.config import Settings
 from app.engine.operations import Engine
 
@@ -44,7 +45,7 @@ def unprocessable(message: str) -> HTTPException:
 async def format_query_only(
     request: Request,
     format: Annotated[
-        Literal["png", "json"] | None, Query(description="Output format, as the body's `format` (which wins)")
+        OutputFormat | None, Query(description="Output format, as the body's `format` (which wins)")
     ] = None,
 ) -> None:
     """POST endpoints take their fields in the body; any query parameter but `format` is a

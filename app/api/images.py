@@ -12,13 +12,17 @@ import base64
 import binascii
 import io
 import math
+from collections.abc import Callable
 from dataclasses import dataclass
+from typing import TypeVar
 
 import anyio
 import numpy as np
 from PIL import Image
 
 from app.engine.backend import Backend
+
+T = TypeVar("T")
 
 FORMATS = ("PNG", "JPEG", "WEBP", "GIF", "BMP")
 FORMAT_NAMES = "PNG, JPEG, WebP, GIF or BMP"
@@ -140,7 +144,8 @@ def declared_pixels(upload: Upload) -> float:
 
 class ImageCodec:
     """Runs image decoding and PNG encoding off the event loop, at most `threads` at a time,
-    which bounds the memory a burst of large uploads can take; small images stay on the loop."""
+    which bounds the memory a burst of large uploads can take; small images stay on the loop.
+    Video and audio files (app/api/codecs/) take the same threads, through `run`."""
 
     def __init__(self, max_pixels: int, threads: int) -> None:
         self.max_pixels = max_pixels
@@ -152,6 +157,10 @@ class ImageCodec:
         return await anyio.to_thread.run_sync(
             uploads_to_array, uploads, backend, self.max_pixels, limiter=self._limiter
         )
+
+    async def run(self, function: Callable[..., T], *args: object) -> T:
+        """`function(*args)` in one of the codec's threads."""
+        return await anyio.to_thread.run_sync(function, *args, limiter=self._limiter)
 
     async def grid_png(self, pixels: np.ndarray, nrow: int, scale: int) -> bytes:
         if output_pixels(pixels, scale) <= INLINE_PIXELS:

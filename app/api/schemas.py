@@ -7,6 +7,8 @@ from typing import Annotated, Any, Literal
 
 from pydantic import BaseModel, ConfigDict, Field, PlainValidator, WithJsonSchema
 
+from app.api.codecs.audio import AUDIO_MEDIA
+from app.api.codecs.video import MP4_MEDIA
 from app.engine.backend import Operation
 from app.engine.operations import Scores
 
@@ -45,13 +47,20 @@ class Request(BaseModel):
     model_config = ConfigDict(extra="forbid")
 
 
-class ImageOutput(Request):
-    """How endpoints that return images render them."""
+# png: one PNG grid; json: base64 PNGs plus latents; mp4: one video (video models); wav, flac:
+# one waveform (audio models, /v1/reconstruct).
+OutputFormat = Literal["png", "json", "mp4", "wav", "flac"]
+FORMAT_MEDIA = {"png": "image/png", "json": "application/json", "mp4": MP4_MEDIA, **AUDIO_MEDIA}
 
-    format: Literal["png", "json"] | None = Field(
+
+class ImageOutput(Request):
+    """How endpoints that return images (videos, sounds) render them."""
+
+    format: OutputFormat | None = Field(
         None,
-        description="png: one PNG grid; json: base64 PNGs plus latents. "
-        "Default: from the Accept header (JSON only when application/json is preferred to image/png)",
+        description="png: one PNG grid; json: base64 PNGs (a video's frames) plus latents; mp4: one video (video "
+        "models); wav, flac: one sound (audio models). Default: from the Accept header, the model's own media on a "
+        "tie (image models: JSON only when application/json is preferred to image/png; one video: mp4)",
         examples=["png"],
     )
     scale: int = Field(
@@ -98,8 +107,9 @@ class ImagesRequest(Request):
     model: ModelName = None
     images: list[str] = Field(
         default_factory=list,
-        description="Base64-encoded PNG, JPEG, WebP, GIF or BMP files (a data: URL prefix is allowed). "
-        "In multipart/form-data send the files as field `files` instead",
+        description="Base64-encoded PNG, JPEG, WebP, GIF or BMP files (a data: URL prefix is allowed); video "
+        "models: also mp4, WebM or GIF clips; audio models: WAV or FLAC files. In multipart/form-data send the files "
+        "as field `files` instead",
     )
     labels: list[Label] | None = Field(
         None, description="Conditional models: one class per image (required); unconditional ones: leave out"
@@ -343,11 +353,17 @@ ERROR_RESPONSES = error_responses(404, 413, 422, 503)
 RUN_RESPONSES = error_responses(404, 413, 422, 503, 504)
 # An operation whose body must be JSON (or multipart with images).
 MEDIA_RESPONSES = error_responses(415)
+FILE_SCHEMA = {"schema": {"type": "string", "format": "binary"}}
 IMAGE_RESPONSES: dict[int | str, dict[str, Any]] = {
     200: {
         "description": "A PNG grid (default), or JSON with base64 PNGs and latents (`format=json` or "
-        "`Accept: application/json`). Headers: X-Model, and X-Seed where randomness was used.",
-        "content": {"image/png": {"schema": {"type": "string", "format": "binary"}}, "application/json": {}},
+        "`Accept: application/json`); a video model's one video as an mp4 (its default; `format=mp4`), and from "
+        "/v1/reconstruct an audio model's one sound as WAV (default) or FLAC. Headers: X-Model, and X-Seed where "
+        "randomness was used.",
+        "content": {
+            **{FORMAT_MEDIA[kind]: FILE_SCHEMA for kind in ("png", "mp4", "wav", "flac")},
+            "application/json": {},
+        },
         "model": ImagesResponse,
     },
     **RUN_RESPONSES,

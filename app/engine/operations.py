@@ -94,7 +94,7 @@ class SampleJob:
 class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
     x: np.ndarray  # float32
     labels: np.ndarray | None  # int64 class indices
-    values: bool = False  # decode: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
+    values: bool = False  # decode, reconstruct: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
     seed: int | None = None  # encode: also draw a posterior sample from `seeded(seed)`
     options: tuple[int, ...] = ()  # decode: values of the backend's `decode_options`, in their order
 
@@ -189,7 +189,12 @@ def run_decode(passes: Passes, jobs: list[ArrayJob]) -> list[np.ndarray]:
     options = None
     if any(job.options for job in jobs):  # every job of a model with decode options carries them
         options = tensor([np.tile(np.array(job.options, np.int64), (len(job.x), 1)) for job in jobs], backend.device)
-    images = passes.decode(z, batch_labels(jobs, backend.device), options)
+    return answers(passes.decode(z, batch_labels(jobs, backend.device), options), jobs)
+
+
+def answers(images: torch.Tensor, jobs: list[ArrayJob]) -> list[np.ndarray]:
+    """Each job's part of a batch's decoded images: uint8 pixels, or with `values` the float32
+    images in [0, 1] (what a waveform needs: 8 bits are too coarse for sound)."""
     pixels = split(to_pixels(images), sizes(jobs))
     if not any(job.values for job in jobs):
         return pixels
@@ -217,11 +222,11 @@ def run_encode(passes: Passes, jobs: list[ArrayJob]) -> list[Encoding]:
 
 @torch.inference_mode()
 def run_reconstruct(passes: Passes, jobs: list[ArrayJob]) -> list[tuple[np.ndarray, np.ndarray]]:
-    """Decode of the posterior mean: (pixels, means) per job."""
+    """Decode of the posterior mean: (pixels, or with `values` images, and means) per job."""
     device = passes.backend.device
     labels = batch_labels(jobs, device)
     mean = passes.encode(tensor([job.x for job in jobs], device), labels)[0]
-    images = split(to_pixels(passes.decode(mean, labels)), sizes(jobs))
+    images = answers(passes.decode(mean, labels), jobs)
     return list(zip(images, split(floats(mean), sizes(jobs)), strict=True))
 
 
@@ -545,11 +550,17 @@ class Engine:
         return await self._submit(model, "decode", job, len(z), gone=gone)
 
     async def reconstruct(
-        self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, gone: Gone | None = None
+        self,
+        model: LoadedModel,
+        x: np.ndarray,
+        labels: np.ndarray | None,
+        gone: Gone | None = None,
+        values: bool = False,
     ) -> tuple[np.ndarray, np.ndarray]:
-        """Decode of the posterior mean: (pixels, means)."""
+        """Decode of the posterior mean: (pixels, means); with `values`, the float32 images in
+        [0, 1] (as `decode`'s) for the pixels."""
         x, labels = model.checked("reconstruct", x, labels)
-        return await self._submit(model, "reconstruct", ArrayJob(x, labels), len(x), gone=gone)
+        return await self._submit(model, "reconstruct", ArrayJob(x, labels, values), len(x), gone=gone)
 
     async def score(
         self, model: LoadedModel, x: np.ndarray, labels: np.ndarray | None, k: int, seed: int, gone: Gone | None = None

@@ -8,10 +8,14 @@
 const SLIDER_LIMIT = 4; // slider range: ±4 prior standard deviations
 const VISIBLE_DIMS = 12; // sliders shown before "Show all dimensions"
 const MAX_STEPS = 64;
-const TENSOR_SIDE = 256; // images for models of any size (diffusers' autoencoders) are sent this long
+const TENSOR_SIDE = 256;
+const IMAGE_FILES = "image/png,image/jpeg,image/webp,image/gif,image/bmp"; // what image models take // images for models of any size (diffusers' autoencoders) are sent this long
 // Work that took longer than this goes through the jobs API next time, with a progress bar and a
 // cancel button; so does all work of models of any size, whose large images take long on a CPU.
 const LONG_MS = 1000;
+// A video or audio model's prior draw: 2 latent frames of 4×4 (5 frames of 32×32 for a causal
+// VAE that compresses 4× in time and 8× in space), or a second of sound: quick on a CPU.
+const PRIOR_SIZE = { video: [2, 4, 4], audioSeconds: 1 };
 
 // ---------------------------------------------------------------- API client
 
@@ -36,16 +40,16 @@ function isLong(model, path) {
  *  with `withHeaders`, {body, headers}). Any error answer becomes an ApiError carrying the
  *  API's `detail` message. Work on `model` that is long goes through the jobs API (`Prefer:
  *  respond-async`): the answer is then the job's result, the same as the direct call's. */
-async function request(path, { query, json, withHeaders = false, model = null } = {}) {
-  const url = new URL(path, document.baseURI);
-  for (const [key, value] of Object.entries(query ?? {})) {
-    if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
-  }
+async function request(path, { query, json, form, withHeaders = false, model = null } = {}) {
+  const url = apiURL(path, query);
   const init = { method: "GET", headers: { Accept: "application/json" } };
   if (json !== undefined) {
     init.method = "POST";
     init.headers["Content-Type"] = "application/json";
     init.body = JSON.stringify(json);
+  } else if (form !== undefined) {
+    init.method = "POST";
+    init.body = form; // multipart/form-data, its boundary set by the browser
   }
   const long = model !== null && isLong(model, path);
   if (long) init.headers.Prefer = "respond-async";
@@ -63,24 +67,56 @@ async function request(path, { query, json, withHeaders = false, model = null } 
     throw new ApiError(0, `Cannot reach the service (${error.message}). Is it running?`);
   }
   const text = await response.text();
-  let body = null;
-  try {
-    body = text ? JSON.parse(text) : null;
-  } catch {
-    // not JSON: a gateway's HTML error page, say; the text itself is reported below
-  }
-  if (!response.ok) {
-    let detail = body?.detail;
-    if (typeof detail !== "string") {
-      detail = detail ? JSON.stringify(detail) : text.trim().slice(0, 300) || response.statusText;
-    }
-    throw new ApiError(response.status, detail, Number(response.headers.get("Retry-After")) || null);
-  }
+  const body = parsed(text);
+  if (!response.ok) throw answerError(response, text, body);
   if (body === null) {
     const type = response.headers.get("Content-Type");
     throw new ApiError(response.status, `expected JSON from ${url.pathname}, got ${type}`);
   }
   return withHeaders ? { body, headers: response.headers } : body;
+}
+
+/** A URL of the API, relative to the page; a list value repeats its parameter (shape=1&shape=4). */
+function apiURL(path, query) {
+  const url = new URL(path, document.baseURI);
+  for (const [key, value] of Object.entries(query ?? {})) {
+    if (Array.isArray(value)) value.forEach((item) => url.searchParams.append(key, String(item)));
+    else if (value !== undefined && value !== null && value !== "") url.searchParams.set(key, String(value));
+  }
+  return url;
+}
+
+function parsed(text) {
+  try {
+    return text ? JSON.parse(text) : null;
+  } catch {
+    return null; // not JSON: a gateway's HTML error page, say; the text itself is reported
+  }
+}
+
+/** An error answer as an ApiError carrying the API's `detail` message. */
+function answerError(response, text, body) {
+  let detail = body?.detail;
+  if (typeof detail !== "string") {
+    detail = detail ? JSON.stringify(detail) : text.trim().slice(0, 300) || response.statusText;
+  }
+  return new ApiError(response.status, detail, Number(response.headers.get("Retry-After")) || null);
+}
+
+/** A POST whose answer is a media file (`accept`: video/mp4, audio/wav): an object URL of it, for
+ *  a <video> or <audio> element. Direct, not through the jobs API: the answer is the file. */
+async function mediaRequest(path, { query, body, accept }) {
+  let response;
+  try {
+    response = await fetch(apiURL(path, query), { method: "POST", body, headers: { Accept: accept } });
+  } catch (error) {
+    throw new ApiError(0, `Cannot reach the service (${error.message}). Is it running?`);
+  }
+  if (!response.ok) {
+    const text = await response.text();
+    throw answerError(response, text, parsed(text));
+  }
+  return URL.createObjectURL(await response.blob());
 }
 
 /** The job's Server-Sent Events, each record given to `show`, read until the stream ends with
@@ -159,6 +195,16 @@ const api = {
   reconstruct: (body) => request("v1/reconstruct", { json: { ...body, format: "json" }, model: body.model }),
   score: (body) => request("v1/score", { json: body, model: body.model }),
   interpolate: (body) => request("v1/interpolate", { json: { ...body, format: "json" }, model: body.model }),
+  // Video and audio models: a file uploaded (multipart) and one answered (MEDIA below).
+  reconstructFile: (form, kind) => mediaRequest("v1/reconstruct", { body: form, accept: kind.type }),
+  scoreFile: (form) => request("v1/score", { form }),
+  // A binary float32 latent tensor (docs/api.md), decoded to one file.
+  decodeTensor: (name, shape, tensor, kind) =>
+    mediaRequest(`v1/models/${encodeURIComponent(name)}/decode`, {
+      query: { shape, output_type: kind.output },
+      body: tensor,
+      accept: kind.type,
+    }),
 };
 
 const pngSrc = (base64) => `data:image/png;base64,${base64}`;
@@ -323,6 +369,16 @@ const state = {
 };
 
 const conditional = () => Boolean(state.model?.conditional);
+// Video and audio models: what they answer (an mp4 or a WAV, shown in a <video> or <audio>) and
+// the files they take; null for image models.
+const MEDIA = {
+  video: {
+    tag: "video", type: "video/mp4", output: "mp4", files: "an mp4, WebM or GIF clip",
+    accept: "video/mp4,video/webm,image/gif",
+  },
+  audio: { tag: "audio", type: "audio/wav", output: "wav", files: "a WAV or FLAC file", accept: "audio/wav,audio/flac" },
+};
+const media = () => MEDIA[state.model?.details?.media] ?? null;
 // Models of any image size with [C, h, w] latents (diffusers' autoencoders): no sliders or JSON
 // latent paths for thousands of numbers; the Encode section shows their latent channels instead.
 const tensorModel = () => state.model?.image_multiple != null;
@@ -351,6 +407,13 @@ async function loadModels() {
 }
 
 function describeModel(model) {
+  const details = model.details ?? {};
+  if (MEDIA[details.media]) {
+    const made = details.media === "video"
+      ? `videos of ${details.frames} frames at ${details.fps} fps, sides a multiple of ${model.image_multiple}`
+      : `${details.image_channels}-channel audio at ${details.sample_rate} Hz`;
+    return `${model.name}: ${details.class}, ${model.latent_shape[0]}-channel latents; ${made}; on ${model.device}.`;
+  }
   if (model.image_multiple != null) {
     const f = model.image_multiple;
     return `${model.name}: ${model.details.class ?? model.family}, ${model.latent_shape[0]}-channel latents at ` +
@@ -410,6 +473,12 @@ async function useModel(name) {
   buildSliders();
   refreshPickers();
   requestSamples();
+  if (media()) {
+    clearEncodeResults();
+    $("encode-original-media").replaceChildren();
+    $("encode-status").textContent = `Give ${state.model.name} ${media().files} to reconstruct and score.`;
+    return;
+  }
   if (!tensorModel()) encodeExamples(generation);
   const current = state.current ?? (state.examples.length ? exampleImage(state.examples[0]) : null);
   if (current) {
@@ -441,6 +510,17 @@ function showSections() {
     note.textContent = reason;
     note.hidden = !reason;
   }
+  // Video and audio models: one <video> or <audio> per draw and per upload, no grids or images.
+  const kind = media();
+  for (const id of ["n-field", "sample-grid", "sample-actions", "examples-field", "encode-figures", "posterior-title",
+    "posterior-chart"]) {
+    $(id).hidden = Boolean(kind);
+  }
+  $("sample-media").hidden = $("encode-media").hidden = !kind;
+  $("sample-media").replaceChildren();
+  $("file").accept = kind?.accept ?? IMAGE_FILES;
+  $("drop-title").textContent = kind ? `Drop ${kind.files} here` : "Drop an image here";
+  $("drop-formats").textContent = kind ? kind.accept.replaceAll(",", ", ") : "PNG, JPEG, WebP, GIF or BMP";
   $("posterior-title").textContent = tensors
     ? "The encoding: each latent channel's mean, as an image"
     : "The encoding q(z|x) = N(mean, variance)";
@@ -473,6 +553,10 @@ function requestSamples() {
     label: conditional() ? $("sample-label").value : "",
   };
   const generation = state.generation;
+  if (media()) {
+    sampleRunner(() => task("sample", $("sample-media"), generation, (stale) => drawMedia(params, stale)));
+    return;
+  }
   sampleRunner(() =>
     task("sample", $("sample-grid"), generation, async (stale) => {
       const answer = await api.sample(params);
@@ -481,6 +565,57 @@ function requestSamples() {
       renderSamples(answer);
     }),
   );
+}
+
+/** A video or audio model's prior draw: latents of PRIOR_SIZE drawn in the page from N(0, t²·I)
+ *  with the seed, decoded by the binary decode endpoint to one mp4 or WAV. */
+async function drawMedia(params, stale) {
+  const kind = media();
+  const seed = params.seed || String(Math.floor(Math.random() * 2 ** 31));
+  const [channels] = state.model.latent_shape;
+  const details = state.model.details;
+  const shape = details.media === "video"
+    ? [1, channels, ...PRIOR_SIZE.video]
+    : [1, channels, Math.ceil((details.sample_rate * PRIOR_SIZE.audioSeconds) / details.downsampling)];
+  const z = normals(shape.reduce((a, b) => a * b, 1), seed, params.temperature);
+  const src = await api.decodeTensor(params.model, shape, z, kind);
+  if (stale()) {
+    URL.revokeObjectURL(src);
+    return;
+  }
+  $("seed").value = seed; // what was drawn, so it can be reused
+  showMedia($("sample-media"), src, `A draw from ${params.model}'s prior, seed ${seed}`);
+}
+
+/** `count` draws of N(0, scale²) from `seed`, as little-endian float32 bytes (the binary
+ *  endpoints' tensors): mulberry32 uniforms through Box-Muller, so a seed always gives one draw. */
+function normals(count, seed, scale) {
+  let a = Number(BigInt.asUintN(32, BigInt(seed)));
+  const uniform = () => {
+    a = (a + 0x6d2b79f5) | 0;
+    let t = Math.imul(a ^ (a >>> 15), 1 | a);
+    t = (t + Math.imul(t ^ (t >>> 7), 61 | t)) ^ t;
+    return ((t ^ (t >>> 14)) >>> 0) / 4294967296;
+  };
+  const bytes = new DataView(new ArrayBuffer(count * 4));
+  for (let i = 0; i < count; i++) {
+    const value = scale * Math.sqrt(-2 * Math.log(1 - uniform())) * Math.cos(2 * Math.PI * uniform());
+    bytes.setFloat32(i * 4, value, true);
+  }
+  return bytes.buffer;
+}
+
+/** The file at `src` (an object URL) in `container` as a <video> (looped, muted) or <audio>
+ *  with controls (`tag` "img": a GIF clip, which browsers play as an image), freeing the object
+ *  URL it replaces. */
+function showMedia(container, src, label, tag = media().tag) {
+  const old = container.querySelector("video, audio, img");
+  if (old?.src.startsWith("blob:")) URL.revokeObjectURL(old.src);
+  const node = tag === "img"
+    ? el("img", { src, alt: label, class: "px" })
+    : el(tag, { src, controls: "", preload: "auto", "aria-label": label, title: label });
+  if (node.tagName === "VIDEO") Object.assign(node, { loop: true, muted: true, playsInline: true });
+  container.replaceChildren(node);
 }
 
 function renderSamples(answer) {
@@ -681,11 +816,49 @@ function encodeImage(image) {
 function encodeFile(file) {
   if (!file) return;
   $("file").value = "";
-  encodeImage({ blob: file, example: null, name: file.name ? `“${file.name}”` : "your image" });
+  if (media()) encodeMedia(file);
+  else encodeImage({ blob: file, example: null, name: file.name ? `“${file.name}”` : "your image" });
+}
+
+/** A video or audio model's upload: shown as given, reconstructed (an mp4 or WAV) and scored,
+ *  both sent as multipart uploads. */
+function encodeMedia(file) {
+  const generation = state.generation;
+  const name = file.name ? `“${file.name}”` : "your file";
+  const form = () => {
+    const data = new FormData();
+    data.append("model", state.model.name);
+    data.append("files", file, file.name || "upload");
+    return data;
+  };
+  encodeRunner(() =>
+    task("encode", $("encode-media"), generation, async (stale) => {
+      $("encode-status").textContent = `Encoding ${name}…`;
+      const tag = file.type === "image/gif" ? "img" : media().tag;
+      showMedia($("encode-original-media"), URL.createObjectURL(file), `${name}, as given`, tag);
+      let reconstruction, scores;
+      try {
+        [reconstruction, scores] = await Promise.all([api.reconstructFile(form(), media()), api.scoreFile(form())]);
+      } catch (error) {
+        if (!stale()) clearEncodeResults();
+        throw error;
+      }
+      if (stale()) {
+        URL.revokeObjectURL(reconstruction);
+        return;
+      }
+      showMedia($("encode-reconstruction-media"), reconstruction, `The model's reconstruction of ${name}`);
+      renderScores(scores.scores[0]);
+      $("encode-status").textContent = `Encoded ${name}.`;
+    }).finally(() => {
+      if ($("encode-status").textContent.startsWith("Encoding")) $("encode-status").textContent = "";
+    }),
+  );
 }
 
 function clearEncodeResults() {
   $("encode-reconstruction").removeAttribute("src");
+  $("encode-reconstruction-media").replaceChildren();
   $("posterior-chart").replaceChildren();
   $("posterior-table").replaceChildren();
   for (const id of SCORES) $(id).textContent = "–";

@@ -50,7 +50,23 @@ def audio_input(upload: Upload, spec: ImageSpec, settings: Settings) -> np.ndarr
     return np.ascontiguousarray(samples * np.float32(0.5) + np.float32(0.5), dtype=np.float32)
 
 
-def media_input(upload: Upload, spec: ImageSpec, settings: Settings) -> np.ndarray:
-    """One video or audio upload as a batch of one of the model's input."""
+def media_input(uploads: list[Upload], spec: ImageSpec, settings: Settings) -> np.ndarray:
+    """Video or audio uploads as one batch of the model's input, read one after another (each
+    within the limits); all of one request share one shape, as a batch's rows must."""
     read = video_input if spec.media == "video" else audio_input
-    return read(upload, spec, settings)[None]
+    rows: list[np.ndarray] = []
+    for upload in uploads:
+        rows.append(read(upload, spec, settings))
+        if rows[-1].shape != rows[0].shape:
+            raise ImageError(
+                f"{upload.where}: {extent(rows[-1], spec)}; the files of one request share one length and size "
+                f"(the first: {extent(rows[0], spec)})"
+            )
+    return np.stack(rows)
+
+
+def extent(row: np.ndarray, spec: ImageSpec) -> str:
+    """A row's length (and frame size), in words, for messages."""
+    if spec.media == "audio":
+        return f"{row.shape[-1]} samples at {spec.sample_rate} Hz"
+    return f"{row.shape[1]} frames of {row.shape[3]}x{row.shape[2]}"

@@ -71,10 +71,15 @@ def read_video(data: bytes, where: str, max_frames: int, max_pixels: int) -> np.
                 raise ImageError(f"{where}: the file has no video stream")
             stream = container.streams.video[0]
             width, height = stream.codec_context.width, stream.codec_context.height
+            if not width or not height:  # FFmpeg leaves out sizes it refuses (past its own bounds)
+                raise ImageError(f"{where}: the {kind} header gives no usable frame size")
             if width * height > max_pixels:
                 raise ImageTooLarge(f"{where}: frames are {width}x{height} pixels, over the {max_pixels}-pixel limit")
+            if stream.frames > max_frames:  # the count the container declares (0: none); bounded again below
+                declared = f"{stream.frames} frames, over {max_frames} (VAE_MAX_FRAMES)"
+                raise ImageTooLarge(f"{where}: the video declares {declared}")
             for frame in container.decode(stream):
-                if (frame.width, frame.height) != (width, height) or not width:
+                if (frame.width, frame.height) != (width, height):
                     size = f"{frame.width}x{frame.height} after {width}x{height}"
                     raise ImageError(f"{where}: frames change size ({size})")
                 if len(frames) == max_frames or (len(frames) + 1) * width * height > max_pixels:

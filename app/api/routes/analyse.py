@@ -7,7 +7,7 @@ from fastapi import APIRouter, Request, Response
 from app.api.bodies import EncodeInput, ReconstructInput, ScoreInput
 from app.api.deps import FormatQueryOnly, ServiceDep, client_gone, unprocessable
 from app.api.limits import check_limits
-from app.api.responses import image_response
+from app.api.responses import audio_response, image_response
 from app.api.schemas import (
     IMAGE_RESPONSES,
     MEDIA_RESPONSES,
@@ -30,7 +30,10 @@ IMAGE_RULES = (
     "One or more images (JSON `images`, base64, or multipart `files`). A model of fixed size converts each "
     "image to its own size and channels; one that takes any size needs sides that are multiples of its "
     "`image_multiple`, all images of one request of one size (GET /v1/models). A conditional model needs "
-    "`labels`, one class per image; an unconditional one takes none."
+    "`labels`, one class per image; an unconditional one takes none. A video model takes clips too (mp4, WebM "
+    "or GIF, of a frame count it takes) and an audio model WAV or FLAC files (resampled to its rate), each within "
+    "VAE_MAX_FRAMES, VAE_MAX_PIXELS and VAE_MAX_SECONDS, checked before decoding; the files of one request share "
+    "one shape."
 )
 
 
@@ -60,7 +63,8 @@ async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> En
 @router.post(
     "/reconstruct",
     summary="Each image decoded from its posterior mean",
-    description=IMAGE_RULES,
+    description=f"{IMAGE_RULES} One clip comes back as video/mp4 (the default for a video model), one sound as "
+    "audio/wav (default) or audio/flac; `format` or Accept chooses (docs/api.md).",
     dependencies=[FormatQueryOnly],
     response_class=Response,
     responses={**IMAGE_RESPONSES, **MEDIA_RESPONSES},
@@ -68,7 +72,11 @@ async def encode(request: Request, data: EncodeInput, service: ServiceDep) -> En
 )
 async def reconstruct(request: Request, data: ReconstructInput, service: ServiceDep) -> Response:
     check_limits(data.body, service.settings)
-    pixels, means = await service.engine.reconstruct(data.model, data.images, data.labels, client_gone(request))
+    audio = data.model.backend.image.media == "audio"
+    gone = client_gone(request)
+    pixels, means = await service.engine.reconstruct(data.model, data.images, data.labels, gone, values=audio)
+    if audio:
+        return await audio_response(request, service.codec, data.body, data.model, pixels)
     return await image_response(request, service.codec, data.body, data.model, pixels, means, data.labels)
 
 

@@ -7,7 +7,7 @@ from typing import Annotated
 
 from fastapi import APIRouter, Query, Request, Response
 
-from app.api.bodies import read_body
+from app.api.bodies import model_input, read_body
 from app.api.deps import FormatQueryOnly, JsonOnly, Service, ServiceDep, client_gone, unprocessable
 from app.api.limits import check_limits
 from app.api.responses import image_response
@@ -111,7 +111,7 @@ async def interpolate(
         given = given * 2  # one class for the whole path
     labels = model.label_array(given, 2, "endpoint")
     if uploads:
-        ends = await service.codec.to_array(uploads, model.backend)
+        ends = await model_input(uploads, model, service)
     else:
         ends = model.latent_array(body.latents or [])
     path = await service.engine.interpolate(

@@ -407,7 +407,7 @@ async def encode_tensor(
     spec = model.backend.image
     if batch is None and spec.media != "image":  # a video or audio file
         upload = Upload("body", await request.body())
-        x = await anyio.to_thread.run_sync(media_input, upload, spec, settings)
+        x = await service.codec.run(media_input, [upload], spec, settings)
     elif batch is None:  # an image file, as remote_encode sends a PIL image
         upload = Upload("body", await request.body())
         x = await service.codec.to_array([upload], model.backend)

@@ -102,7 +102,8 @@ def test_conditional_sample(client: TestClient, cvae: VAE) -> None:
         ("scale=17", 422, "scale: at most 16 allowed, got 17"),
         ("temperature=inf", 422, "temperature: Input should be a finite number (got 'inf')"),
         ("seed=-1", 422, "seed: Input should be greater than or equal to 0 (got '-1')"),
-        ("format=gif", 422, "format: Input should be 'png' or 'json' (got 'gif')"),
+        ("format=gif", 422, "format: Input should be 'png', 'json', 'mp4', 'wav' or 'flac' (got 'gif')"),
+        ("format=mp4", 422, "format: model 'tiny-vae' answers image as png or json; got mp4"),
         ("nseed=1", 422, "nseed: unknown field"),
         ("label=Cross", 422, "label: model 'tiny-vae' is unconditional; leave label out"),
         ("model=tiny-cvae&label=Hat", 422, "label: unknown label 'Hat' for model 'tiny-cvae': use a class name "

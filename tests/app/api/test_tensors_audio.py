@@ -203,7 +203,7 @@ def test_image_endpoints_refuse_an_audio_model(model: tuple[str, torch.nn.Module
     Image.new("RGB", (8, 8)).save(image, "PNG")
     files = {"files": ("a.png", image.getvalue())}
     answer = httpx.post(f"{url}/v1/reconstruct", files=files, data={"model": "tiny-oobleck"})
-    assert answer.status_code == 422 and "encodes audio, not images" in answer.json()["detail"]
+    assert answer.status_code == 422 and "files[0] (a.png): not a WAV or FLAC file" in answer.json()["detail"]
 
 
 def audio_file(samples: np.ndarray, rate: int = SAMPLE_RATE, audio_format: str = "WAV") -> bytes:

@@ -193,8 +193,12 @@ def test_the_other_endpoints_take_a_still_as_a_one_frame_video(server: str) -> N
     png = io.BytesIO()
     Image.fromarray(np.full((HEIGHT, WIDTH, 3), 128, np.uint8)).save(png, "PNG")
     files = {"files": ("still.png", png.getvalue())}
-    grid = httpx.post(f"{server}/v1/reconstruct", files=files, data={"model": "tiny-wan"}, timeout=60)
+    grid = httpx.post(
+        f"{server}/v1/reconstruct", files=files, data={"model": "tiny-wan"}, headers={"Accept": "image/png"}, timeout=60
+    )
     assert grid.status_code == 200 and Image.open(io.BytesIO(grid.content)).size == (WIDTH, HEIGHT)
+    video = httpx.post(f"{server}/v1/reconstruct", files=files, data={"model": "tiny-wan"}, timeout=60)
+    assert video.headers["content-type"] == "video/mp4" and frames_read(video.content).shape == (1, HEIGHT, WIDTH, 3)
     scores = httpx.post(f"{server}/v1/score", files=files, data={"model": "tiny-wan"}, timeout=60)
     assert scores.status_code == 200 and scores.json()["scores"][0]["mse"] > 0
     v2 = httpx.get(f"{server}/v2/models/tiny-wan.decode").json()

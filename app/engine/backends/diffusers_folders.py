@@ -3,9 +3,9 @@ whole pipeline folder (`model_index.json` naming a `vae` component, else an `aud
 Hugging Face hub cache entry (`models--org--name/snapshots/<revision>/`, the revision `refs/main`
 names). A class that decodes to a mel spectrogram also needs its pipeline's vocoder: the
 pipeline folder's `vocoder` component, or a `vocoder/` save_pretrained folder beside the VAE's
-config.json. Weights are
-safetensors only (`diffusion_pytorch_model.safetensors`, or a variant such as
-`diffusion_pytorch_model.fp16.safetensors`); nothing is unpickled and nothing is downloaded.
+config.json. Weights are safetensors only (`diffusion_pytorch_model.safetensors`, or a variant
+such as `diffusion_pytorch_model.fp16.safetensors`); nothing is unpickled and nothing is
+downloaded.
 """
 
 from __future__ import annotations
@@ -37,7 +37,7 @@ class Located:
     config: dict[str, Any]
     weights: Path
     variant: str | None  # e.g. "fp16", for from_pretrained
-    vocoder: Path | None = None  # a vocoder's save_pretrained folder beside it, read only for a class that needs one
+    vocoder: Path | None = None  # a vocoder's folder beside it (read only for a class that needs one)
 
 
 def is_candidate(path: Path) -> bool:

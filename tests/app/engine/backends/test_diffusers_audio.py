@@ -103,3 +103,28 @@ def test_decoder_only_weights_decode_and_do_not_encode(tmp_path: Path) -> None:
     z = torch.randn(1, 4, 10, generator=torch.Generator().manual_seed(2))
     with torch.inference_mode():
         torch.testing.assert_close(backend.decode(z), model.decode(z) * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("name", "change", "message"),
+    [
+        (
+            "tiny-kvae-audio",
+            {"decoder_rates": [2, 4]},
+            "its decoder_rates upsample by 8, its encoder_rates downsample by 4",
+        ),
+        (
+            "tiny-longcat",
+            {"downsampling_ratio": 2},
+            "its downsampling_ratio (2), which its pipeline uses, is not the encoder's strides' product (4)",
+        ),
+    ],
+)
+def test_configs_whose_hop_is_not_one_are_refused(
+    tmp_path: Path, name: str, change: dict[str, object], message: str
+) -> None:
+    kind, config = TINY_AUDIO[name]
+    build(kind, {**config, **change}).save_pretrained(tmp_path / name)
+    with pytest.raises(DiffusersError, match="this .* is not served: ") as error:
+        load_diffusers(tmp_path / name, CPU)
+    assert str(error.value).endswith(message)

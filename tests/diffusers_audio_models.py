@@ -130,6 +130,29 @@ TINY_AUDIO: dict[str, tuple[str, dict[str, Any]]] = {
             "hop_length": 16,
         },
     ),
+    # LTX-2's audio VAE (diffusers' test config) with mel frames of 4 samples of 16 kHz: its tiny
+    # vocoder upsamples each by 4, so its waveform is at 16 kHz too; latents [B, 4, l, 16 / 4].
+    "tiny-ltx2-audio": (
+        "AutoencoderKLLTX2Audio",
+        {
+            "in_channels": 2,
+            "output_channels": 2,
+            "latent_channels": 4,
+            "base_channels": 16,
+            "ch_mult": [1, 2, 4],
+            "resolution": 16,
+            "attn_resolutions": None,
+            "num_res_blocks": 2,
+            "norm_type": "pixel",
+            "causality_axis": "height",
+            "mid_block_add_attention": False,
+            "sample_rate": SAMPLE_RATE,
+            "mel_hop_length": 4,
+            "mel_bins": 16,
+            "is_causal": True,
+            "double_z": True,
+        },
+    ),
 }
 # The vocoders of the mel classes, saved in their folder's `vocoder/`.
 TINY_VOCODERS: dict[str, tuple[str, dict[str, Any]]] = {
@@ -144,6 +167,20 @@ TINY_VOCODERS: dict[str, tuple[str, dict[str, Any]]] = {
             "resblock_dilation_sizes": [[1, 3]],
         },
     ),
+    # Stereo out of 2 x 16 mel bins, 4 samples per mel frame.
+    "tiny-ltx2-audio": (
+        "LTX2Vocoder",
+        {
+            "in_channels": 32,
+            "hidden_channels": 16,
+            "out_channels": 2,
+            "upsample_kernel_sizes": [4, 4],
+            "upsample_factors": [2, 2],
+            "resnet_kernel_sizes": [3],
+            "resnet_dilations": [[1, 3]],
+            "output_sampling_rate": SAMPLE_RATE,
+        },
+    ),
 }
 
 
@@ -151,7 +188,7 @@ def save_audio_classes(folder: Path) -> dict[str, Path]:
     """A folder per served audio class in `folder` (a mel class's with its vocoder)."""
     saved = save(folder, TINY_AUDIO)
     for name, (kind, config) in TINY_VOCODERS.items():
-        build(kind, config).save_pretrained(saved[name] / "vocoder")
+        build_vocoder(kind, config).save_pretrained(saved[name] / "vocoder")
     return saved
 
 
@@ -185,6 +222,8 @@ ENCODE: dict[str, Callable[[torch.nn.Module, torch.Tensor], Encoded]] = {
     "Cosmos3AVAEAudioTokenizer": lambda model, x: each_row(model, x),
     "MMAudioVAE": lambda model, x: posterior(model.encode(x[:, 0]).latent_dist),  # mono [B, samples]
 }
+# Classes whose encoder diffusers cannot feed from a waveform: decode only.
+DECODE_ONLY = {"AutoencoderKLLTX2Audio"}
 
 
 class WithVocoder(torch.nn.Module):
@@ -201,14 +240,24 @@ class WithVocoder(torch.nn.Module):
 def build_audio(name: str) -> torch.nn.Module:
     """The tiny model `name` as saved (with its vocoder, where it has one), built, not reloaded."""
     model = build(*TINY_AUDIO[name])
-    return WithVocoder(model, build(*TINY_VOCODERS[name])) if name in TINY_VOCODERS else model
+    return WithVocoder(model, build_vocoder(*TINY_VOCODERS[name])) if name in TINY_VOCODERS else model
+
+
+def build_vocoder(kind: str, config: dict[str, Any]) -> torch.nn.Module:
+    """A vocoder of diffusers (LTX-2's are in diffusers.pipelines.ltx2.vocoder), random weights from seed 0."""
+    from diffusers.pipelines.ltx2 import vocoder
+
+    if not hasattr(vocoder, kind):
+        return build(kind, config)
+    with torch.random.fork_rng():
+        torch.manual_seed(0)
+        return getattr(vocoder, kind)(**config).eval()
 
 
 def in_diffusers_decode(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     """Waveforms in [-1, 1] from latents, as the class's pipelines decode them."""
-    if isinstance(model, WithVocoder):
-        mel = model.vae.decode(z).sample
-        assert mel.shape[1] == model.vocoder.config.num_mels  # a mel spectrogram; the vocoder makes the waveform
-        return model.vocoder(mel).sample
+    if isinstance(model, WithVocoder):  # a mel spectrogram, which the vocoder makes the waveform
+        decoded = model.vocoder(model.vae.decode(z).sample)
+        return getattr(decoded, "sample", decoded)  # LTX-2's vocoder returns the tensor itself
     decoded = model.decode(z)
     return getattr(decoded, "sample", decoded)  # Cosmos3's sound tokenizer returns the tensor itself

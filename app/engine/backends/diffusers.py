@@ -20,9 +20,10 @@ VQModel's unquantised latents) has no prior and no KL.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -90,6 +91,13 @@ def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
     return frames.unflatten(0, (rows, -1)).transpose(1, 2)
 
 
+def number(config: Any, given: str | int | Callable[[Any], int] | None) -> int | None:
+    """A row's fact about a config: a key of it, a function of it, or the number itself."""
+    if isinstance(given, str):
+        return int(config[given])
+    return given(config) if callable(given) else given
+
+
 def sample(decoded: Any) -> torch.Tensor:
     """A decode's output: its `sample`, or the tensor itself (Cosmos3's sound tokenizer's decode)."""
     return getattr(decoded, "sample", decoded)
@@ -136,10 +144,12 @@ class DiffusersBackend:
         self.spec = spec = CLASSES[self.kind]
         self.max_rows = GPU_ROWS if self.device.type == "cuda" else 1
         config = model.config
-        self.factor = spec.factor(config)
+        # What the row reads: the config, and a mel class's vocoder's as `vocoder`.
+        facts = config if vocoder is None else {**config, "vocoder": dict(vocoder.config)}
+        self.factor = spec.factor(facts)
         self.latent_channels: int = int(config[spec.latent_channels])
-        given = spec.image_channels
-        channels = int(config[given]) if isinstance(given, str) else given or 3
+        self.latent_tail = spec.latent_tail(config)
+        channels = number(facts, spec.image_channels) or 3
         sample_size = getattr(config, "sample_size", None) or DEFAULT_TILE
         self.sample_size: int = int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size)
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
@@ -151,7 +161,7 @@ class DiffusersBackend:
         default_tile = getattr(model, "tile_sample_min_height", None)
         stride = getattr(model, "tile_sample_stride_height", None)
         self.stride_ratio = stride / default_tile if stride and default_tile else None
-        self.architecture: Hashable = (self.kind, json.dumps(dict(config), sort_keys=True, default=str))
+        self.architecture: Hashable = (self.kind, json.dumps(dict(facts), sort_keys=True, default=str))
         frames = None
         if spec.temporal is not None:
             ratio = spec.temporal(config)
@@ -159,12 +169,21 @@ class DiffusersBackend:
             # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
             frames = Frames(1, step, ratio, 1 + step, spec.fps)
         side = self.sample_size
-        sample_rate = int(config[spec.sample_rate]) if spec.sample_rate else None
-        height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
+        sample_rate = number(facts, spec.sample_rate)
+        height, width = (side, side)
+        if sample_rate:  # audio: about one second
+            hops = sample_rate // self.factor
+            if spec.causal_steps:  # counted in hops: first + ratio * k of them
+                first, ratio = spec.causal_steps
+                frames = Frames(first, ratio, ratio, first + (hops - first) // ratio * ratio, 0)
+                hops = frames.native
+            height, width = 1, hops * self.factor
         self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         features: set[Feature] = {"encoder", "decoder", *gaussian}
-        if getattr(model, "encoder", True) is None:  # decoder-only weights (Cosmos3's sound tokenizer drops it)
+        # Decoder-only weights (Cosmos3's sound tokenizer drops its encoder), or an encoder that takes
+        # what diffusers cannot make from a waveform (LTX-2's mel).
+        if getattr(model, "encoder", True) is None or not spec.waveform_encoder:
             features -= {"encoder", "posterior"}
         self.features = frozenset(features)
         self.decode_options = spec.decode_options
@@ -181,8 +200,11 @@ class DiffusersBackend:
         self, height: int | None = None, width: int | None = None, frames: int | None = None
     ) -> LatentShape:
         video = self.image.frames
-        if self.image.sample_rate:  # audio: [C, samples / hop]
-            return (self.latent_channels, None if width is None else width // self.factor)
+        if self.image.sample_rate:  # audio: [C, samples / hop], or [C, latent steps, *tail] of causal steps
+            if width is None:
+                return (self.latent_channels, None, *self.latent_tail)
+            hops = width // self.factor
+            return (self.latent_channels, video.latent(hops) if video else hops, *self.latent_tail)
         if height is None or width is None:
             time: tuple[int | None, ...] = (None,) if video else (1,) if self.spec.frames else ()
             return (self.latent_channels, *time, None, None)
@@ -311,7 +333,9 @@ class DiffusersBackend:
         video, rate = self.image.frames, self.image.sample_rate
         shape = ["B", self.latent_channels, *(["t"] if video else [1] if self.spec.frames else []), "h", "w"]
         if rate:
-            shape = ["B", self.latent_channels, "samples / " + str(self.factor)]
+            steps = "l" if video else "samples / " + str(self.factor)
+            shape = ["B", self.latent_channels, steps, *self.latent_tail]
+            video = None  # an audio model's causal steps are no frames
         return {
             "class": self.kind,
             "media": self.image.media,
@@ -350,15 +374,15 @@ def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
     return load_component(located, kind, dtype)
 
 
-def load_component(located: Located, kind: str, dtype: torch.dtype) -> torch.nn.Module:
-    """diffusers' `kind` (an autoencoder or a vocoder) from a located folder, in `dtype`."""
+def load_component(located: Located, kind: str, dtype: torch.dtype, module: str = "diffusers") -> torch.nn.Module:
+    """diffusers' `kind` (an autoencoder or a vocoder, of `module`) from a located folder, in `dtype`."""
     try:
         import diffusers  # an optional extra: imported only when a diffusers folder is served
     except ImportError:
         raise DiffusersError(
             f"{located.folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'"
         ) from None
-    cls = getattr(diffusers, kind, None)
+    cls = getattr(importlib.import_module(module), kind, None)
     if cls is None:
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
@@ -399,21 +423,22 @@ def with_float32_modules(cls: Any, located: Located, dtype: torch.dtype) -> torc
 
 
 def load_vocoder(located: Located, spec: ClassSpec, dtype: torch.dtype) -> torch.nn.Module | None:
-    """The vocoder a mel class needs (its row's), from the folder's `vocoder`; None for another class."""
-    if spec.vocoder is None:
+    """The vocoder a mel class needs (one of its row's), from the folder's `vocoder`; None for another class."""
+    if not spec.vocoders:
         return None
     kind = located.config.get("_class_name")
+    wanted = " or ".join(spec.vocoders)
     if located.vocoder is None:
         raise DiffusersError(
             f"{located.folder}: this {kind} decodes to a mel spectrogram and the vocoder that makes its waveform "
-            f"is missing: serve its pipeline folder (with its vocoder component), or put the {spec.vocoder}'s "
+            f"is missing: serve its pipeline folder (with its vocoder component), or put the {wanted}'s "
             f"save_pretrained folder in {located.folder / VOCODER}"
         )
     vocoder = component(located.vocoder)
     found = vocoder.config.get("_class_name")
-    if found != spec.vocoder:
-        raise DiffusersError(f"{vocoder.folder}: a {kind} needs a {spec.vocoder}, not {found!r}")
-    return load_component(vocoder, spec.vocoder, dtype)
+    if found not in spec.vocoders:
+        raise DiffusersError(f"{vocoder.folder}: a {kind} needs a {wanted}, not {found!r}")
+    return load_component(vocoder, found, dtype, spec.vocoder_module)
 
 
 def load_located(located: Located, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:

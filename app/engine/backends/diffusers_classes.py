@@ -70,6 +70,12 @@ def rates_differ(config: Config, encoder: str, decoder: str) -> str | None:
     return f"its {decoder} upsample by {up}, its {encoder} downsample by {down}" if up != down else None
 
 
+def ltx2_audio_hop(config: Config) -> int:
+    """Samples per mel frame at LTX-2's vocoder's output rate."""
+    rate = int(config["vocoder"]["output_sampling_rate"])
+    return rate * int(config["mel_hop_length"]) // int(config["sample_rate"])
+
+
 def longcat_hop(config: Config) -> int:
     """LongCat-AudioDiT's encoder's strides, as AudioDiTVaeEncoder completes them: one per entry of
     `c_mults` (default five), the last given stride (else 2) repeated."""
@@ -94,7 +100,8 @@ class ClassSpec:
     encoder: Encoder
     factor: Callable[[Config], int]  # the spatial downsampling factor
     latent_channels: str = "latent_channels"  # the config key
-    image_channels: str | int | None = None  # the config key (or the count), where the class is not RGB-only
+    # The config key (or the count, or how to read it), where the class is not RGB-only.
+    image_channels: str | int | Callable[[Config], int] | None = None
     frames: bool = False  # a video-shaped model used for one frame: images [B, C, 1, H, W], latents [B, C, 1, h, w]
     # A video class: its temporal compression (frames per latent frame after the first, which is
     # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
@@ -104,7 +111,8 @@ class ClassSpec:
     # (its decoder with num_frames, for its temporal layers): Stable Video Diffusion's.
     frames_as_images: bool = False
     fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
-    sample_rate: str | None = None  # an audio class: the config key of its sample rate; waveforms [B, C, samples]
+    # An audio class: the config key of its sample rate (or how to read it); waveforms [B, C, samples].
+    sample_rate: str | Callable[[Config], int] | None = None
     # An audio class's posterior keeps its log variance (`logvar`), or its log standard deviation
     # (`logs`: MiniMax H3 audio's).
     posterior_log: Literal["logvar", "logs"] = "logvar"
@@ -113,9 +121,16 @@ class ClassSpec:
     # so that a row's latents do not depend on the rows batched with it.
     encode_alone: bool = False
     channel_axis: bool = True  # False: its encode takes mono waveforms [B, samples]
-    # A class that decodes to a mel spectrogram: the class of its pipelines' vocoder, which turns the
-    # mel into the waveform (the folder must hold it: diffusers_folders.py).
-    vocoder: str | None = None
+    waveform_encoder: bool = True  # False: its encoder takes what diffusers cannot make from a waveform
+    # An audio class whose latent steps decode causally: the first to `first` hops of samples, each
+    # next to `ratio` (LTX-2's mel frames: 1 + 4(l - 1)); waveforms of first + ratio * k hops.
+    causal_steps: tuple[int, int] | None = None
+    latent_tail: Callable[[Config], tuple[int, ...]] = lambda config: ()  # latent axes after time (LTX-2's mel)
+    # A class that decodes to a mel spectrogram: the classes of its pipelines' vocoder (in
+    # `vocoder_module`), which turns the mel into the waveform (the folder must hold it:
+    # diffusers_folders.py). Its config is the row's `config["vocoder"]`.
+    vocoders: tuple[str, ...] = ()
+    vocoder_module: str = "diffusers"
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
@@ -334,7 +349,26 @@ AUDIO_CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="float32",
         sample_rate="sample_rate",
         channel_axis=False,
-        vocoder="MMAudioVocoder",
+        vocoders=("MMAudioVocoder",),
+    ),
+    # LTX-2's: its decoder makes a mel spectrogram [B, C, frames, mel_bins] causally, 1 + 4(l - 1)
+    # frames of l latent steps, which LTX2Vocoder (or LTX2VocoderWithBWE) turns into the waveform at
+    # its output rate: `mel_hop_length` samples of `sample_rate` per frame, so output_rate x hop /
+    # sample_rate samples of the output. Its encoder takes that mel, which diffusers has no front end
+    # for (its pipelines never encode audio): decode and sample only.
+    "AutoencoderKLLTX2Audio": ClassSpec(
+        "posterior",
+        ltx2_audio_hop,
+        image_channels=lambda config: int(config["vocoder"]["out_channels"]),
+        tiling=False,
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        sample_rate=lambda config: int(config["vocoder"]["output_sampling_rate"]),
+        waveform_encoder=False,
+        causal_steps=(1, 4),
+        latent_tail=lambda config: (int(config["mel_bins"]) // 4,),
+        vocoders=("LTX2Vocoder", "LTX2VocoderWithBWE"),
+        vocoder_module="diffusers.pipelines.ltx2.vocoder",  # without transformers, not in diffusers.pipelines.ltx2
     ),
 }
 CLASSES.update(AUDIO_CLASSES)
@@ -356,8 +390,4 @@ NOT_SERVED: dict[str, str] = {
     "frames (not first + step * k), and it was released tiled (untiled decodes differ): not yet a row",
     "AutoencoderVidTok": "not yet a row",
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
-    "AutoencoderKLLTX2Audio": "its l latent steps decode (causally) to 1 + 4(l - 1) mel frames, so a waveform is "
-    "not l samples per latent step, and its latents are [B, C, l, mel_bins / 4]: the audio contract ([B, C, "
-    "samples], latents [B, C, samples / hop]) does not hold; diffusers has no waveform-to-mel front end for its "
-    "encoder (its pipelines never encode audio)",
 }

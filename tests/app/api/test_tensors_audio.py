@@ -17,6 +17,7 @@ import torch
 from PIL import Image
 
 from tests.diffusers_audio_models import (
+    DECODE_ONLY,
     ENCODE,
     SAMPLE_RATE,
     TINY_AUDIO,
@@ -59,7 +60,16 @@ SHAPES = {
     "tiny-longcat": (1, 4, 8),
     "tiny-cosmos3-audio": (2, 4, 4),
     "tiny-mmaudio": (1, 32, 4),  # mel frames of 16 samples, 2 per latent step
+    "tiny-ltx2-audio": (2, 4, 4),  # per mel frame: l latent steps make 1 + 4(l - 1) of them
 }
+
+
+def decoded(name: str, steps: int) -> tuple[tuple[int, ...], int]:
+    """The shape of `steps` latent steps of model `name`, and the samples they decode to."""
+    _, hop, latent_channels = SHAPES[name]
+    if name == "tiny-ltx2-audio":  # latents [B, C, l, 16 mel bins / 4], decoded causally
+        return (1, latent_channels, steps, 4), (1 + 4 * (steps - 1)) * hop
+    return (1, latent_channels, steps), steps * hop
 
 
 def test_every_audio_class_is_served() -> None:
@@ -69,23 +79,28 @@ def test_every_audio_class_is_served() -> None:
 @pytest.mark.parametrize("name", list(SHAPES))
 def test_every_class_decodes_to_a_wav_and_encodes_a_waveform(server: tuple[str, dict[str, Path]], name: str) -> None:
     """WAV read back with the model's rate, channels and length, its samples those of the class in
-    diffusers (16-bit rounding); a waveform tensor encodes to the class's latents within 1e-5."""
+    diffusers (16-bit rounding); a waveform tensor encodes to the class's latents within 1e-5 (LTX-2's
+    audio, which diffusers cannot encode from a waveform: a 422)."""
     url, _ = server
-    channels, hop, latent_channels = SHAPES[name]
+    channels, _, latent_channels = SHAPES[name]
     reference = build_audio(name)
-    z = np.random.default_rng(4).standard_normal((1, latent_channels, 30)).astype(np.float32)
+    shape, length = decoded(name, 30)
+    z = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
     answer = httpx.post(
         f"{url}/v1/models/{name}/decode", params={"shape": list(z.shape), "output_type": "wav"}, content=z.tobytes()
     )
     assert answer.status_code == 200 and answer.headers["content-type"] == "audio/wav", answer.text
     samples, rate = soundfile.read(io.BytesIO(answer.content), dtype="float32", always_2d=True)
-    assert rate == SAMPLE_RATE and samples.shape == (30 * hop, channels)
+    assert rate == SAMPLE_RATE and samples.shape == (length, channels)
     with torch.inference_mode():
         expected = in_diffusers_decode(reference, torch.from_numpy(z)).numpy()
     np.testing.assert_allclose(samples, np.clip(expected[0].T, -1, 1), rtol=0, atol=1.5 / 2**15)
 
-    wave = np.random.default_rng(5).uniform(-1, 1, (1, channels, 20 * hop)).astype(np.float32)
+    wave = np.random.default_rng(5).uniform(-1, 1, (1, channels, decoded(name, 20)[1])).astype(np.float32)
     answer = httpx.post(f"{url}/v1/models/{name}/encode", params={"shape": list(wave.shape)}, content=wave.tobytes())
+    if TINY_AUDIO[name][0] in DECODE_ONLY:
+        assert answer.status_code == 422 and "cannot encode: it has no encoder" in answer.json()["detail"]
+        return
     assert answer.status_code == 200, answer.text
     latents = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
     with torch.inference_mode():
@@ -159,6 +174,23 @@ def test_a_stereo_file_encodes_as_its_mono_mix_on_a_mono_class(server: tuple[str
         mean, _ = ENCODE[TINY_AUDIO[name][0]](build_audio(name), torch.from_numpy(samples.mean(axis=1))[None, None])
     assert z.shape == mean.shape == (1, TINY_AUDIO[name][1]["latent_channels"], 640 // SHAPES[name][1])
     np.testing.assert_allclose(z, mean.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([4, 30], "takes latents [B, 4, l, 4]; got [4, 30]"),
+        ([1, 4, 30], "does not fit model 'tiny-ltx2-audio', whose latents are [4, 4, 4]"),  # read as [C, l, M]
+        ([1, 4, 30, 5], "does not fit model 'tiny-ltx2-audio', whose latents are [4, 30, 4]"),
+        ([1, 4, 0, 4], "needs waveforms of (1 + 4k) x 4 samples"),
+    ],
+)
+def test_ltx2_audio_latents_of_another_layout_are_refused(
+    server: tuple[str, dict[str, Path]], shape: list[int], message: str
+) -> None:
+    url, _ = server
+    answer = httpx.post(f"{url}/v1/models/tiny-ltx2-audio/decode", params={"shape": shape}, content=b"")
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
 
 
 def test_minimax_pipeline_latents_are_normalised_per_channel(server: tuple[str, dict[str, Path]]) -> None:

@@ -108,6 +108,13 @@ def test_passes_calibrate_and_sample_on_audio(loaded: dict[str, tuple[DiffusersB
     z = backend.prior(1, torch.Generator().manual_seed(0))
     assert z.shape == (1, 6, SAMPLE_RATE // 8)
     assert passes.decode(z, None).shape == (1, 2, SAMPLE_RATE)
+    # LTX-2's: about a second of 1 + 4k mel frames of 4 samples (4000 hops: 3997 = 1 + 4 * 999).
+    backend, _ = loaded["tiny-ltx2-audio"]
+    passes = Passes(backend, max_rows=1)
+    passes.calibrate()
+    z = backend.prior(1, torch.Generator().manual_seed(0))
+    assert z.shape == (1, 4, 1000, 4)
+    assert passes.decode(z, None).shape == (1, 2, 3997 * 4) == (1, *backend.image.item(1, backend.image.width))
 
 
 def test_decoder_only_weights_decode_and_do_not_encode(tmp_path: Path) -> None:

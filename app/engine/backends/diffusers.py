@@ -99,7 +99,7 @@ def number(config: Any, given: str | int | Callable[[Any], int] | None) -> int |
 
 
 def sample(decoded: Any) -> torch.Tensor:
-    """A decode's output: its `sample`, or the tensor itself (Cosmos3's sound tokenizer's decode)."""
+    """A decode's output: its `sample`, or the tensor itself (Cosmos3's sound tokenizer, LTX-2's vocoders)."""
     return getattr(decoded, "sample", decoded)
 
 

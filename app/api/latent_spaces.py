@@ -75,9 +75,10 @@ def packed(model: LoadedModel, given: list[int], height: int | None, width: int 
 
 
 def flat(model: LoadedModel, z: np.ndarray) -> np.ndarray:
-    """[B, C, (1,) h, w] as [B, C, h, w]: a single-frame model's latents, without the frame axis;
-    a video model's [B, C, t, h, w] as they are."""
-    return z if model.backend.image.frames else z.reshape(*z.shape[:2], *z.shape[-2:])
+    """[B, C, 1, h, w] as [B, C, h, w]: a single-frame model's latents, without the frame axis;
+    others (images' [B, C, h, w], a video model's [B, C, t, h, w], audio's [B, C, l]) as they are."""
+    single_frame = z.ndim == 5 and not model.backend.image.frames
+    return z.reshape(*z.shape[:2], *z.shape[-2:]) if single_frame else z
 
 
 def to_model(

@@ -82,7 +82,8 @@ class ImageSpec:
     """The images a model takes and makes: float values in [0, 1], [C, H, W]; a video model's
     ([C, T, H, W]) says which frame counts T it takes in `frames`; an audio model's waveforms
     [C, samples] have a `sample_rate`, their length is `width` (samples; `height` is 1) and
-    `multiple` the samples per latent step."""
+    `multiple` the samples per latent step, or, where it has `frames` (latent steps that decode
+    causally, LTX-2's audio), the samples per hop, `frames` then counting hops."""
 
     channels: int
     height: int  # the native size: what `sample` makes, and what uploads are fitted to when fixed

@@ -109,13 +109,13 @@ class LoadedModel:
             raise InvalidInput(
                 f"images: shape {list(x.shape)}; model '{self.name}' takes [B, {spec.channels}, {layout}], B >= 1"
             )
+        if spec.media == "audio":  # its `frames`, if any, count hops of `multiple` samples (causal steps)
+            if x.shape[2] % spec.multiple or (spec.frames and not spec.frames.accepts(x.shape[2] // spec.multiple)):
+                hops = f"({spec.frames.rule()}) x {spec.multiple}" if spec.frames else f"multiples of {spec.multiple}"
+                raise InvalidInput(f"images: {x.shape[2]} samples; model '{self.name}' takes {hops}")
+            return np.ascontiguousarray(x, dtype=np.float32)
         if spec.frames is not None and not spec.frames.accepts(x.shape[2]):
             raise InvalidInput(f"images: {x.shape[2]} frames; model '{self.name}' takes {spec.frames.rule()} frames")
-        if spec.media == "audio":
-            if x.shape[2] % spec.multiple:
-                samples = f"{x.shape[2]} samples; model '{self.name}' takes multiples of {spec.multiple}"
-                raise InvalidInput(f"images: {samples}")
-            return np.ascontiguousarray(x, dtype=np.float32)
         height, width = x.shape[-2:]
         if spec.fixed_size and (height, width) != (spec.height, spec.width):
             raise InvalidInput(f"images: {width}x{height}; model '{self.name}' takes {spec.width}x{spec.height}")

@@ -133,12 +133,20 @@ def audio_shape(model: LoadedModel, given: list[int], settings: Settings, latent
     spec = model.backend.image
     rate = spec.sample_rate
     assert rate is not None  # an audio model
-    what = "latents [B, C, l]" if latent else f"waveforms [B, {spec.channels}, samples]"
-    if len(given) < 2:
+    layout = model.backend.latent_shape()  # [C, l] (time: the None), or [C, l, *tail]
+    steps = [*layout[: layout.index(None)], "l", *layout[layout.index(None) + 1 :]]
+    what = f"latents [B, {', '.join(map(str, steps))}]" if latent else f"waveforms [B, {spec.channels}, samples]"
+    if len(given) < len(layout):
         raise BadLatentShape(f"shape: model '{model.name}' takes {what}; got {given}")
-    samples = given[-1] * spec.multiple if latent else given[-1]
-    if samples % spec.multiple:
-        raise BadLatentShape(f"shape: model '{model.name}' needs waveforms of a multiple of {spec.multiple} samples")
+    rule = spec.frames  # waveforms of `first + step * k` hops, decoded causally (LTX-2's audio)
+    if latent:
+        time = given[layout.index(None) - len(layout)]
+        samples = (rule.decoded(time) if rule and time > 0 else time) * spec.multiple
+    else:
+        samples = given[-1]
+    if samples % spec.multiple or (rule and not rule.accepts(samples // spec.multiple)):
+        hops = f"({rule.rule()}) x {spec.multiple}" if rule else f"a multiple of {spec.multiple}"
+        raise BadLatentShape(f"shape: model '{model.name}' needs waveforms of {hops} samples")
     item = model.backend.latent_shape(1, samples) if latent else spec.item(1, samples)
     shape = batch_shape(given, item, "latents" if latent else "waveforms", model)
     if shape[0] > (settings.max_n if latent else settings.max_files):

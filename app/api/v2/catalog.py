@@ -55,7 +55,7 @@ def shapes(model: LoadedModel, max_pixels: int) -> Shapes:
     # A latent has no more positions than its image has pixels.
     latent_values = math.prod(size for size in latent if size != -1) * max_pixels if -1 in latent else None
     image_values = None if image.fixed_size else max_pixels * image.channels
-    pixels = ((-1,) if image.frames else ()) + (height, width, image.channels)
+    pixels = ((-1,) if image.media == "video" else ()) + (height, width, image.channels)
     return Shapes(pixels, latent, len(model.backend.label_names), image_values, latent_values)
 
 

@@ -20,9 +20,10 @@ VQModel's unquantised latents) has no prior and no KL.
 
 from __future__ import annotations
 
+import importlib
 import json
 import math
-from collections.abc import Hashable
+from collections.abc import Callable, Hashable
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -34,7 +35,16 @@ from PIL.Image import Image
 from app.engine import progress
 from app.engine.backend import Feature, Frames, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
-from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
+from app.engine.backends.diffusers_folders import (
+    VOCODER,
+    DiffusersError,
+    Located,
+    component,
+    is_candidate,
+    locate,
+    model_name,
+    sha256,
+)
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
 from app.engine.errors import StartupError
 from model import DiagonalGaussian
@@ -81,6 +91,26 @@ def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
     return frames.unflatten(0, (rows, -1)).transpose(1, 2)
 
 
+def number(config: Any, given: str | int | Callable[[Any], int] | None) -> int | None:
+    """A row's fact about a config: a key of it, a function of it, or the number itself."""
+    if isinstance(given, str):
+        return int(config[given])
+    return given(config) if callable(given) else given
+
+
+def sample(decoded: Any) -> torch.Tensor:
+    """A decode's output: its `sample`, or the tensor itself (Cosmos3's sound tokenizer, LTX-2's vocoders)."""
+    return getattr(decoded, "sample", decoded)
+
+
+def joined(encoded: list[LatentGaussian] | list[torch.Tensor]) -> LatentGaussian | torch.Tensor:
+    """Rows encoded one by one, as one batch."""
+    if isinstance(encoded[0], LatentGaussian):
+        posteriors: list[LatentGaussian] = encoded  # type: ignore[assignment]
+        return LatentGaussian(torch.cat([q.mean for q in posteriors]), torch.cat([q.log_variance for q in posteriors]))
+    return torch.cat(encoded)  # type: ignore[arg-type]
+
+
 def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace | None:
     """The normalisation the class's pipelines apply to its latents (diffusers_latents.py); None
     where it is not served."""
@@ -88,6 +118,8 @@ def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shif
     if spec.normalisation == "none":
         return None
     if spec.normalisation == "mean_std":
+        if config.get("latents_mean") is None:  # a config without statistics (MiniMax H3 audio's may lack them)
+            return None
         return mean_std_space(config.latents_mean, config.latents_std)
     if spec.normalisation == "batch_norm":
         bn = model.bn
@@ -103,15 +135,21 @@ class DiffusersBackend:
     family = "diffusers"
     label_names: tuple[str, ...] = ()
 
-    def __init__(self, model: torch.nn.Module, tile: int = DEFAULT_TILE) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tile: int = DEFAULT_TILE, vocoder: torch.nn.Module | None = None
+    ) -> None:
         self.model = model.eval()  # reachable for hooks (e.g. counting decoder calls per tile)
+        self.vocoder = vocoder if vocoder is None else vocoder.eval()  # mel -> waveform, where the class needs one
         self.kind: str = type(model).__name__
         self.spec = spec = CLASSES[self.kind]
         self.max_rows = GPU_ROWS if self.device.type == "cuda" else 1
         config = model.config
-        self.factor = spec.factor(config)
+        # What the row reads: the config, and a mel class's vocoder's as `vocoder`.
+        facts = config if vocoder is None else {**config, "vocoder": dict(vocoder.config)}
+        self.factor = spec.factor(facts)
         self.latent_channels: int = int(config[spec.latent_channels])
-        channels = int(config[spec.image_channels]) if spec.image_channels else 3
+        self.latent_tail = spec.latent_tail(config)
+        channels = number(facts, spec.image_channels) or 3
         sample_size = getattr(config, "sample_size", None) or DEFAULT_TILE
         self.sample_size: int = int(sample_size[0] if isinstance(sample_size, list | tuple) else sample_size)
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
@@ -123,7 +161,7 @@ class DiffusersBackend:
         default_tile = getattr(model, "tile_sample_min_height", None)
         stride = getattr(model, "tile_sample_stride_height", None)
         self.stride_ratio = stride / default_tile if stride and default_tile else None
-        self.architecture: Hashable = (self.kind, json.dumps(dict(config), sort_keys=True, default=str))
+        self.architecture: Hashable = (self.kind, json.dumps(dict(facts), sort_keys=True, default=str))
         frames = None
         if spec.temporal is not None:
             ratio = spec.temporal(config)
@@ -131,11 +169,23 @@ class DiffusersBackend:
             # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
             frames = Frames(1, step, ratio, 1 + step, spec.fps)
         side = self.sample_size
-        sample_rate = int(config[spec.sample_rate]) if spec.sample_rate else None
-        height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
+        sample_rate = number(facts, spec.sample_rate)
+        height, width = (side, side)
+        if sample_rate:  # audio: about one second
+            hops = sample_rate // self.factor
+            if spec.causal_steps:  # counted in hops: first + ratio * k of them
+                first, ratio = spec.causal_steps
+                frames = Frames(first, ratio, ratio, first + (hops - first) // ratio * ratio, 0)
+                hops = frames.native
+            height, width = 1, hops * self.factor
         self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
-        self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
+        features: set[Feature] = {"encoder", "decoder", *gaussian}
+        # Decoder-only weights (Cosmos3's sound tokenizer drops its encoder), or an encoder that takes
+        # what diffusers cannot make from a waveform (LTX-2's mel).
+        if getattr(model, "encoder", True) is None or not spec.waveform_encoder:
+            features -= {"encoder", "posterior"}
+        self.features = frozenset(features)
         self.decode_options = spec.decode_options
 
     @property
@@ -150,8 +200,11 @@ class DiffusersBackend:
         self, height: int | None = None, width: int | None = None, frames: int | None = None
     ) -> LatentShape:
         video = self.image.frames
-        if self.image.sample_rate:  # audio: [C, samples / hop]
-            return (self.latent_channels, None if width is None else width // self.factor)
+        if self.image.sample_rate:  # audio: [C, samples / hop], or [C, latent steps, *tail] of causal steps
+            if width is None:
+                return (self.latent_channels, None, *self.latent_tail)
+            hops = width // self.factor
+            return (self.latent_channels, video.latent(hops) if video else hops, *self.latent_tail)
         if height is None or width is None:
             time: tuple[int | None, ...] = (None,) if video else (1,) if self.spec.frames else ()
             return (self.latent_channels, *time, None, None)
@@ -200,16 +253,26 @@ class DiffusersBackend:
         rows = len(x)
         if self.spec.frames_as_images:
             x = as_images(x)
+        if not self.spec.channel_axis:
+            x = x[:, 0]
         with tiles:
-            encoded = self.model.encode(x)
-        if self.spec.encoder == "mode":
+            if self.spec.encode_alone:
+                return joined([self._encoded(row, 1) for row in x.split(1)])
+            return self._encoded(x, rows)
+
+    def _encoded(self, x: torch.Tensor, rows: int) -> LatentGaussian | torch.Tensor:
+        """What the class's encode gives for x, as the row says to read it."""
+        spec = self.spec
+        encoded = self.model.encode(x, **spec.encode_options)
+        if spec.encoder == "mode":
             return encoded.latent_dist.mode()
-        if self.spec.encoder != "posterior":
-            return getattr(encoded, self.spec.encoder)
+        if spec.encoder != "posterior":
+            return getattr(encoded, spec.encoder)
         q = encoded.latent_dist
-        if self.spec.frames_as_images:
-            return LatentGaussian(as_video(q.mean, rows), as_video(q.logvar, rows))
-        return LatentGaussian(q.mean, q.logvar)
+        log_variance = q.logvar if spec.posterior_log == "logvar" else 2.0 * q.logs
+        if spec.frames_as_images:
+            return LatentGaussian(as_video(q.mean, rows), as_video(log_variance, rows))
+        return LatentGaussian(q.mean, log_variance)
 
     def decode(
         self, z: torch.Tensor, labels: torch.Tensor | None = None, options: torch.Tensor | None = None
@@ -227,7 +290,9 @@ class DiffusersBackend:
             elif self.spec.frames_as_images:  # all frames at once, as its pipeline's default decode_chunk_size
                 images = as_video(self.model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
             else:
-                images = self.model.decode(z).sample
+                images = sample(self.model.decode(z))
+        if self.vocoder is not None:
+            images = sample(self.vocoder(images.to(self.vocoder.dtype)))
         if self.spec.frames:
             images = images[:, :, 0]
         return (images * 0.5 + 0.5).float()
@@ -274,7 +339,9 @@ class DiffusersBackend:
         video, rate = self.image.frames, self.image.sample_rate
         shape = ["B", self.latent_channels, *(["t"] if video else [1] if self.spec.frames else []), "h", "w"]
         if rate:
-            shape = ["B", self.latent_channels, "samples / " + str(self.factor)]
+            steps = "l" if video else "samples / " + str(self.factor)
+            shape = ["B", self.latent_channels, steps, *self.latent_tail]
+            video = None  # an audio model's causal steps are no frames
         return {
             "class": self.kind,
             "media": self.image.media,
@@ -294,6 +361,7 @@ class DiffusersBackend:
             "force_upcast": self.force_upcast,
             "dtype": str(self.dtype).removeprefix("torch."),
             "tile": self.tile if self.spec.tiling else None,
+            "vocoder": None if self.vocoder is None else type(self.vocoder).__name__,
         }
 
 
@@ -306,22 +374,30 @@ def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
         raise DiffusersError(
             f"{located.folder / 'config.json'}: _class_name is {kind!r}; served classes: {', '.join(CLASSES)}"
         )
+    refused = CLASSES[kind].refuse(located.config)
+    if refused:
+        raise DiffusersError(f"{located.folder}: this {kind} is not served: {refused}")
+    return load_component(located, kind, dtype)
+
+
+def load_component(located: Located, kind: str, dtype: torch.dtype, module: str = "diffusers") -> torch.nn.Module:
+    """diffusers' `kind` (an autoencoder or a vocoder, of `module`) from a located folder, in `dtype`."""
     try:
         import diffusers  # an optional extra: imported only when a diffusers folder is served
     except ImportError:
         raise DiffusersError(
             f"{located.folder}: serving it needs diffusers: pip install 'vaeserve[diffusers]'"
         ) from None
-    if not hasattr(diffusers, kind):
+    cls = getattr(importlib.import_module(module), kind, None)
+    if cls is None:
         raise DiffusersError(
             f"{located.folder}: diffusers {diffusers.__version__} has no {kind}; install diffusers>=0.42"
         )
-    refused = CLASSES[kind].refuse(located.config)
-    if refused:
-        raise DiffusersError(f"{located.folder}: this {kind} is not served: {refused}")
     try:
+        if cls._keep_in_fp32_modules:
+            return with_float32_modules(cls, located, dtype)
         # low_cpu_mem_usage would need `accelerate`; these models are small next to the machine.
-        return getattr(diffusers, kind).from_pretrained(
+        return cls.from_pretrained(
             located.folder,
             variant=located.variant,
             use_safetensors=True,
@@ -333,14 +409,57 @@ def load_model(located: Located, dtype: torch.dtype) -> torch.nn.Module:
         raise DiffusersError(f"{located.folder}: cannot load the {kind} ({e})") from None
 
 
-def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
-    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
-    downloading anything."""
-    located = locate(path)
+def with_float32_modules(cls: Any, located: Located, dtype: torch.dtype) -> torch.nn.Module:
+    """A class that keeps modules in float32 (`_keep_in_fp32_modules`: MiniMax H3's), which
+    diffusers' from_pretrained loads only through `accelerate` (low_cpu_mem_usage): built from its
+    config, its safetensors weights loaded strictly, then cast to `dtype` but for the kept modules,
+    by diffusers' rule (a parameter whose dotted name has one of them as a part)."""
+    from safetensors.torch import load_file
+
+    with torch.random.fork_rng():  # the initial weights are overwritten; leave the global generator be
+        model = cls.from_config(located.config)
+    weights = load_file(located.weights)
+    model._fix_state_dict_keys_on_load(weights)  # as from_pretrained does
+    model.load_state_dict(weights, strict=True)
+    kept = set(cls._keep_in_fp32_modules)
+    for name, tensor in [*model.named_parameters(), *model.named_buffers()]:
+        if tensor.is_floating_point():
+            tensor.data = tensor.data.to(torch.float32 if kept & set(name.split(".")) else dtype)
+    return model.eval()
+
+
+def load_vocoder(located: Located, spec: ClassSpec, dtype: torch.dtype) -> torch.nn.Module | None:
+    """The vocoder a mel class needs (one of its row's), from the folder's `vocoder`; None for another class."""
+    if not spec.vocoders:
+        return None
+    kind = located.config.get("_class_name")
+    wanted = " or ".join(spec.vocoders)
+    if located.vocoder is None:
+        raise DiffusersError(
+            f"{located.folder}: this {kind} decodes to a mel spectrogram and the vocoder that makes its waveform "
+            f"is missing: serve its pipeline folder (with its vocoder component), or put the {wanted}'s "
+            f"save_pretrained folder in {located.folder / VOCODER}"
+        )
+    vocoder = component(located.vocoder)
+    found = vocoder.config.get("_class_name")
+    if found not in spec.vocoders:
+        raise DiffusersError(f"{vocoder.folder}: a {kind} needs a {wanted}, not {found!r}")
+    return load_component(vocoder, found, dtype, spec.vocoder_module)
+
+
+def load_located(located: Located, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
     kind = located.config.get("_class_name")
     gpu_dtype = CLASSES[kind].gpu_dtype if kind in CLASSES else "float32"  # else load_model says why not
     dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), gpu_dtype)
-    return DiffusersBackend(load_model(located, dtype).to(device), tile)
+    model = load_model(located, dtype).to(device)
+    vocoder = load_vocoder(located, CLASSES[kind], dtype)
+    return DiffusersBackend(model, tile, vocoder if vocoder is None else vocoder.to(device))
+
+
+def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:
+    """The autoencoder at `path` (any layout of diffusers_folders.py) on `device`, never
+    downloading anything."""
+    return load_located(locate(path), device, tile)
 
 
 class DiffusersFamily:
@@ -352,7 +471,11 @@ class DiffusersFamily:
 
     def load(self, path: Path, device: torch.device) -> Loaded:
         try:
-            return Loaded(load_diffusers(path, device), sha256(locate(path)))
+            located = locate(path)
+            backend = load_located(located, device)
+            # A vocoder decides a mel class's waveforms; another class ignores the folder's.
+            vocoder = [] if backend.vocoder is None or located.vocoder is None else [component(located.vocoder)]
+            return Loaded(backend, sha256(located, *vocoder))
         except DiffusersError as e:
             raise StartupError(f"cannot load model {e}") from None
 

@@ -64,6 +64,27 @@ def value(key: str) -> Callable[[Config], int]:
     return lambda config: int(config[key])
 
 
+def rates_differ(config: Config, encoder: str, decoder: str) -> str | None:
+    """Why a config whose decoder does not upsample by its encoder's hop is not served, else None."""
+    down, up = math.prod(config[encoder]), math.prod(config[decoder])
+    return f"its {decoder} upsample by {up}, its {encoder} downsample by {down}" if up != down else None
+
+
+def ltx2_audio_hop(config: Config) -> int:
+    """Samples per mel frame at LTX-2's vocoder's output rate."""
+    rate = int(config["vocoder"]["output_sampling_rate"])
+    return rate * int(config["mel_hop_length"]) // int(config["sample_rate"])
+
+
+def longcat_hop(config: Config) -> int:
+    """LongCat-AudioDiT's encoder's strides, as AudioDiTVaeEncoder completes them: one per entry of
+    `c_mults` (default five), the last given stride (else 2) repeated."""
+    blocks = len(config.get("c_mults") or [1, 2, 4, 8, 16])
+    strides = list(config.get("strides") or [2] * blocks)
+    strides += [strides[-1] if strides else 2] * (blocks - len(strides))
+    return math.prod(strides[:blocks])
+
+
 @dataclass(frozen=True)
 class DecodeOption:
     """An input a class's decode takes from the request (query parameter of the same name)."""
@@ -79,7 +100,8 @@ class ClassSpec:
     encoder: Encoder
     factor: Callable[[Config], int]  # the spatial downsampling factor
     latent_channels: str = "latent_channels"  # the config key
-    image_channels: str | None = None  # the config key, where the class is not RGB-only
+    # The config key (or the count, or how to read it), where the class is not RGB-only.
+    image_channels: str | int | Callable[[Config], int] | None = None
     frames: bool = False  # a video-shaped model used for one frame: images [B, C, 1, H, W], latents [B, C, 1, h, w]
     # A video class: its temporal compression (frames per latent frame after the first, which is
     # encoded alone: it takes 1 + temporal * k frames); videos [B, C, T, H, W], latents [B, C, t, h, w].
@@ -89,7 +111,26 @@ class ClassSpec:
     # (its decoder with num_frames, for its temporal layers): Stable Video Diffusion's.
     frames_as_images: bool = False
     fps: int = 24  # a video class's frame rate, as its pipelines' examples export it
-    sample_rate: str | None = None  # an audio class: the config key of its sample rate; waveforms [B, C, samples]
+    # An audio class: the config key of its sample rate (or how to read it); waveforms [B, C, samples].
+    sample_rate: str | Callable[[Config], int] | None = None
+    # An audio class's posterior keeps its log variance (`logvar`), or its log standard deviation
+    # (`logs`: MiniMax H3 audio's).
+    posterior_log: Literal["logvar", "logs"] = "logvar"
+    encode_options: Mapping[str, Any] = field(default_factory=dict)  # keyword arguments of its encode
+    # Its encode normalises over the whole batch (Cosmos3's peak volume): each row is encoded alone,
+    # so that a row's latents do not depend on the rows batched with it.
+    encode_alone: bool = False
+    channel_axis: bool = True  # False: its encode takes mono waveforms [B, samples]
+    waveform_encoder: bool = True  # False: its encoder takes what diffusers cannot make from a waveform
+    # An audio class whose latent steps decode causally: the first to `first` hops of samples, each
+    # next to `ratio` (LTX-2's mel frames: 1 + 4(l - 1)); waveforms of first + ratio * k hops.
+    causal_steps: tuple[int, int] | None = None
+    latent_tail: Callable[[Config], tuple[int, ...]] = lambda config: ()  # latent axes after time (LTX-2's mel)
+    # A class that decodes to a mel spectrogram: the classes of its pipelines' vocoder (in
+    # `vocoder_module`), which turns the mel into the waveform (the folder must hold it:
+    # diffusers_folders.py). Its config is the row's `config["vocoder"]`.
+    vocoders: tuple[str, ...] = ()
+    vocoder_module: str = "diffusers"
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
@@ -241,6 +282,94 @@ AUDIO_CLASSES: dict[str, ClassSpec] = {
         gpu_dtype="float32",
         sample_rate="sampling_rate",
     ),
+    # Kandinsky's KVAE-Audio: DAC-style strided convolutions, a Gaussian bottleneck of `codebook_dim` channels.
+    "AutoencoderKLKVAEAudio": ClassSpec(
+        "posterior",
+        product("encoder_rates"),
+        "codebook_dim",
+        "num_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sample_rate",
+        refuse=lambda config: rates_differ(config, "encoder_rates", "decoder_rates"),
+    ),
+    # MiniMax-H3's: mono (the pipeline carries stereo as two batch rows), float32 whatever the
+    # pipeline's dtype (_keep_in_fp32_modules), a posterior of mean and log standard deviation;
+    # its pipeline normalises the latents per channel.
+    "AutoencoderKLMiniMaxH3Audio": ClassSpec(
+        "posterior",
+        product("encoder_rates"),
+        "latent_channels",
+        1,
+        tiling=False,
+        normalisation="mean_std",
+        gpu_dtype="float32",
+        sample_rate="sampling_rate",
+        posterior_log="logs",
+    ),
+    # LongCat-AudioDiT's: encode(sample_posterior=False) gives the posterior mean divided by the
+    # config's `scale`, as its pipeline's latents (decode multiplies it back).
+    "LongCatAudioDiTVae": ClassSpec(
+        "latents",
+        longcat_hop,
+        "latent_dim",
+        "in_channels",
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sample_rate",
+        encode_options={"sample_posterior": False},
+        refuse=lambda config: (
+            f"its downsampling_ratio ({config.get('downsampling_ratio')}), which its pipeline uses, is not the "
+            f"encoder's strides' product ({longcat_hop(config)})"
+            if config.get("downsampling_ratio") != longcat_hop(config)
+            else None
+        ),
+    ),
+    # Cosmos3's sound tokenizer: an Oobleck-style posterior; encode peak-normalises the volume over
+    # the whole batch (hence row by row) and its decode returns the waveform tensor itself.
+    "Cosmos3AVAEAudioTokenizer": ClassSpec(
+        "posterior",
+        lambda config: int(config.get("hop_size") or math.prod(config["dec_strides"])),
+        "vocoder_input_dim",
+        "dec_out_channels",
+        tiling=False,
+        gpu_dtype="bfloat16",
+        sample_rate="sampling_rate",
+        encode_alone=True,
+    ),
+    # Kandinsky 6's MMAudio: encode computes its log-mel from a mono waveform [B, samples] itself;
+    # decode makes a mel spectrogram of 2 frames per latent step, which MMAudioVocoder turns into the
+    # waveform (`hop_length` samples per frame). float32: what diffusers' from_pretrained makes of it
+    # even with the bfloat16 of Kandinsky 6's pipeline.
+    "MMAudioVAE": ClassSpec(
+        "posterior",
+        lambda config: 2 * int(config["hop_length"]),
+        image_channels=1,
+        tiling=False,
+        gpu_dtype="float32",
+        sample_rate="sample_rate",
+        channel_axis=False,
+        vocoders=("MMAudioVocoder",),
+    ),
+    # LTX-2's: its decoder makes a mel spectrogram [B, C, frames, mel_bins] causally, 1 + 4(l - 1)
+    # frames of l latent steps, which LTX2Vocoder (or LTX2VocoderWithBWE) turns into the waveform at
+    # its output rate: `mel_hop_length` samples of `sample_rate` per frame, so output_rate x hop /
+    # sample_rate samples of the output. Its encoder takes that mel, which diffusers has no front end
+    # for (its pipelines never encode audio): decode and sample only.
+    "AutoencoderKLLTX2Audio": ClassSpec(
+        "posterior",
+        ltx2_audio_hop,
+        image_channels=lambda config: int(config["vocoder"]["out_channels"]),
+        tiling=False,
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        sample_rate=lambda config: int(config["vocoder"]["output_sampling_rate"]),
+        waveform_encoder=False,
+        causal_steps=(1, 4),
+        latent_tail=lambda config: (int(config["mel_bins"]) // 4,),
+        vocoders=("LTX2Vocoder", "LTX2VocoderWithBWE"),
+        vocoder_module="diffusers.pipelines.ltx2.vocoder",  # without transformers, not in diffusers.pipelines.ltx2
+    ),
 }
 CLASSES.update(AUDIO_CLASSES)
 
@@ -256,15 +385,9 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
     "AutoencoderKLKVAEVideo": "not yet a row",
-    "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
-    "needs the accelerate package, not installed here",
+    # It loads (diffusers.py's with_float32_modules); its contract is another one.
+    "AutoencoderKLMiniMaxH3": "its pixels are ImageNet-normalised (not [-1, 1]), 17n + 5 frames make 5n + 2 latent "
+    "frames (not first + step * k), and it was released tiled (untiled decodes differ): not yet a row",
     "AutoencoderVidTok": "not yet a row",
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
-    "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
-    "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
-    "AutoencoderKLKVAEAudio": "not yet a row",
-    "AutoencoderKLMiniMaxH3Audio": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), "
-    "which needs the accelerate package, not installed here",
-    "Cosmos3AVAEAudioTokenizer": "not yet a row",
-    "LongCatAudioDiTVae": "not yet a row",
 }

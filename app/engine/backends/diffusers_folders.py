@@ -1,21 +1,28 @@
 """Where a diffusers autoencoder lives on disk, as users keep it: a `save_pretrained` folder, a
-whole pipeline folder (`model_index.json` naming a `vae` component), or a Hugging Face hub cache
-entry (`models--org--name/snapshots/<revision>/`, the revision `refs/main` names). Weights are
-safetensors only (`diffusion_pytorch_model.safetensors`, or a variant such as
-`diffusion_pytorch_model.fp16.safetensors`); nothing is unpickled and nothing is downloaded.
+whole pipeline folder (`model_index.json` naming a `vae` component, else an `audio_vae`), or a
+Hugging Face hub cache entry (`models--org--name/snapshots/<revision>/`, the revision `refs/main`
+names). A class that decodes to a mel spectrogram also needs its pipeline's vocoder: the
+pipeline folder's `vocoder` component, or a `vocoder/` save_pretrained folder beside the VAE's
+config.json. Weights are safetensors only (`diffusion_pytorch_model.safetensors`, or a variant
+such as `diffusion_pytorch_model.fp16.safetensors`); nothing is unpickled and nothing is
+downloaded.
 """
 
 from __future__ import annotations
 
 import hashlib
 import json
-from dataclasses import dataclass
+from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
 
 CONFIG = "config.json"
 WEIGHTS = "diffusion_pytorch_model"
 PIPELINE = "model_index.json"
+# A pipeline's autoencoder components, in the order one is served: the image or video VAE, else
+# an audio-only pipeline's (a folder naming Kandinsky 6's audio_vae and vocoder, say).
+COMPONENTS = ("vae", "audio_vae")
+VOCODER = "vocoder"
 HUB_PREFIX = "models--"
 PICKLED = (".bin", ".ckpt", ".pt", ".pth")
 
@@ -30,6 +37,7 @@ class Located:
     config: dict[str, Any]
     weights: Path
     variant: str | None  # e.g. "fp16", for from_pretrained
+    vocoder: Path | None = None  # a vocoder's folder beside it (read only for a class that needs one)
 
 
 def is_candidate(path: Path) -> bool:
@@ -62,17 +70,19 @@ def snapshot(entry: Path) -> Path:
 
 
 def vae_folder(folder: Path) -> Path:
-    """The `vae` component of a pipeline folder; the folder itself otherwise."""
+    """The autoencoder component of a pipeline folder (COMPONENTS); the folder itself otherwise."""
     if (folder / CONFIG).is_file() or not (folder / PIPELINE).is_file():
         return folder
     try:
         components = json.loads((folder / PIPELINE).read_text())
     except (OSError, ValueError) as e:
         raise DiffusersError(f"{folder / PIPELINE}: not a readable JSON file ({e})") from None
-    if not isinstance(components, dict) or "vae" not in components:
+    found = [name for name in COMPONENTS if isinstance(components, dict) and name in components]
+    if not found:
         name = components.get("_class_name") if isinstance(components, dict) else None
-        raise DiffusersError(f"{folder / PIPELINE}: the pipeline {name or ''} has no vae component")
-    return folder / "vae"
+        wanted = " or ".join(COMPONENTS)
+        raise DiffusersError(f"{folder / PIPELINE}: the pipeline {name or ''} has no {wanted} component")
+    return folder / found[0]
 
 
 def read_json(path: Path) -> dict[str, Any]:
@@ -110,16 +120,23 @@ def weights(folder: Path) -> tuple[Path, str | None]:
 def locate(path: Path) -> Located:
     """The autoencoder at `path`, in any of the layouts above."""
     folder = snapshot(path) if path.name.startswith(HUB_PREFIX) and (path / "snapshots").is_dir() else path
+    vocoder = folder / VOCODER  # a pipeline's component, or beside a save_pretrained VAE's config.json
     folder = vae_folder(folder)
+    return replace(component(folder), vocoder=vocoder if (vocoder / CONFIG).is_file() else None)
+
+
+def component(folder: Path) -> Located:
+    """A save_pretrained folder: its config and safetensors weights."""
     config = read_json(folder / CONFIG)
     found, variant = weights(folder)
     return Located(folder, config, found, variant)
 
 
-def sha256(located: Located) -> str:
-    """sha256 of config.json's bytes followed by the weights' bytes: what decides the model."""
+def sha256(*parts: Located) -> str:
+    """sha256 of config.json's bytes followed by the weights' bytes, of each part in turn (a mel
+    class's VAE, then its vocoder): what decides the model."""
     digest = hashlib.sha256()
-    for path in (located.folder / CONFIG, located.weights):
+    for path in [file for part in parts for file in (part.folder / CONFIG, part.weights)]:
         with path.open("rb") as f:
             while chunk := f.read(1 << 20):
                 digest.update(chunk)

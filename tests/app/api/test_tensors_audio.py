@@ -1,13 +1,14 @@
-"""Every served diffusers audio autoencoder class over HTTP: decode to a WAV or FLAC file that
-reads back (soundfile) with the model's rate, channels and length and the samples the model
-gives in-process (to 16-bit rounding), float32 waveform tensors within 1e-5, encode of a
-waveform tensor, and clear refusals."""
+"""Every served diffusers audio autoencoder class over HTTP: a WAV file decoded that reads back
+(soundfile) with the model's rate, channels and length and the samples the class gives in
+diffusers (to 16-bit rounding), a waveform tensor encoded; the tiny Oobleck in depth: WAV and
+FLAC, float32 waveform tensors within 1e-5, uploads, and clear refusals."""
 
 from __future__ import annotations
 
 import io
 import json
 from collections.abc import Iterator
+from pathlib import Path
 
 import httpx
 import numpy as np
@@ -15,7 +16,15 @@ import pytest
 import torch
 from PIL import Image
 
-from tests.diffusers_audio_models import SAMPLE_RATE, save_audio_classes
+from tests.diffusers_audio_models import (
+    DECODE_ONLY,
+    ENCODE,
+    SAMPLE_RATE,
+    TINY_AUDIO,
+    build_audio,
+    in_diffusers_decode,
+    save_audio_classes,
+)
 from tests.diffusers_models import served
 
 diffusers = pytest.importorskip("diffusers")
@@ -25,12 +34,79 @@ LATENT_STEPS = 100  # of 8 samples: 800 samples, stereo
 
 
 @pytest.fixture(scope="module")
-def model(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, torch.nn.Module]]:
-    """A real server of the tiny Oobleck, and the same folder loaded by diffusers itself."""
-    folder = save_audio_classes(tmp_path_factory.mktemp("audio"))["tiny-oobleck"]
-    reference = diffusers.AutoencoderOobleck.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
-    with served(folder.parent, tmp_path_factory.mktemp("logs")) as replica:
-        yield replica.url, reference.eval()
+def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
+    """A real server of every tiny audio model, and their folders."""
+    folders = save_audio_classes(tmp_path_factory.mktemp("audio"))
+    with served(folders["tiny-oobleck"].parent, tmp_path_factory.mktemp("logs")) as replica:
+        yield replica.url, folders
+
+
+@pytest.fixture(scope="module")
+def model(server: tuple[str, dict[str, Path]]) -> tuple[str, torch.nn.Module]:
+    """The server, and the tiny Oobleck's folder loaded by diffusers itself."""
+    url, folders = server
+    reference = diffusers.AutoencoderOobleck.from_pretrained(
+        folders["tiny-oobleck"], local_files_only=True, low_cpu_mem_usage=False
+    )
+    return url, reference.eval()
+
+
+# Every class's tiny model: (channels, samples per latent step, latent channels), from its config.
+SHAPES = {
+    "tiny-oobleck": (2, 8, 6),
+    "tiny-same": (2, 16, 8),
+    "tiny-kvae-audio": (1, 4, 4),
+    "tiny-minimax-audio": (1, 4, 8),
+    "tiny-longcat": (1, 4, 8),
+    "tiny-cosmos3-audio": (2, 4, 4),
+    "tiny-mmaudio": (1, 32, 4),  # mel frames of 16 samples, 2 per latent step
+    "tiny-ltx2-audio": (2, 4, 4),  # per mel frame: l latent steps make 1 + 4(l - 1) of them
+}
+
+
+def decoded(name: str, steps: int) -> tuple[tuple[int, ...], int]:
+    """The shape of `steps` latent steps of model `name`, and the samples they decode to."""
+    _, hop, latent_channels = SHAPES[name]
+    if name == "tiny-ltx2-audio":  # latents [B, C, l, 16 mel bins / 4], decoded causally
+        return (1, latent_channels, steps, 4), (1 + 4 * (steps - 1)) * hop
+    return (1, latent_channels, steps), steps * hop
+
+
+def test_every_audio_class_is_served() -> None:
+    assert set(SHAPES) == set(TINY_AUDIO)
+
+
+@pytest.mark.parametrize("name", list(SHAPES))
+def test_every_class_decodes_to_a_wav_and_encodes_a_waveform(server: tuple[str, dict[str, Path]], name: str) -> None:
+    """WAV read back with the model's rate, channels and length, its samples those of the class in
+    diffusers (16-bit rounding); a waveform tensor encodes to the class's latents within 1e-5 (LTX-2's
+    audio, which diffusers cannot encode from a waveform: a 422)."""
+    url, _ = server
+    channels, _, latent_channels = SHAPES[name]
+    reference = build_audio(name)
+    shape, length = decoded(name, 30)
+    z = np.random.default_rng(4).standard_normal(shape).astype(np.float32)
+    answer = httpx.post(
+        f"{url}/v1/models/{name}/decode", params={"shape": list(z.shape), "output_type": "wav"}, content=z.tobytes()
+    )
+    assert answer.status_code == 200 and answer.headers["content-type"] == "audio/wav", answer.text
+    samples, rate = soundfile.read(io.BytesIO(answer.content), dtype="float32", always_2d=True)
+    assert rate == SAMPLE_RATE and samples.shape == (length, channels)
+    with torch.inference_mode():
+        expected = in_diffusers_decode(reference, torch.from_numpy(z)).numpy()
+    np.testing.assert_allclose(samples, np.clip(expected[0].T, -1, 1), rtol=0, atol=1.5 / 2**15)
+
+    wave = np.random.default_rng(5).uniform(-1, 1, (1, channels, decoded(name, 20)[1])).astype(np.float32)
+    answer = httpx.post(f"{url}/v1/models/{name}/encode", params={"shape": list(wave.shape)}, content=wave.tobytes())
+    if TINY_AUDIO[name][0] in DECODE_ONLY:
+        assert answer.status_code == 422 and "cannot encode: it has no encoder" in answer.json()["detail"]
+        return
+    assert answer.status_code == 200, answer.text
+    latents = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    with torch.inference_mode():
+        mean, _ = ENCODE[TINY_AUDIO[name][0]](reference, torch.from_numpy(wave))
+    assert latents.shape == (1, latent_channels, 20)
+    np.testing.assert_allclose(latents, mean.numpy(), rtol=0, atol=1e-5)
 
 
 def latents(seed: int = 0) -> np.ndarray:
@@ -83,6 +159,53 @@ def test_encode_a_waveform_equals_diffusers(model: tuple[str, torch.nn.Module]) 
         expected = reference.encode(torch.from_numpy(wave)).latent_dist.mean.numpy()
     assert z.shape == (1, 6, 50)
     np.testing.assert_allclose(z, expected, rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize("name", ["tiny-mmaudio", "tiny-minimax-audio"])
+def test_a_stereo_file_encodes_as_its_mono_mix_on_a_mono_class(server: tuple[str, dict[str, Path]], name: str) -> None:
+    """MMAudio (whose encode takes [B, samples] and computes its own mel) and MiniMax H3 audio."""
+    url, _ = server
+    data = audio_file(tone(640))
+    answer = httpx.post(f"{url}/v1/models/{name}/encode", content=data)
+    assert answer.status_code == 200, answer.text
+    z = np.frombuffer(answer.content, np.float32).reshape(json.loads(answer.headers["shape"]))
+    samples, _ = soundfile.read(io.BytesIO(data), dtype="float32", always_2d=True)
+    with torch.inference_mode():
+        mean, _ = ENCODE[TINY_AUDIO[name][0]](build_audio(name), torch.from_numpy(samples.mean(axis=1))[None, None])
+    assert z.shape == mean.shape == (1, TINY_AUDIO[name][1]["latent_channels"], 640 // SHAPES[name][1])
+    np.testing.assert_allclose(z, mean.numpy(), rtol=0, atol=1e-5)
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([4, 30], "takes latents [B, 4, l, 4]; got [4, 30]"),
+        ([1, 4, 30], "does not fit model 'tiny-ltx2-audio', whose latents are [4, 4, 4]"),  # read as [C, l, M]
+        ([1, 4, 30, 5], "does not fit model 'tiny-ltx2-audio', whose latents are [4, 30, 4]"),
+        ([1, 4, 0, 4], "needs waveforms of (1 + 4k) x 4 samples"),
+    ],
+)
+def test_ltx2_audio_latents_of_another_layout_are_refused(
+    server: tuple[str, dict[str, Path]], shape: list[int], message: str
+) -> None:
+    url, _ = server
+    answer = httpx.post(f"{url}/v1/models/tiny-ltx2-audio/decode", params={"shape": shape}, content=b"")
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text
+
+
+def test_minimax_pipeline_latents_are_normalised_per_channel(server: tuple[str, dict[str, Path]]) -> None:
+    """latents=pipeline: its pipeline's (z - latents_mean) / latents_std, undone before decoding."""
+    url, _ = server
+    _, config = TINY_AUDIO["tiny-minimax-audio"]
+    mean, std = (np.asarray(config[key], np.float32)[None, :, None] for key in ("latents_mean", "latents_std"))
+    z = np.random.default_rng(6).standard_normal((1, 8, 30)).astype(np.float32)
+    query = {"shape": list(z.shape), "output_type": "pt", "latents": "pipeline"}
+    answer = httpx.post(f"{url}/v1/models/tiny-minimax-audio/decode", params=query, content=z.tobytes())
+    assert answer.status_code == 200, answer.text
+    waves = np.frombuffer(answer.content, np.float32).reshape(1, 1, 120)
+    with torch.inference_mode():
+        expected = in_diffusers_decode(build_audio("tiny-minimax-audio"), torch.from_numpy(z * std + mean)).numpy()
+    np.testing.assert_allclose(waves, expected, rtol=0, atol=1e-5)
 
 
 @pytest.mark.parametrize(

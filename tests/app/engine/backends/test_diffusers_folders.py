@@ -1,7 +1,8 @@
 """diffusers autoencoders as users keep them on disk, served offline: a pipeline folder
 (model_index.json with a vae component), a Hugging Face hub cache entry (models--org--name,
 its snapshot named by refs/main, files as links into blobs/), a float16 weight variant; and
-what cannot be served stops start-up with one line naming the folder."""
+a class that decodes to a mel spectrogram with its vocoder (a pipeline folder naming audio_vae and
+vocoder); and what cannot be served stops start-up with one line naming the folder."""
 
 from __future__ import annotations
 
@@ -19,9 +20,10 @@ import torch
 from fastapi.testclient import TestClient
 
 from app.config import Settings
-from app.engine.backends.diffusers import load_diffusers
+from app.engine.backends.diffusers import DiffusersBackend, family, load_diffusers
 from app.engine.errors import StartupError
 from app.main import create_app, load_models
+from tests.diffusers_audio_models import TINY_AUDIO, TINY_VOCODERS, build_audio, in_diffusers_decode, save_audio_classes
 from tests.diffusers_models import TINY_KL, build
 
 diffusers = pytest.importorskip("diffusers")
@@ -138,7 +140,7 @@ def test_what_cannot_be_served_stops_start_up_with_one_line(tmp_path: Path, kl: 
     no_vae = tmp_path / "no-vae"
     no_vae.mkdir()
     (no_vae / "model_index.json").write_text('{"_class_name": "FluxPipeline", "transformer": ["diffusers", "X"]}')
-    assert "model_index.json: the pipeline FluxPipeline has no vae component" in one_line(no_vae)
+    assert "model_index.json: the pipeline FluxPipeline has no vae or audio_vae component" in one_line(no_vae)
     rae = tmp_path / "rae"
     rae.mkdir()
     (rae / "config.json").write_text('{"_class_name": "AutoencoderRAE"}')
@@ -154,3 +156,53 @@ def test_what_cannot_be_served_stops_start_up_with_one_line(tmp_path: Path, kl: 
     (entry / "refs").mkdir()
     (entry / "refs" / "main").write_text("c")
     assert "refs/main names revision c, which is not in snapshots/" in one_line(entry)
+
+
+@torch.inference_mode()
+def test_a_mel_class_is_served_from_a_pipeline_folder_with_its_vocoder(tmp_path: Path) -> None:
+    """Kandinsky 6's layout: model_index.json naming audio_vae and vocoder; the sha256 covers both."""
+    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
+    pipeline = tmp_path / "kandinsky6-audio"
+    pipeline.mkdir()
+    components = {"audio_vae": ["diffusers", "MMAudioVAE"], "vocoder": ["diffusers", "MMAudioVocoder"]}
+    (pipeline / "model_index.json").write_text(json.dumps({"_class_name": "Kandinsky6TI2VAPipeline", **components}))
+    shutil.copytree(saved / "vocoder", pipeline / "vocoder")
+    shutil.copytree(saved, pipeline / "audio_vae", ignore=shutil.ignore_patterns("vocoder"))
+    loaded = family.load(pipeline, CPU)
+    backend = loaded.backend
+    assert isinstance(backend, DiffusersBackend) and backend.describe()["vocoder"] == "MMAudioVocoder"
+    z = torch.randn(1, 4, 10, generator=torch.Generator().manual_seed(1))
+    expected = in_diffusers_decode(build_audio("tiny-mmaudio"), z) * 0.5 + 0.5
+    torch.testing.assert_close(backend.decode(z), expected, rtol=0, atol=1e-5)
+    assert backend.decode(z).shape == (1, 1, 10 * 32)
+    # Another vocoder's weights make another model.
+    other = build(*TINY_VOCODERS["tiny-mmaudio"])
+    torch.nn.init.zeros_(other.conv_pre.bias)
+    other.save_pretrained(pipeline / "vocoder")
+    assert family.load(pipeline, CPU).sha256 != loaded.sha256
+
+
+def test_a_mel_class_without_its_vocoder_stops_start_up_with_one_line(tmp_path: Path) -> None:
+    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
+    alone = tmp_path / "mmaudio-alone"
+    shutil.copytree(saved, alone, ignore=shutil.ignore_patterns("vocoder"))
+    assert one_line(alone).endswith(
+        "this MMAudioVAE decodes to a mel spectrogram and the vocoder that makes its waveform is missing: serve "
+        "its pipeline folder (with its vocoder component), or put the MMAudioVocoder's save_pretrained folder in "
+        f"{alone}/vocoder"
+    )
+    wrong = tmp_path / "wrong-vocoder"
+    shutil.copytree(alone, wrong)
+    build(*TINY_AUDIO["tiny-oobleck"]).save_pretrained(wrong / "vocoder")
+    assert one_line(wrong).endswith(f"{wrong}/vocoder: a MMAudioVAE needs a MMAudioVocoder, not 'AutoencoderOobleck'")
+
+
+def test_another_classs_vae_ignores_the_pipelines_vocoder(tmp_path: Path, kl: torch.nn.Module) -> None:
+    """LTX-2's layout: a video vae beside a vocoder; the vocoder is not read (here: pickled weights only)."""
+    pipeline = pipeline_folder(tmp_path / "with-vocoder", kl)
+    (pipeline / "vocoder").mkdir()
+    (pipeline / "vocoder" / "config.json").write_text('{"_class_name": "LTX2Vocoder"}')
+    (pipeline / "vocoder" / "diffusion_pytorch_model.bin").write_bytes(b"never unpickled")
+    loaded = family.load(pipeline, CPU)
+    assert isinstance(loaded.backend, DiffusersBackend) and loaded.backend.vocoder is None
+    assert loaded.sha256 == family.load(pipeline_folder(tmp_path / "without", kl), CPU).sha256

@@ -39,6 +39,7 @@ from __future__ import annotations
 import asyncio
 import ctypes
 import ctypes.util
+import functools
 import itertools
 import math
 import re
@@ -55,12 +56,13 @@ import torch
 IO_COPIES = 4
 # What the measured working memory is multiplied by, per device type. On a CPU the resident
 # peak of one job depends on what the allocator reuses and how its heap fragments: the same
-# decode peaked up to 1.6x higher served than probed at load (docs/deploy.md, "Memory"). On a
-# GPU the allocator's counts are exact, but its cache fragments.
+# decode peaked higher served than probed at load (docs/benchmarks.md, "Memory"). On a GPU the
+# allocator's counts are exact, but its cache fragments.
 MARGIN = {"cpu": 2.0, "cuda": 1.25}
 FLOAT_BYTES = 4
 PROC_STATUS = Path("/proc/self/status")
 CLEAR_REFS = Path("/proc/self/clear_refs")
+Point = tuple[int, int, int]  # a probe's input elements, peak bytes and output elements
 
 
 @dataclass(frozen=True)
@@ -110,7 +112,7 @@ class Footprint:
         return math.ceil(self.margin * max(self.small, self.rate * pass_elements))
 
 
-def fit(points: Iterable[tuple[int, int, int]], margin: float = 1.0) -> Footprint:
+def fit(points: Iterable[Point], margin: float = 1.0) -> Footprint:
     """The footprint from probes' (input elements, peak bytes, output elements); none: zero."""
     found = sorted(points)
     if not found:
@@ -120,7 +122,7 @@ def fit(points: Iterable[tuple[int, int, int]], margin: float = 1.0) -> Footprin
     return Footprint(found[0][1], largest[1] / max(1, largest[0]), outputs, margin)
 
 
-def grown(footprint: Footprint, shorter: tuple[int, int, int], longer: tuple[int, int, int], frames: int) -> Footprint:
+def grown(footprint: Footprint, shorter: Point, longer: Point, frames: int) -> Footprint:
     """`footprint` with the growth of its working memory with the frames, from two probes of the
     same rows and size, `shorter` of `frames` frames and `longer` of more: 0 where the peak did
     not grow with them, 1 where it grew as much as the elements did."""
@@ -142,6 +144,7 @@ def elements(result: Any) -> int:
     return 0
 
 
+@functools.cache
 def _libc_trim() -> Callable[[], None]:
     """glibc's malloc_trim(0): freed heap memory back to the system, so a peak counts what a run
     takes, not what it reuses of earlier runs' freed memory; a no-op elsewhere."""
@@ -190,7 +193,7 @@ class Recorder:
 
     def __init__(self, run: Callable[[list[Any]], list[Any]], units: Callable[[Any], int], device: torch.device):
         self._run, self._units, self.device = run, units, device
-        self.points: list[tuple[int, int, int]] = []
+        self.points: list[Point] = []
 
     def __call__(self, jobs: list[Any]) -> list[Any]:
         results, peak = peak_of(lambda: self._run(jobs), self.device)
@@ -216,7 +219,8 @@ class MemoryPool:
         return self.reserved + need.total <= self.budget or (alone and not self._held)
 
     def wait(self, need: Need) -> float:
-        """Estimated seconds until `need`, a request alone, fits, as the running batches end; inf: never."""
+        """Estimated seconds until `need`, a request alone, fits, as the running batches end;
+        inf: never."""
         if self.fits(need, alone=True):
             return 0.0
         free, now = self.budget - self.reserved, time.monotonic()

@@ -44,7 +44,7 @@ import itertools
 import math
 import re
 import time
-from collections.abc import Callable, Iterable
+from collections.abc import Callable, Coroutine, Iterable
 from dataclasses import dataclass, replace
 from pathlib import Path
 from typing import Any
@@ -241,6 +241,7 @@ class MemoryPool:
         self._released.set()
         self._released = asyncio.Event()
 
-    async def released(self) -> None:
-        """Until a reservation is released."""
-        await self._released.wait()
+    def released(self) -> Coroutine[Any, Any, bool]:
+        """Until the next release: the release that comes after this call, even if the
+        coroutine is first awaited later."""
+        return self._released.wait()

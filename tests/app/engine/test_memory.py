@@ -90,8 +90,7 @@ def test_the_pool_says_how_long_a_request_waits_for_running_batches_to_end() -> 
         assert pool.fits(Need(10)) and not pool.fits(Need(11))
         assert 4 < pool.wait(Need(50)) <= 5  # once the first batch ends
         assert 19 < pool.wait(Need(80)) <= 20  # once both end
-        released = asyncio.ensure_future(pool.released())
-        await asyncio.sleep(0)
+        released = pool.released()  # asked before the release, awaited after it: not missed
         pool.release(first)
         await asyncio.wait_for(released, 1)
         assert pool.reserved == 30 and pool.wait(Need(70)) == 0

@@ -7,7 +7,7 @@ import os
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
-from pydantic import Field, SecretStr, field_validator, model_validator
+from pydantic import ByteSize, Field, SecretStr, field_validator, model_validator
 from pydantic_settings import BaseSettings, NoDecode, SettingsConfigDict
 
 SHIPPED_MODEL_DIR = Path(__file__).resolve().parent.parent / "model" / "checkpoints"
@@ -70,6 +70,13 @@ class Settings(BaseSettings):
         ge=0,
         description="Threads for long work beside the one for short work: up to this many long batches (of "
         "different models or operations) run at once; 0: one thread runs everything in turn",
+    )
+    memory_budget: ByteSize | None = Field(
+        None,
+        description="Bytes of memory requests may use at once, beside the loaded models (e.g. 6GiB, 512MiB); "
+        "a request estimated over it gets 413, one that does not fit beside the running work waits; "
+        "default: 90% of the GPU's memory, else of the cgroup's limit or the machine's memory, shared "
+        "by the uvicorn workers, less what the loaded models hold",
     )
     torch_threads: int | None = Field(
         None, ge=1, description="torch intra-op threads; default: usable cores / uvicorn workers (WEB_CONCURRENCY) - 1"
@@ -151,10 +158,14 @@ def usable_cores(cpu_max: Path = Path("/sys/fs/cgroup/cpu.max")) -> int:
     return cores if quota == "max" else max(1, min(cores, math.ceil(int(quota) / int(period))))
 
 
+def workers() -> int:
+    """The uvicorn worker processes that share this machine's cores and memory (WEB_CONCURRENCY)."""
+    return max(1, int(os.environ.get("WEB_CONCURRENCY") or 1))
+
+
 def torch_threads(settings: Settings) -> int:
     """VAE_TORCH_THREADS, else each uvicorn worker's share of the usable cores (WEB_CONCURRENCY
     workers) less one, which its event loop keeps busy under load; at least 1."""
     if settings.torch_threads is not None:
         return settings.torch_threads
-    workers = max(1, int(os.environ.get("WEB_CONCURRENCY") or 1))
-    return max(1, usable_cores() // workers - 1)
+    return max(1, usable_cores() // workers() - 1)

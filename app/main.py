@@ -23,7 +23,7 @@ from app.api.limits import with_limits
 from app.api.openapi import with_edge_errors
 from app.api.routes import API_ROUTES, ROUTERS
 from app.api.v2.catalog import catalog
-from app.config import Settings, torch_threads
+from app.config import Settings, torch_threads, workers
 from app.engine.backends import families
 from app.engine.operations import Engine
 from app.engine.registry import Registry, device_from_setting, load_registry
@@ -72,6 +72,8 @@ def make_engine(settings: Settings, registry: Registry, metrics: observability.M
         long_threads=settings.long_threads,
         long_cost=settings.long_cost,
         metrics=metrics,
+        memory_budget=settings.memory_budget,
+        processes=workers(),
     )
 
 

@@ -32,10 +32,12 @@ STATUS: list[tuple[type[Exception], int]] = [
     (errors.NotSupported, 422),
     (errors.Overloaded, 503),
     (errors.Backlogged, 503),
+    (errors.MemoryBusy, 503),
     (errors.ShuttingDown, 503),
     (errors.TimedOut, 504),
     (errors.Abandoned, 499),  # nginx's "client closed request": nobody reads it, the log and metrics do
     (errors.NeedsTooMuchMemory, 413),
+    (errors.MemoryBudgetExceeded, 413),  # estimated before it runs
     (errors.BatchFailed, 500),
     (Unavailable, 503),  # the job store
     (ImageTooLarge, 413),

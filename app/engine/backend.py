@@ -134,7 +134,9 @@ class Backend(Protocol):
     arXiv 1509.00519). Labels are class indices [B] (int64) for a conditional model
     (`label_names` not empty), else None. `describe` adds family facts to the model's listing.
     A backend may set `max_rows`, the most rows one pass may hold (large images: memory; 1 where
-    batching gains little on its device); the passes of a variable-size model are calibrated on
+    batching gains little on its device), and `tiled_above`, the pixels a side above which it
+    encodes and decodes in tiles (the memory estimate counts one tile's working memory,
+    app/engine/memory.py); the passes of a variable-size model are calibrated on
     small images (app/engine/passes.py). A backend whose decoder takes inputs from the request (a
     seeded decoder's seed) names them in `decode_options` (name -> an object with `default`);
     `decode` then also takes `options`, [B, k] int64, row i's values in that order.

@@ -19,6 +19,13 @@ else `BatchFailed`), and the batcher goes on. A request whose `gone()` says, whe
 about to run, that nobody waits for it any more (its client disconnected) is dropped with
 `Abandoned` instead of run. Every request is answered
 exactly once: its future is resolved by whichever comes first.
+
+Memory: with a `MemoryPool` (app/engine/memory.py) shared by every batcher, each request brings
+its estimated `Need`, and a batch reserves what its requests need together while it runs. A
+batch takes only the queued requests that fit beside the batches running now; a request at the
+head of the queue that does not fit waits until running batches release memory (later requests
+wait behind it: a big request is not starved by small ones). One whose memory should not free
+before its deadline, by the running batches' estimated ends, gets `MemoryBusy` at once.
 """
 
 from __future__ import annotations
@@ -38,11 +45,13 @@ from app.engine.errors import (
     Backlogged,
     BatchFailed,
     EngineError,
+    MemoryBusy,
     Overloaded,
     ShuttingDown,
     TimedOut,
     retry_after,
 )
+from app.engine.memory import MemoryPool, Need
 
 log = logging.getLogger(__name__)
 
@@ -114,6 +123,7 @@ class Pending(Generic[In, Out]):
     gone: Gone | None = None
     listener: progress.Listener | None = None  # told the progress of the request's batch
     cost: float = 0.0  # estimated seconds it adds to its lane's backlog (app/engine/cost.py)
+    need: Need = Need()  # estimated memory (app/engine/memory.py)
     taken: bool = False
 
 
@@ -155,6 +165,7 @@ class Batcher(Generic[In, Out]):
         on_queue: OnQueue | None = None,
         on_drop: OnDrop | None = None,
         on_isolate: OnIsolate | None = None,
+        memory: MemoryPool | None = None,
     ) -> None:
         self.name = name
         self.limits = limits
@@ -164,6 +175,7 @@ class Batcher(Generic[In, Out]):
         self._on_queue = on_queue
         self._on_drop = on_drop
         self._on_isolate = on_isolate
+        self._memory = memory
         self._queue: deque[Pending[In, Out]] = deque()
         self._waiting = 0  # requests queued and not yet answered
         self._waiting_size = 0
@@ -177,11 +189,17 @@ class Batcher(Generic[In, Out]):
         return self._waiting
 
     async def submit(
-        self, item: In, items: int = 1, size: int | None = None, gone: Gone | None = None, cost: float = 0.0
+        self,
+        item: In,
+        items: int = 1,
+        size: int | None = None,
+        gone: Gone | None = None,
+        cost: float = 0.0,
+        need: Need = Need(),
     ) -> Out:
         """The result of `run([item, ...])` for `item`, computed in some batch. `gone`, if given,
         is asked just before the batch runs whether anyone still waits for this result; `cost`
-        is the estimated seconds it adds to the lane's backlog."""
+        is the estimated seconds it adds to the lane's backlog, `need` its estimated memory."""
         if self._closed:
             raise ShuttingDown()
         backlog = self._worker.backlog()
@@ -189,10 +207,12 @@ class Batcher(Generic[In, Out]):
             raise Overloaded(self.name, self.limits.max_queue, retry_after(backlog))
         if backlog > self.limits.timeout:
             raise Backlogged(self.name, backlog, self.limits.timeout)
+        if self._memory is not None and (wait := self._memory.wait(need)) > self.limits.timeout:
+            raise MemoryBusy(self.name, need.total, wait, self.limits.timeout)
         loop = asyncio.get_running_loop()
         size = items if size is None else size
         pending: Pending[In, Out] = Pending(
-            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get(), cost
+            item, size, items, loop.create_future(), loop.time(), gone, progress.listener.get(), cost, need
         )
         pending.future.add_done_callback(lambda _: self._left(pending))
         self._queue.append(pending)
@@ -239,6 +259,7 @@ class Batcher(Generic[In, Out]):
             return
         pending.taken = True  # counted out once; the queue drops it when it reaches it
         self._uncount(pending)
+        self._changed.set()  # the requests behind it may fit now
 
     def _uncount(self, pending: Pending[In, Out]) -> None:
         self._waiting -= 1
@@ -248,9 +269,10 @@ class Batcher(Generic[In, Out]):
             self._on_queue(-pending.items)
 
     def _take(self) -> list[Pending[In, Out]]:
-        """The next batch: queued requests in arrival order, up to max_size (at least one)."""
+        """The next batch: queued requests in arrival order, up to max_size (at least one) and
+        as many as fit in the memory free now (none: the head of the queue waits for memory)."""
         batch: list[Pending[In, Out]] = []
-        size = 0
+        size, need = 0, Need()
         while self._queue:
             pending = self._queue[0]
             if pending.taken:  # answered while queued
@@ -258,6 +280,9 @@ class Batcher(Generic[In, Out]):
                 continue
             if batch and (not self.limits.batching or size + pending.size > self.limits.max_size):
                 break
+            if self._memory is not None and not self._memory.fits(need + pending.need, alone=not batch):
+                if batch or not abandoned(pending):
+                    break  # an abandoned head is dropped below, not waited for
             self._queue.popleft()
             pending.taken = True
             self._uncount(pending)
@@ -268,6 +293,7 @@ class Batcher(Generic[In, Out]):
                 continue
             batch.append(pending)
             size += pending.size
+            need += pending.need
         return batch
 
     async def _fill(self) -> None:
@@ -302,17 +328,39 @@ class Batcher(Generic[In, Out]):
                 await self._fill()
             async with self._worker.slot:
                 batch = self._take()
-                if not batch:
+                if batch:
+                    await self._started(batch)
                     continue
-                started = asyncio.get_running_loop().time()
-                if self._on_batch:
-                    waited = started * len(batch) - sum(p.queued_at for p in batch)
-                    self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at, waited)
-                try:
-                    await self._execute(batch)
-                except asyncio.CancelledError:  # closed while the batch ran
-                    fail(batch, ShuttingDown())
-                    raise
+            if self._waiting:  # the head of the queue waits for memory that running batches hold
+                await self._memory_freed()
+
+    async def _memory_freed(self) -> None:
+        """Until a running batch releases memory, or a queued request leaves or arrives."""
+        assert self._memory is not None  # only a memory pool leaves requests queued after _take
+        self._changed.clear()
+        waits = [asyncio.ensure_future(self._memory.released()), asyncio.ensure_future(self._changed.wait())]
+        try:
+            await asyncio.wait(waits, return_when=asyncio.FIRST_COMPLETED)
+        finally:
+            for wait in waits:
+                wait.cancel()
+
+    async def _started(self, batch: list[Pending[In, Out]]) -> None:
+        """Run `batch` (its lane's slot held), its memory reserved while it runs."""
+        started = asyncio.get_running_loop().time()
+        if self._on_batch:
+            waited = started * len(batch) - sum(p.queued_at for p in batch)
+            self._on_batch(sum(p.items for p in batch), started - batch[0].queued_at, waited)
+        need = sum((p.need for p in batch), Need())
+        token = None if self._memory is None else self._memory.reserve(need, sum(p.cost for p in batch))
+        try:
+            await self._execute(batch)
+        except asyncio.CancelledError:  # closed while the batch ran
+            fail(batch, ShuttingDown())
+            raise
+        finally:
+            if self._memory is not None and token is not None:
+                self._memory.release(token)
 
     async def _execute(self, batch: list[Pending[In, Out]], part: bool = False) -> None:
         """Run `batch` and answer its requests. A request alone that fails gets the error: an

@@ -108,6 +108,34 @@ class NeedsTooMuchMemory(EngineError):
         )
 
 
+def gib(size: float) -> str:
+    return f"{size / (1 << 30):.2f} GiB"
+
+
+class MemoryBudgetExceeded(EngineError):
+    """A request whose estimated memory is more than the whole budget: it can never run here."""
+
+    def __init__(self, name: str, need: int, budget: int, smaller: str) -> None:
+        share = f"about {100 * budget // max(1, need)}%" if budget < need else "all"
+        super().__init__(
+            f"{name}: this request needs about {gib(need)} of memory (estimated from what the model used at "
+            f"load), more than the {gib(budget)} this server has for requests (VAE_MEMORY_BUDGET); "
+            f"send {smaller} ({share} of this request would fit)"
+        )
+
+
+class MemoryBusy(EngineError):
+    """The memory a request needs is held by running work that should not free it before the
+    request's queue timeout: answered at once, with that wait as the retry delay."""
+
+    def __init__(self, name: str, need: int, wait: float, timeout: float) -> None:
+        self.retry_after = retry_after(wait) if math.isfinite(wait) else retry_after(timeout)
+        super().__init__(
+            f"server busy: the {gib(need)} of memory this request needs for {name} is held by running work "
+            f"for longer than the {timeout:g} s it may wait; retry in {self.retry_after} s"
+        )
+
+
 class Abandoned(EngineError):
     """Dropped before its batch ran: its client had gone, so nobody would read the result."""
 

@@ -33,9 +33,12 @@ import torch
 from app.engine import progress
 from app.engine.backend import NEEDS, Backend, Operation
 from app.engine.batcher import Batcher, Gone, Limits, OnBatch, OnDrop, OnIsolate, OnQueue, Worker
+from app.engine.budget import default_budget, memory_limit
 from app.engine.cost import Cost, measure
-from app.engine.errors import InvalidInput, NeedsTooMuchMemory, OutOfMemory
+from app.engine.errors import EngineError, InvalidInput, MemoryBudgetExceeded, NeedsTooMuchMemory, OutOfMemory
 from app.engine.latents import interpolate as latent_path
+from app.engine.memory import MARGIN, Footprint, MemoryPool, Need, Recorder, grown, held
+from app.engine.memory import fit as fit_memory
 from app.engine.passes import Passes
 from app.engine.registry import LoadedModel, Registry
 from model.vae import DiagonalGaussian, elbo_terms, iwae_bound, seeded
@@ -286,19 +289,41 @@ def row_shape(job: Job) -> Hashable:
     return None if isinstance(job, SampleJob) else job.x.shape[1:]
 
 
-def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
+def pass_rows(job: Job, op: str, backend: Backend, latent_size: int) -> tuple[int, int]:
+    """The rows of `job`'s passes and the elements of each whose working memory counts at
+    once: at most one tile a side where the backend tiles (`tiled_above`: pixels a side;
+    latents count at their decoded size). app/engine/memory.py."""
+    if isinstance(job, SampleJob):
+        rows, row = job.n, latent_size
+        height, width = backend.image.height, backend.image.width
+    else:
+        rows = len(job.x) * (1 + job.k if isinstance(job, ScoreJob) else 1)
+        row = job.x[0].size
+        scale = backend.image.multiple if op in ("decode", "sample") else 1
+        height, width = (side * scale for side in job.x.shape[-2:])
+    tile = getattr(backend, "tiled_above", None)
+    share = 1.0
+    if tile and not backend.image.sample_rate and max(height, width) > tile:
+        share = min(1.0, tile / height) * min(1.0, tile / width)
+    return rows, math.ceil(row * share)
+
+
+def probe_jobs(passes: Passes, op: str, rows: int, side: int, longer: bool = False) -> list[Job]:
     """A job of `rows` random rows for `op`'s cost measurement: images `side` latent cells a
-    side (or the model's own size); score with k = 8."""
+    side (or the model's own size); score with k = 8. A video model's have its native frame
+    count, or with `longer` twice its latent frames."""
     backend = passes.backend
     image = backend.image
     height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
     generator = np.random.default_rng(0)
     labels = np.zeros(rows, np.int64) if backend.label_names else None
+    video = image.frames
+    frames = video.decoded(2 * video.latent(video.native)) if video and longer else None
     if op == "decode":
-        latent = backend.latent_shape(height, width)
+        latent = backend.latent_shape(height, width, *([frames] if frames else []))  # type: ignore[call-arg]
         z = generator.standard_normal((rows, *latent), dtype=np.float32)  # type: ignore[arg-type]
         return [ArrayJob(z, labels, options=default_options(backend))]
-    x = generator.random((rows, *image.item(height, width)), dtype=np.float32)
+    x = generator.random((rows, *image.item(height, width, frames)), dtype=np.float32)
     return [ScoreJob(x, labels, 8, 0) if op == "score" else ArrayJob(x, labels)]
 
 
@@ -322,6 +347,11 @@ MEASURED: dict[str, tuple[str, ...]] = {
 # Measured jobs, (rows, latent cells a side): a row at the smallest probe size, then a full pass
 # (max_rows) at twice the side. One row and a few would run the same pass: passes are padded.
 PROBES = ((1, 4), (None, 8))
+# A variable-size model whose probes peaked under MEMORY_PROBE_BYTES runs one more, at twice the
+# side, for its memory alone: under it, what the allocator happens to reuse is too large a part
+# of a peak for its per-element rate to be extrapolated (app/engine/memory.py).
+MEMORY_PROBE = (None, 16)
+MEMORY_PROBE_BYTES = 32 << 20
 
 
 def sample_units(passes: Passes) -> int:
@@ -330,18 +360,48 @@ def sample_units(passes: Passes) -> int:
     return math.prod(passes.backend.latent_shape(image.height, image.width))  # type: ignore[arg-type]
 
 
-def costs_of(passes: Passes, latent_size: int) -> dict[str, Cost]:
-    """Each operation's cost line, measured on probe jobs in the thread that serves."""
+def costs_of(passes: Passes, latent_size: int) -> tuple[dict[str, Cost], dict[str, Footprint]]:
+    """Each operation's cost line and memory footprint, measured on the same probe jobs in the
+    thread that serves."""
     features = passes.backend.features
     found: dict[str, Cost] = {}
+    footprints: dict[str, Footprint] = {}
     for op, needs in MEASURED.items():
         if all(feature in features for feature in needs):
             jobs = [probe_jobs(passes, op, rows or passes.max_rows, side) for rows, side in PROBES]
-            run = memory_guarded(RUNS[op], passes, f"measuring {op}")
-            found[op] = measure(run, jobs, partial(units, latent_size=latent_size))
-    if "decode" in found:
-        found["sample"] = found["decode"]
-    return found
+            count = partial(units, latent_size=latent_size)
+            recorded = Recorder(partial(RUNS[op], passes), count, passes.backend.device)
+            run = memory_guarded(lambda _, jobs: recorded(jobs), passes, f"measuring {op}")
+            found[op] = measure(run, jobs, count)
+            footprints[op] = measure_memory(passes, op, recorded, run)
+    for table in (found, footprints):
+        if "decode" in table:
+            table["sample"] = table["decode"]
+    return found, footprints
+
+
+def measure_memory(
+    passes: Passes, op: str, recorded: Recorder, run: Callable[[list[Any]], list[Any]]
+) -> Footprint:
+    """`op`'s footprint from the peaks `recorded` on the cost probes, after one more probe at
+    twice the side where they peaked under MEMORY_PROBE_BYTES, and, for a video model, one with
+    twice the latent frames (app/engine/memory.py)."""
+    backend = passes.backend
+    device, video = backend.device.type, backend.image.frames
+    rows, side = PROBES[-1]
+    try:
+        if not backend.image.fixed_size and max((p for _, p, _ in recorded.points), default=0) < MEMORY_PROBE_BYTES:
+            rows, side = MEMORY_PROBE
+            run(probe_jobs(passes, op, rows or passes.max_rows, side))
+        footprint = fit_memory(recorded.points, MARGIN[device])
+        if video is None or not recorded.points:
+            return footprint
+        shorter = max(recorded.points)
+        run(probe_jobs(passes, op, rows or passes.max_rows, side, longer=True))
+    except EngineError:  # out of memory at load: what was measured stands
+        return fit_memory(recorded.points, MARGIN[device])
+    frames = video.latent(video.native) if op == "decode" else video.native
+    return grown(footprint, shorter, recorded.points[-1], frames)
 
 
 def observed(
@@ -404,6 +464,13 @@ def memory_guarded(
     return guarded
 
 
+def smaller(model: LoadedModel) -> str:
+    """What a request to `model` can send less of, to need less memory."""
+    media = model.backend.image.media
+    less = {"video": "fewer or smaller frames", "audio": "shorter audio"}.get(media, "smaller images")
+    return f"{less} or fewer items"
+
+
 class Engine:
     """The async model operations of the served models; each goes through its (model,
     operation, lane) batcher. `start` calibrates every model's passes, measures its costs and
@@ -426,7 +493,11 @@ class Engine:
         long_threads: int = 1,
         long_cost: float = 0.25,
         metrics: MetricsSink | None = None,
+        memory_budget: int | None = None,
+        processes: int = 1,
     ) -> None:
+        """`memory_budget`: bytes the running batches may hold at once; None: the device's or
+        cgroup's limit, shared by `processes`, less what the loaded models hold (app/engine/budget.py)."""
         self.registry = registry
         setup = lane_setup(threads, {m.backend.device for m in registry if m.backend.device.type == "cuda"})
         self.lanes = {"short": Worker(setup, name="short")}
@@ -440,6 +511,10 @@ class Engine:
         self._batchers: dict[str, dict[str, dict[str, Batcher[Any, Any]]]] = {}  # model, op, lane
         self._costs: dict[str, dict[str, Cost]] = {}  # model, op
         self._latent_sizes: dict[str, int] = {}
+        self._footprints: dict[str, dict[str, Footprint]] = {}  # model, op
+        self._passes: dict[str, Passes] = {}  # by model
+        self.memory = MemoryPool(memory_budget if memory_budget is not None else 0)
+        self._memory_budget, self._processes = memory_budget, processes
 
     def model(self, name: str | None) -> LoadedModel:
         """The named model, or the default one; `UnknownModel` otherwise."""
@@ -448,6 +523,9 @@ class Engine:
     async def start(self) -> None:
         for model in self.registry:
             await self.serve(model)
+        if self._memory_budget is None:
+            device = next(iter(self.registry)).backend.device
+            self.memory.budget = default_budget(memory_limit(device), held(device), self._processes)
 
     async def serve(self, model: LoadedModel) -> None:
         """Calibrate `model`'s passes (which also pays every pass shape's first-call costs before
@@ -456,7 +534,9 @@ class Engine:
         short = self.lanes["short"]
         await short.run(passes.calibrate)
         latent_size = self._latent_sizes[model.name] = sample_units(passes)
-        costs = self._costs[model.name] = await short.run(costs_of, passes, latent_size)
+        costs, self._footprints[model.name] = await short.run(costs_of, passes, latent_size)
+        self._costs[model.name] = costs
+        self._passes[model.name] = passes
         score_limits = replace(self.limits, max_size=self.limits.max_size * SCORE_PASSES)
         self._batchers[model.name] = {
             op: {
@@ -466,6 +546,7 @@ class Engine:
                     worker,
                     self.limits if op != "score" else score_limits,
                     *self._observers(model.name, op),
+                    memory=self.memory,
                 )
                 for lane, worker in self.lanes.items()
             }
@@ -503,15 +584,27 @@ class Engine:
     ) -> Any:
         """`job`, a request already checked (`LoadedModel.checked`), through `model`'s batcher of
         `run` (default: `operation`) on the lane that its estimated cost picks."""
-        progress.admitted(model.name, operation)
         op = run or operation
+        need = self.need(model, op, job)
+        if need.total > self.memory.budget:  # before a job is admitted: it would never run either
+            name, budget = f"model '{model.name}' {operation}", self.memory.budget
+            raise MemoryBudgetExceeded(name, need.total, budget, smaller(model))
+        progress.admitted(model.name, operation)
         cost = self._costs[model.name][op]
         amount, shape = units(job, self._latent_sizes[model.name]), row_shape(job)
         lane = "long" if "long" in self.lanes and cost.seconds(amount, shape) >= self.long_cost else "short"
         batcher = self._batchers[model.name][op][lane]
         rows = items if size is None else size
         share = cost.share(amount, shape, rows, batcher.limits.max_size)
-        return await batcher.submit(job, items, size, gone, share)
+        return await batcher.submit(job, items, size, gone, share, need)
+
+    def need(self, model: LoadedModel, op: str, job: Job) -> Need:
+        """The estimated memory of `job` run alone by `model`'s `op` (app/engine/memory.py)."""
+        footprint = self._footprints[model.name].get(op, Footprint())
+        latent_size, passes = self._latent_sizes[model.name], self._passes[model.name]
+        rows, row = pass_rows(job, op, model.backend, latent_size)
+        frames = job.x.shape[2] if model.backend.image.frames and not isinstance(job, SampleJob) else 0
+        return footprint.need(units(job, latent_size), passes.shape(rows) * row, passes.max_rows * row, frames)
 
     async def sample(
         self, model: LoadedModel, n: int, seed: int, temperature: float, label: int | None, gone: Gone | None = None

@@ -37,6 +37,7 @@ from app.engine.registry import device_memory
 from app.server.proxy import route_path
 
 if TYPE_CHECKING:
+    from app.engine.memory import MemoryPool
     from app.engine.registry import Registry
 
 access_log = logging.getLogger("app.access")
@@ -118,6 +119,31 @@ class QueuedWorkCollector(Collector):
         )
 
 
+class MemoryCollector(Collector):
+    """`vae_memory_budget_bytes` and `vae_memory_reserved_bytes`: the memory requests may hold
+    at once and what the running batches hold of it (app/engine/memory.py), read at scrape time."""
+
+    def __init__(self, state: State) -> None:
+        self.state = state
+
+    def describe(self) -> Iterable[GaugeMetricFamily]:
+        return self.families(None)
+
+    def collect(self) -> Iterable[GaugeMetricFamily]:
+        ready = getattr(self.state, "ready", False)
+        return self.families(self.state.service.engine.memory if ready else None)
+
+    def families(self, pool: MemoryPool | None) -> list[GaugeMetricFamily]:
+        budget = GaugeMetricFamily("vae_memory_budget_bytes", "Bytes of memory requests may hold at once")
+        reserved = GaugeMetricFamily(
+            "vae_memory_reserved_bytes", "Bytes of the memory budget that running batches hold (estimated)"
+        )
+        if pool is not None:
+            budget.add_metric([], pool.budget)
+            reserved.add_metric([], pool.reserved)
+        return [budget, reserved]
+
+
 class Metrics:
     def __init__(self, state: State) -> None:
         self.registry = CollectorRegistry()
@@ -173,6 +199,7 @@ class Metrics:
         )
         self.registry.register(ModelCollector(state))
         self.registry.register(QueuedWorkCollector(state))
+        self.registry.register(MemoryCollector(state))
         ProcessCollector(registry=self.registry)
         PlatformCollector(registry=self.registry)
         GCCollector(registry=self.registry)

@@ -214,6 +214,12 @@ class DiffusersBackend:
             time = (1,) if self.spec.frames else ()
         return (self.latent_channels, *time, height // self.factor, width // self.factor)
 
+    @property
+    def tiled_above(self) -> int | None:
+        """Pixels a side above which encode and decode run in tiles (None: never): what bounds
+        a request's working memory (app/engine/memory.py)."""
+        return self.tile if self.spec.tiling else None
+
     def _tiling(self, shape: torch.Size, latent: bool) -> AbstractContextManager[None]:
         """Tile when a side of `shape` (h, w) is over `tile` pixels: diffusers' enable_tiling with
         our tile size (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at

@@ -6,6 +6,8 @@ from __future__ import annotations
 from pathlib import Path
 from typing import Any
 
+import torch
+
 from tests.diffusers_models import save
 
 # Wan's per-channel statistics, not the identity, so that a pipeline's normalisation shows.
@@ -13,7 +15,7 @@ WAN_MEAN = [0.1 * (i % 5) - 0.2 for i in range(16)]
 WAN_STD = [0.5 + 0.25 * (i % 4) for i in range(16)]
 
 # name: (class, config); each compresses 8x in space (LTX, Cosmos: 4x) and 4x in time, 1 + 4k frames
-# (CogVideoX: 1 + 8k; Mochi 6x: 1 + 6k; SVD's 2x in space, none in time).
+# (CogVideoX, LTX 0.9.1, LTX-2: 1 + 8k; Mochi 6x: 1 + 6k; SVD's 2x in space, none in time).
 TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
     "tiny-wan": (
         "AutoencoderKLWan",
@@ -94,6 +96,57 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "decoder_causal": False,
         },
     ),
+    # LTX-Video 0.9.1: a decode timestep, noise injected in the decoder (diffusers' test config).
+    "tiny-ltx091": (
+        "AutoencoderKLLTXVideo",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 8,
+            "block_out_channels": [8, 8, 8, 8],
+            "decoder_block_out_channels": [16, 32, 64],
+            "layers_per_block": [1, 1, 1, 1],
+            "decoder_layers_per_block": [1, 1, 1, 1],
+            "spatio_temporal_scaling": [True, True, True, False],
+            "decoder_spatio_temporal_scaling": [True, True, True],
+            "decoder_inject_noise": [True, True, True, False],
+            "upsample_residual": [True, True, True],
+            "upsample_factor": [2, 2, 2],
+            "timestep_conditioning": True,
+            "patch_size": 1,
+            "patch_size_t": 1,
+            "encoder_causal": True,
+            "decoder_causal": False,
+        },
+    ),
+    # LTX-2's (diffusers' test config): its ratios stated, as its released configs state them.
+    "tiny-ltx2": (
+        "AutoencoderKLLTX2Video",
+        {
+            "in_channels": 3,
+            "out_channels": 3,
+            "latent_channels": 8,
+            "block_out_channels": [8, 8, 8, 8],
+            "decoder_block_out_channels": [16, 32, 64],
+            "layers_per_block": [1, 1, 1, 1, 1],
+            "decoder_layers_per_block": [1, 1, 1, 1],
+            "spatio_temporal_scaling": [True, True, True, True],
+            "decoder_spatio_temporal_scaling": [True, True, True],
+            "decoder_inject_noise": [False, False, False, False],
+            "downsample_type": ["spatial", "temporal", "spatiotemporal", "spatiotemporal"],
+            "upsample_residual": [True, True, True],
+            "upsample_factor": [2, 2, 2],
+            "timestep_conditioning": False,
+            "patch_size": 1,
+            "patch_size_t": 1,
+            "encoder_causal": True,
+            "decoder_causal": False,
+            "encoder_spatial_padding_mode": "zeros",
+            "decoder_spatial_padding_mode": "zeros",
+            "spatial_compression_ratio": 8,
+            "temporal_compression_ratio": 8,
+        },
+    ),
     "tiny-mochi": (
         "AutoencoderKLMochi",
         {
@@ -159,3 +212,24 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
 def save_video_classes(folder: Path, names: list[str] | None = None) -> dict[str, Path]:
     """A folder per served video class (or the `names` among them) in `folder`."""
     return save(folder, {name: TINY_VIDEO[name] for name in names or TINY_VIDEO})
+
+
+def in_process_decode(model: Any, z: torch.Tensor, seed: int = 0, timestep: float = 0.0, noise_scale: float | None = None) -> torch.Tensor:
+    """What diffusers gives for latents z (raw, [B, C, t, h, w]) in [-1, 1]: `decode(z)`, or for a
+    timestep-conditioned LTX VAE LTXPipeline's decode step (its code, for one latent) with
+    generator=Generator().manual_seed(seed) after torch.manual_seed(seed) (its decoder's injected
+    noise draws from the global generator)."""
+    if not model.config.get("timestep_conditioning"):
+        return model.decode(z).sample
+    from diffusers.utils.torch_utils import randn_tensor
+
+    generator = torch.Generator().manual_seed(seed)
+    noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    decode_timestep = [timestep]
+    decode_noise_scale = decode_timestep if noise_scale is None else [noise_scale]
+    timestep_tensor = torch.tensor(decode_timestep, dtype=z.dtype)
+    scale = torch.tensor(decode_noise_scale, dtype=z.dtype)[:, None, None, None, None]
+    z = (1 - scale) * z + scale * noise
+    with torch.random.fork_rng():
+        torch.manual_seed(seed)
+        return model.decode(z, timestep_tensor).sample

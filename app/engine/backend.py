@@ -135,8 +135,9 @@ class Backend(Protocol):
     A backend may set `max_rows`, the most rows one pass may hold (large images: memory; 1 where
     batching gains little on its device); the passes of a variable-size model are calibrated on
     small images (app/engine/passes.py). A backend whose decoder takes inputs from the request (a
-    seeded decoder's seed) names them in `decode_options` (name -> an object with `default`);
-    `decode` then also takes `options`, [B, k] int64, row i's values in that order.
+    seeded decoder's seed) names them in `decode_options` (name -> an object with `default` and
+    `column(value)`, its value as an int64); `decode` then also takes `options`, [B, k] int64,
+    row i's columns in that order.
     """
 
     family: str

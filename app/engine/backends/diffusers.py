@@ -89,6 +89,9 @@ def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shif
         return None
     if spec.normalisation == "mean_std":
         return mean_std_space(config.latents_mean, config.latents_std)
+    if spec.normalisation == "buffers":  # LTXPipeline._denormalize_latents: z * latents_std / scaling_factor + mean
+        mean, std = (buffer.float().cpu().numpy() for buffer in (model.latents_mean, model.latents_std))
+        return mean_std_space(mean, std / np.float32(scaling), "buffers")
     if spec.normalisation == "batch_norm":
         bn = model.bn
         return batch_norm_space(
@@ -136,7 +139,8 @@ class DiffusersBackend:
         self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
-        self.decode_options = spec.decode_options
+        # LTX-Video's options come with its timestep-conditioned configs (0.9.1+) only.
+        self.decode_options = spec.decode_options if spec.options_if is None or config.get(spec.options_if) else {}
 
     @property
     def device(self) -> torch.device:
@@ -227,15 +231,17 @@ class DiffusersBackend:
         return (images * 0.5 + 0.5).float()
 
     def _decode_row(self, z: torch.Tensor, options: torch.Tensor | None) -> torch.Tensor:
-        """One row with its own generator: what `decode(z, generator=Generator().manual_seed(seed),
-        num_inference_steps=steps)` gives for that latent alone (ConsistencyDecoderVAE)."""
-        values = {name: option.default for name, option in self.decode_options.items()}
+        """One row with its own generator: what the class's decode gives for that latent alone with
+        `generator=Generator().manual_seed(seed)` and the other options' values (the row's
+        `seeded_decode`: ConsistencyDecoderVAE's steps, LTX-Video's decode timestep)."""
+        declared = self.decode_options
+        values = {name: option.default for name, option in declared.items()}
         if options is not None:
-            values = {name: int(v) for name, v in zip(values, options.tolist(), strict=True)}
+            values = {name: declared[name].value(v) for name, v in zip(values, options.tolist(), strict=True)}
         # A CPU generator, as in diffusers' examples: the same noise (randn_tensor draws on the
         # generator's device, then moves it) whatever device decodes.
-        generator = seeded(values.pop("seed"))
-        return self.model.decode(z, generator=generator, num_inference_steps=values.pop("steps")).sample
+        assert self.spec.seeded_decode is not None
+        return self.spec.seeded_decode(self.model, z, values, seeded(int(values["seed"])))
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n draws of the N(0, I) prior of the KL term, at the native size. Valid, but these

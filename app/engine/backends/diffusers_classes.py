@@ -16,6 +16,8 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 Config = Mapping[str, Any]
 # What `encode()` returns: a diagonal Gaussian posterior (`.latent_dist`), or deterministic
 # latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's):
@@ -25,9 +27,11 @@ Encoder = Literal["posterior", "latents", "latent", "mode"]
 # "scale": (z - shift_factor) * scaling_factor (SD, SDXL, Flux.1, Sana, ...);
 # "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
 # "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents;
-# "none": the pipelines' normalisation is not served (LTX-Video's statistics are weight buffers;
-# Cosmos's are per channel and latent frame, scaled by the pipeline's sigma_data).
-Normalisation = Literal["scale", "mean_std", "batch_norm", "none"]
+# "buffers": (z - latents_mean) * scaling_factor / latents_std per channel, the statistics the VAE's
+# registered buffers (weights), not its config (LTXPipeline._normalize_latents, LTX-Video and LTX-2);
+# "none": the pipelines' normalisation is not served (Cosmos 1.0's is per channel and latent frame,
+# divided by the scheduler's sigma_data, which lives in the pipeline's scheduler folder, not the VAE's).
+Normalisation = Literal["scale", "mean_std", "batch_norm", "buffers", "none"]
 # The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
 # bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
 # the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
@@ -44,15 +48,43 @@ def downsamples(key: str) -> Callable[[Config], int]:
     return lambda config: 2 ** len(config[key])
 
 
-def ltx(axis: str, patch: str) -> Callable[[Config], int]:
-    """LTX-Video's compression along `axis` (spatial, temporal): the config's, else a factor of 2
-    per scaling block times the patch size, as AutoencoderKLLTXVideo computes it."""
+# LTX-Video's and LTX-2's down blocks' scaling: which axes each downsample_type halves.
+LTX_SCALES = {"conv": "spatial temporal", "spatiotemporal": "spatial temporal", "spatial": "spatial", "temporal": "temporal"}
+
+
+def ltx_blocks(axis: str) -> Callable[[Config], int]:
+    """LTX-Video's and LTX-2's compression along `axis` (spatial, temporal) as their blocks do it:
+    the patch size, times 2 per scaling block whose downsample_type halves that axis (LTX-Video
+    0.9.0's "conv" blocks halve both)."""
 
     def ratio(config: Config) -> int:
-        given = config.get(f"{axis}_compression_ratio")
-        return int(given) if given else int(config[patch]) * 2 ** sum(config["spatio_temporal_scaling"])
+        patch = config["patch_size" if axis == "spatial" else "patch_size_t"]
+        scaling = config["spatio_temporal_scaling"]
+        if isinstance(scaling, bool):  # LTX-2 takes one flag for every block after the first
+            scaling = [scaling] * (len(config["layers_per_block"]) - 1)
+        types = config.get("downsample_type") or ["conv"] * len(scaling)
+        return int(patch) * 2 ** sum(1 for on, kind in zip(scaling, types) if on and axis in LTX_SCALES[kind])
 
     return ratio
+
+
+def ltx_attributes(config: Config) -> str | None:
+    """Why a config is not served where the class's compression attributes (the config's, else
+    the patch size times 2 per scaling block, whatever its downsample_type) are not what its blocks
+    do: the class tiles, and its pipelines size latents, by those attributes."""
+    scaling = config["spatio_temporal_scaling"]
+    fallback = 2 ** (sum(scaling) if not isinstance(scaling, bool) else scaling * (len(config["layers_per_block"]) - 1))
+    for axis, patch in (("spatial", "patch_size"), ("temporal", "patch_size_t")):
+        stated = config.get(f"{axis}_compression_ratio") or int(config[patch]) * fallback
+        computed = ltx_blocks(axis)(config)
+        if int(stated) != computed:
+            return (
+                f"its {axis}_compression_ratio is {stated} but its blocks compress {computed}x "
+                f"(downsample_type {list(config.get('downsample_type') or [])}); the class tiles and its pipelines "
+                f"size latents by the attribute: state {axis}_compression_ratio: {computed} in config.json, as the "
+                "released configs do"
+            )
+    return None
 
 
 def product(key: str) -> Callable[[Config], int]:
@@ -66,12 +98,66 @@ def value(key: str) -> Callable[[Config], int]:
 
 @dataclass(frozen=True)
 class DecodeOption:
-    """An input a class's decode takes from the request (query parameter of the same name)."""
+    """An input a class's decode takes from the request (query parameter of the same name): an
+    integer, or a float where its default is one. `default_to`: where not given, it takes that
+    option's value (LTXPipeline's decode_noise_scale, None there, is its decode_timestep)."""
 
-    default: int
-    low: int
-    high: int
+    default: int | float
+    low: int | float
+    high: int | float
     description: str
+    default_to: str | None = None
+
+    def column(self, value: int | float) -> int:
+        """The value in an int64 options column: an integer as it is, a float as its IEEE-754
+        bits, so that a float and a 63-bit seed travel in one column, both exactly."""
+        return int(np.float64(value).view(np.int64)) if isinstance(self.default, float) else int(value)
+
+    def value(self, column: int) -> int | float:
+        """The inverse of `column`."""
+        return float(np.int64(column).view(np.float64)) if isinstance(self.default, float) else int(column)
+
+
+# A class's decode of one row with its decode options' values and a generator seeded from `seed`.
+SeededDecode = Callable[[Any, Any, Mapping[str, Any], Any], Any]
+
+
+def consistency_decode(model: Any, z: Any, values: Mapping[str, Any], generator: Any) -> Any:
+    """ConsistencyDecoderVAE's: its 2-step diffusion draws its noise from the generator."""
+    return model.decode(z, generator=generator, num_inference_steps=values["steps"]).sample
+
+
+def timestep_decode(model: Any, z: Any, values: Mapping[str, Any], generator: Any) -> Any:
+    """LTXPipeline's (and LTX2Pipeline's) decode step of a timestep-conditioned VAE, for one row:
+    noise from the generator mixed in by decode_noise_scale, then decode with the decode
+    timestep as `temb`. diffusers' decoder does not hand a generator to the resnets that inject
+    noise (LTX-Video 0.9.1's decoder_inject_noise): they draw from torch's global generator, so
+    here they get their own, seeded with the same seed on the decoding device: what the
+    pipeline gives after torch.manual_seed(seed)."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    timestep = torch.tensor([values["decode_timestep"]], device=z.device, dtype=z.dtype)
+    scale = torch.tensor([values["decode_noise_scale"]], device=z.device, dtype=z.dtype)[:, None, None, None, None]
+    z = (1 - scale) * z + scale * noise
+    injected = torch.Generator(z.device).manual_seed(int(values["seed"]))
+
+    def hand_generator(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if len(args) > 2:  # forward(inputs, temb, generator)
+            return (*args[:2], injected, *args[3:]), kwargs
+        return args, {**kwargs, "generator": injected}
+
+    hooks = [
+        module.register_forward_pre_hook(hand_generator, with_kwargs=True)
+        for module in model.decoder.modules()
+        if getattr(module, "per_channel_scale1", None) is not None
+    ]
+    try:
+        return model.decode(z, timestep).sample
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @dataclass(frozen=True)
@@ -95,12 +181,15 @@ class ClassSpec:
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
+    options_if: str | None = None  # the config flag that gives its decode the options (else always)
+    seeded_decode: SeededDecode | None = None  # how its decode takes them (with decode_options)
     gpu_dtype: GpuDtype = "float16"  # a config's force_upcast makes it float32
 
 
 # The consistency decoder is a 2-step diffusion model: its noise comes from the request's seed.
+SEED = DecodeOption(0, 0, 2**63 - 1, "Seeds the decoder's noise: same seed, same bytes")
 CONSISTENCY_OPTIONS = {
-    "seed": DecodeOption(0, 0, 2**63 - 1, "Seeds the consistency decoder's noise: same seed, same bytes"),
+    "seed": SEED,
     # ConsistencyDecoderScheduler.set_timesteps refuses any other count in diffusers 0.42.
     "steps": DecodeOption(2, 2, 2, "The consistency decoder's steps (num_inference_steps; diffusers supports 2)"),
 }
@@ -112,7 +201,10 @@ CLASSES: dict[str, ClassSpec] = {
     "AutoencoderDC": ClassSpec("latent", blocks("encoder_block_out_channels"), gpu_dtype="float32"),
     "VQModel": ClassSpec("latents", blocks("block_out_channels"), tiling=False),
     "ConsistencyDecoderVAE": ClassSpec(
-        "posterior", blocks("encoder_block_out_channels"), decode_options=CONSISTENCY_OPTIONS
+        "posterior",
+        blocks("encoder_block_out_channels"),
+        decode_options=CONSISTENCY_OPTIONS,
+        seeded_decode=consistency_decode,
     ),
     "AutoencoderKLFlux2": ClassSpec(
         "posterior", blocks("block_out_channels"), normalisation="batch_norm", gpu_dtype="bfloat16"
@@ -138,10 +230,20 @@ CLASSES: dict[str, ClassSpec] = {
     ),
 }
 
-LTX_TIMESTEP = (
-    "LTX-Video 0.9.1+ (timestep_conditioning) decodes at a timestep with noise injected from a generator, "
-    "inputs from the request that are not served yet; LTX-Video 0.9.0 is"
-)
+# LTX-Video 0.9.1+ and LTX-2 (timestep_conditioning): LTXPipeline's decode inputs, its defaults.
+TIMESTEP_OPTIONS = {
+    "decode_timestep": DecodeOption(
+        0.0, 0.0, 1.0, "The decoder's timestep (temb; LTXPipeline's decode_timestep, model cards use 0.03 to 0.05)"
+    ),
+    "decode_noise_scale": DecodeOption(
+        0.0,
+        0.0,
+        1.0,
+        "The share of noise mixed into the latents before decoding (default: decode_timestep)",
+        default_to="decode_timestep",
+    ),
+    "seed": SEED,
+}
 
 # The video autoencoders: mostly causal 3D convolutions, the first frame alone, then `temporal`
 # frames per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
@@ -169,11 +271,26 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
     ),
     "AutoencoderKLLTXVideo": ClassSpec(
         "posterior",
-        ltx("spatial", "patch_size"),
-        normalisation="none",
+        ltx_blocks("spatial"),
+        normalisation="buffers",
         gpu_dtype="bfloat16",
-        temporal=ltx("temporal", "patch_size_t"),
-        refuse=lambda config: LTX_TIMESTEP if config.get("timestep_conditioning") else None,
+        temporal=ltx_blocks("temporal"),
+        refuse=ltx_attributes,
+        decode_options=TIMESTEP_OPTIONS,
+        options_if="timestep_conditioning",
+        seeded_decode=timestep_decode,
+    ),
+    # LTX-2's: the same contract as LTX-Video's (decoder causal or not, as its config says).
+    "AutoencoderKLLTX2Video": ClassSpec(
+        "posterior",
+        ltx_blocks("spatial"),
+        normalisation="buffers",
+        gpu_dtype="bfloat16",
+        temporal=ltx_blocks("temporal"),
+        refuse=ltx_attributes,
+        decode_options=TIMESTEP_OPTIONS,
+        options_if="timestep_conditioning",
+        seeded_decode=timestep_decode,
     ),
     "AutoencoderKLHunyuanVideo15": ClassSpec(
         "posterior",
@@ -252,7 +369,6 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
     # Video and audio classes without a row yet (docs/api.md says what each needs).
-    "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
     "AutoencoderKLKVAEVideo": "not yet a row",

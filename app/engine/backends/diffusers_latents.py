@@ -13,6 +13,7 @@ Arrays here are float32 NumPy in the VAE's layout without a frame axis, [B, C, h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -86,6 +87,7 @@ class PipelineSpace:
         return {
             "scale": "(z - shift_factor) * scaling_factor",
             "mean_std": "(z - latents_mean) / latents_std, per channel",
+            "buffers": "(z - latents_mean) * scaling_factor / latents_std, per channel, the VAE's buffers",
             "batch_norm": "2x2 patches, then (z - bn.running_mean) / sqrt(bn.running_var + batch_norm_eps); "
             "packed only: give height and width",
         }[self.kind]
@@ -95,8 +97,9 @@ def scale_space(scaling_factor: float, shift_factor: float) -> PipelineSpace:
     return PipelineSpace("scale", np.float32(shift_factor), np.float32(1.0 / scaling_factor))
 
 
-def mean_std_space(mean: list[float], std: list[float]) -> PipelineSpace:
-    return PipelineSpace("mean_std", np.asarray(mean, np.float32), np.asarray(std, np.float32))
+def mean_std_space(mean: Sequence[float], std: Sequence[float], kind: str = "mean_std") -> PipelineSpace:
+    """Per channel, from the config ("mean_std") or the VAE's registered buffers ("buffers")."""
+    return PipelineSpace(kind, np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
 
 def batch_norm_space(running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> PipelineSpace:

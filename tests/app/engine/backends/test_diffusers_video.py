@@ -11,7 +11,7 @@ import torch
 from app.engine.backends.diffusers import DiffusersBackend, LatentGaussian, as_images, as_video, load_diffusers
 from app.engine.backends.diffusers_classes import VIDEO_CLASSES
 from app.engine.passes import Passes
-from tests.diffusers_video_models import TINY_VIDEO, save_video_classes
+from tests.diffusers_video_models import TINY_VIDEO, in_process_decode, save_video_classes
 
 diffusers = pytest.importorskip("diffusers")
 CPU = torch.device("cpu")
@@ -63,7 +63,7 @@ def test_encode_and_decode_equal_diffusers(
     else:
         encoded = model.encode(x * 2.0 - 1.0).latent_dist
         assert torch.equal(q.mean, encoded.mean) and torch.equal(q.variance, encoded.var)
-        expected = model.decode(q.mean).sample
+        expected = in_process_decode(model, q.mean)
     decoded = backend.decode(q.mean)
     assert decoded.shape == x.shape
     torch.testing.assert_close(decoded, expected * 0.5 + 0.5, rtol=0, atol=1e-5)
@@ -77,10 +77,14 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
         "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-hunyuanvideo15": 8, "tiny-cogvideox": 8, "tiny-ltx": 4,
-        "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4,
+        "tiny-ltx091": 8, "tiny-ltx2": 8, "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4,
     }  # fmt: skip
     assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
     assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count
+    # LTX-2's blocks: 8x in space (spatial, spatiotemporal x2) and in time (temporal, spatiotemporal x2).
+    assert facts["tiny-ltx2"]["frames"] == "1 + 8k" and facts["tiny-ltx091"]["frames"] == "1 + 8k"
+    assert facts["tiny-ltx091"]["decode_options"].keys() == {"decode_timestep", "decode_noise_scale", "seed"}
+    assert facts["tiny-ltx"]["decode_options"] == {} and facts["tiny-ltx2"]["decode_options"] == {}
     for backend, _ in loaded.values():
         assert backend.image.media == "video" and backend.latent_shape() == (backend.latent_channels, None, None, None)
 
@@ -103,11 +107,45 @@ def test_passes_calibrate_and_sample_on_videos(
     assert torch.equal(decoded[1:], passes.decode(crop[1:], None))  # a row alone: the same bits
 
 
-def test_ltx_091_with_a_decode_timestep_is_refused_at_load(tmp_path: Path) -> None:
+@torch.inference_mode()
+def test_ltx_091_decodes_at_the_requested_timestep_and_seed(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]],
+) -> None:
+    backend, model = loaded["tiny-ltx091"]
+    z = backend.encode(video(17)).mean  # type: ignore[union-attr]
+    options = backend.decode_options
+
+    def columns(seed: int, timestep: float, noise: float) -> torch.Tensor:
+        values = {"decode_timestep": timestep, "decode_noise_scale": noise, "seed": seed}
+        return torch.tensor([[option.column(values[name]) for name, option in options.items()]])
+
+    decoded = backend.decode(z, None, columns(7, 0.05, 0.025))
+    expected = in_process_decode(model, z, seed=7, timestep=0.05, noise_scale=0.025) * 0.5 + 0.5
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=1e-5)
+    assert torch.equal(decoded, backend.decode(z, None, columns(7, 0.05, 0.025)))  # same seed, same bits
+    assert not torch.allclose(decoded, backend.decode(z, None, columns(8, 0.05, 0.025)), atol=1e-3)
+    assert not torch.allclose(decoded, backend.decode(z, None, columns(7, 0.5, 0.025)), atol=1e-3)
+    # Two rows decode as each alone, each with its own options.
+    both = backend.decode(torch.cat([z, z]), None, torch.cat([columns(8, 0.0, 0.0), columns(7, 0.05, 0.025)]))
+    assert torch.equal(both[1:], decoded)
+
+
+def test_a_float_option_travels_exactly_in_an_int64_column() -> None:
+    option = VIDEO_CLASSES["AutoencoderKLLTXVideo"].decode_options["decode_timestep"]
+    for value in (0.0, 0.03, 1 / 3, 5e-324):
+        assert option.value(option.column(value)) == value
+    seed = VIDEO_CLASSES["AutoencoderKLLTXVideo"].decode_options["seed"]
+    assert seed.value(seed.column(2**63 - 1)) == 2**63 - 1
+
+
+def test_ltx2_whose_attributes_disagree_with_its_blocks_is_refused_at_load(tmp_path: Path) -> None:
+    """diffusers' own small LTX-2 config states no ratios: the class then reports 16x (patch size
+    times 2 per scaling block), but its blocks compress 8x; its tiling would use 16."""
     from app.engine.backends.diffusers_folders import DiffusersError
     from tests.diffusers_models import save
 
-    kind, config = TINY_VIDEO["tiny-ltx"]
-    folder = save(tmp_path, {"ltx-091": (kind, {**config, "timestep_conditioning": True})})["ltx-091"]
-    with pytest.raises(DiffusersError, match="timestep_conditioning"):
+    kind, config = TINY_VIDEO["tiny-ltx2"]
+    unstated = {key: value for key, value in config.items() if not key.endswith("_compression_ratio")}
+    folder = save(tmp_path, {"ltx2": (kind, unstated)})["ltx2"]
+    with pytest.raises(DiffusersError, match="spatial_compression_ratio is 16 but its blocks compress 8x"):
         load_diffusers(folder, CPU)

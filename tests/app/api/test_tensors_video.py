@@ -20,7 +20,8 @@ from PIL import Image
 from app.engine.backends.diffusers import as_images, as_video
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
-from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, save_video_classes
+from app.engine.backends.diffusers_classes import VIDEO_CLASSES
+from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, in_process_decode, save_video_classes
 
 diffusers = pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
@@ -29,8 +30,8 @@ from diffusers.video_processor import VideoProcessor
 
 FLOAT_TOLERANCE = 1e-5
 RAW = {"do_scaling": False}  # the VAE's own latents, unscaled
-FRAMES, HEIGHT, WIDTH = 9, 16, 24  # three latent frames of 1 + 4k (Mochi, 1 + 6k: 13)
-MOCHI_FRAMES = 13
+FRAMES, HEIGHT, WIDTH = 9, 16, 24  # three latent frames of 1 + 4k (Mochi, 1 + 6k: 13; 1 + 8k: 17)
+MOST_FRAMES = 17
 
 
 @pytest.fixture(scope="module")
@@ -48,12 +49,14 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Modul
 @pytest.fixture(scope="module")
 def server(models: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = Path(str(models["tiny-wan"].config["_name_or_path"])).parent
-    with served(folder, tmp_path_factory.mktemp("logs"), max_pixels=MOCHI_FRAMES * HEIGHT * WIDTH) as replica:
+    with served(folder, tmp_path_factory.mktemp("logs"), max_pixels=MOST_FRAMES * HEIGHT * WIDTH) as replica:
         yield replica.url
 
 
 def frames_of(model: torch.nn.Module) -> int:
-    return MOCHI_FRAMES if type(model).__name__ == "AutoencoderKLMochi" else FRAMES
+    """Three latent frames (SVD's, without compression in time: 9 frames)."""
+    ratio = VIDEO_CLASSES[type(model).__name__].temporal(model.config)  # type: ignore[misc]
+    return 1 + 2 * ratio if ratio > 1 else FRAMES
 
 
 def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
@@ -78,7 +81,7 @@ def in_process(model: torch.nn.Module, z: torch.Tensor) -> torch.Tensor:
     with torch.inference_mode():
         if svd(model):
             return as_video(model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
-        return model.decode(z).sample  # [B, C, F, H, W] in [-1, 1]
+        return in_process_decode(model, z)  # [B, C, F, H, W] in [-1, 1]
 
 
 def pixels(video: torch.Tensor) -> np.ndarray:
@@ -149,6 +152,44 @@ def test_wan_pipeline_latents_are_denormalised_per_channel(models: dict[str, tor
     torch.testing.assert_close(decoded, in_process(model, normalised * std + mean), rtol=0, atol=FLOAT_TOLERANCE)
 
 
+@pytest.mark.parametrize("name", ["tiny-ltx", "tiny-ltx2"])
+def test_ltx_pipeline_latents_are_denormalised_by_the_vae_buffers(
+    models: dict[str, torch.nn.Module], server: str, name: str
+) -> None:
+    model = models[name]
+    z = latents(model)
+    shape = (1, -1, 1, 1, 1)
+    mean, std = model.latents_mean.reshape(shape), model.latents_std.reshape(shape)
+    assert not torch.equal(std, torch.ones_like(std))  # statistics that show (tests/diffusers_models.py)
+    normalised = (z - mean) * model.config.scaling_factor / std  # LTXPipeline._normalize_latents
+    endpoint = f"{server}/v1/models/{name}/decode?latents=pipeline"
+    decoded = remote_decode(endpoint, normalised, processor=VideoProcessor(), output_type="pt", return_type="pt")
+    denormalised = normalised * std / model.config.scaling_factor + mean  # LTXPipeline._denormalize_latents
+    torch.testing.assert_close(decoded, in_process(model, denormalised), rtol=0, atol=FLOAT_TOLERANCE)
+
+
+def test_ltx_091_takes_its_decode_timestep_and_seed_from_the_request(
+    models: dict[str, torch.nn.Module], server: str
+) -> None:
+    model = models["tiny-ltx091"]
+    z = latents(model)
+    endpoint = f"{server}/v1/models/tiny-ltx091/decode?decode_timestep=0.05&decode_noise_scale=0.025&seed=7"
+    decoded = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pt", **RAW)
+    with torch.inference_mode():
+        expected = in_process_decode(model, z, seed=7, timestep=0.05, noise_scale=0.025)
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=FLOAT_TOLERANCE)
+    first = remote_decode(endpoint, z, output_type="mp4", return_type="mp4", **RAW)
+    assert first == remote_decode(endpoint, z, output_type="mp4", return_type="mp4", **RAW)  # same seed, same bytes
+    other = remote_decode(endpoint.replace("seed=7", "seed=8"), z, output_type="mp4", return_type="mp4", **RAW)
+    assert other != first
+    # decode_noise_scale left out is decode_timestep, as LTXPipeline's None is.
+    endpoint = f"{server}/v1/models/tiny-ltx091/decode?decode_timestep=0.05&seed=7"
+    decoded = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pt", **RAW)
+    with torch.inference_mode():
+        expected = in_process_decode(model, z, seed=7, timestep=0.05)
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=FLOAT_TOLERANCE)
+
+
 def test_encode_a_video_tensor_equals_diffusers(models: dict[str, torch.nn.Module], server: str) -> None:
     model = models["tiny-hunyuanvideo"]
     video = torch.rand(1, 3, FRAMES, HEIGHT, WIDTH, generator=torch.Generator().manual_seed(3)) * 2 - 1
@@ -171,7 +212,10 @@ def test_encode_a_video_tensor_equals_diffusers(models: dict[str, torch.nn.Modul
         ("tiny-wan", [2, 16, 3, 1, 1], {"output_type": "mp4"}, "output_type=mp4 returns one file"),
         ("tiny-wan", [1, 16, 3, 2, 3], {"output_type": "pil"}, "makes videos: use mp4 or pt"),
         ("tiny-wan", [1, 16, 3, 2, 3], {"fps": 8, "output_type": "pt"}, "fps: the frame rate of an mp4 answer"),
-        ("tiny-ltx", [1, 8, 3, 4, 6], {"latents": "pipeline", "output_type": "pt"}, "has no pipeline latents"),
+        ("tiny-cosmos", [1, 4, 3, 4, 6], {"latents": "pipeline", "output_type": "pt"}, "has no pipeline latents"),
+        ("tiny-ltx", [1, 8, 3, 4, 6], {"decode_timestep": 0.05, "output_type": "pt"}, "decode_timestep: model 'tiny-ltx' does not take"),
+        ("tiny-ltx091", [1, 8, 3, 2, 3], {"decode_timestep": 2, "output_type": "pt"}, "decode_timestep: between 0.0 and 1.0"),
+        ("tiny-ltx091", [1, 8, 3, 2, 3], {"seed": 1, "steps": 2, "output_type": "pt"}, "steps: model 'tiny-ltx091' does not take it"),
     ],
 )
 def test_video_requests_the_model_cannot_take_are_refused(
@@ -243,8 +287,8 @@ def test_an_uploaded_clip_encodes_as_its_frames_do(models: dict[str, torch.nn.Mo
     ("data", "status", "message"),
     [
         (clip(10), 422, "the video has 10 frames; this model takes 1 + 4k frames"),
-        (clip(1, 40, 128), 413, "frames are 128x40 pixels, over the 4992-pixel limit"),
-        (clip(17), 413, "at most 257 frames (VAE_MAX_FRAMES) and 4992 pixels in all"),
+        (clip(1, 48, 144), 413, "frames are 144x48 pixels, over the 6528-pixel limit"),
+        (clip(21), 413, "at most 257 frames (VAE_MAX_FRAMES) and 6528 pixels in all"),
         (clip(FRAMES, 20, 24), 422, "frames are 24x20; this model needs sides that are multiples of 8"),
         (clip(FRAMES)[:300], 422, "body: not a readable mp4 video"),
         (b"\x00\x00\x00\x18ftypisom" + bytes(range(256)) * 4, 422, "body: not a readable mp4 video"),

@@ -194,6 +194,11 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "temporal_compression_ratio": 4,
         },
     ),
+    # Kandinsky's KVAE 3D (its GroupNorms take 32 groups: 32 channels at least).
+    "tiny-kvae-video": (
+        "AutoencoderKLKVAEVideo",
+        {"ch": 32, "ch_mult": [1, 1, 1, 1], "num_res_blocks": 1, "z_channels": 4, "temporal_compress_times": 4},
+    ),
     # Stable Video Diffusion's: no compression in time (any frame count).
     "tiny-svd": (
         "AutoencoderKLTemporalDecoder",

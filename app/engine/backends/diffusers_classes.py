@@ -327,6 +327,17 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         temporal=value("temporal_compression_ratio"),
         fps=30,
     ),
+    # Kandinsky's KVAE 3D: its encoder keeps the posterior's mean and pairs it with zeros as the
+    # log-variance (a unit variance that is not its encoder's), so its latents are served as
+    # deterministic (the mode), without a KL. No pipeline of diffusers 0.42 uses it: no pipeline latents.
+    "AutoencoderKLKVAEVideo": ClassSpec(
+        "mode",
+        blocks("ch_mult"),
+        "z_channels",
+        tiling=False,
+        normalisation="none",
+        temporal=value("temporal_compress_times"),
+    ),
     # Stable Video Diffusion's: an image encoder, a decoder with temporal layers; no compression in
     # time, so any frame count (25 in its pipeline), 7 fps as its pipeline's examples export.
     "AutoencoderKLTemporalDecoder": ClassSpec(
@@ -371,7 +382,6 @@ NOT_SERVED: dict[str, str] = {
     # Video and audio classes without a row yet (docs/api.md says what each needs).
     "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
     "not yet a row",
-    "AutoencoderKLKVAEVideo": "not yet a row",
     "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
     "needs the accelerate package, not installed here",
     "AutoencoderVidTok": "not yet a row",

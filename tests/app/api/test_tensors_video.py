@@ -66,7 +66,7 @@ def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
     with torch.inference_mode():
         if svd(model):
             return as_video(model.encode(as_images(video)).latent_dist.mean, 1).contiguous()
-        if type(model).__name__ == "AutoencoderKLCosmos":  # deterministic latents
+        if VIDEO_CLASSES[type(model).__name__].encoder == "mode":  # deterministic latents (Cosmos, KVAE 3D)
             return model.encode(video).latent_dist.mode().contiguous()
         # Contiguous: diffusers' client sends a tensor's storage as it lies (Mochi's mean is a strided view).
         return model.encode(video).latent_dist.mean.contiguous()

@@ -49,7 +49,7 @@ def test_encode_and_decode_equal_diffusers(
     assert rule.accepts(frames) and rule.latent(frames) == 3 and rule.decoded(3) == frames
     x = video(frames)
     q = backend.encode(x)
-    if backend.spec.encoder == "mode":  # Cosmos's deterministic latents
+    if backend.spec.encoder == "mode":  # deterministic latents (Cosmos, KVAE 3D)
         assert isinstance(q, torch.Tensor) and backend.features == {"encoder", "decoder"}
         assert torch.equal(q, model.encode(x * 2.0 - 1.0).latent_dist.mode())
         torch.testing.assert_close(backend.decode(q), model.decode(q).sample * 0.5 + 0.5, rtol=0, atol=1e-5)
@@ -77,7 +77,7 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     assert cog is not None and not cog.accepts(5) and cog.latent(17) == 5 and cog.decoded(5) == 17
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
         "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-hunyuanvideo15": 8, "tiny-cogvideox": 8, "tiny-ltx": 4,
-        "tiny-ltx091": 8, "tiny-ltx2": 8, "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4,
+        "tiny-ltx091": 8, "tiny-ltx2": 8, "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4, "tiny-kvae-video": 8,
     }  # fmt: skip
     assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
     assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count

@@ -32,7 +32,7 @@ import torch
 from PIL.Image import Image
 
 from app.engine import progress
-from app.engine.backend import Feature, Frames, ImageSpec, LatentShape, Loaded
+from app.engine.backend import Feature, Frames, Grid, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
 from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
@@ -79,6 +79,18 @@ def as_images(video: torch.Tensor) -> torch.Tensor:
 def as_video(frames: torch.Tensor, rows: int) -> torch.Tensor:
     """[B * T, C, H, W] -> [B, C, T, H, W]."""
     return frames.unflatten(0, (rows, -1)).transpose(1, 2)
+
+
+def grid_misfit(grid: Grid | None, frames: Frames | None, factor: int) -> str | None:
+    """Why a class's tile grid (and chunks of frames) do not fall on whole latent steps, where
+    they do not: its latents' tiles would not be its pixels' tiles."""
+    sides = [(f"tile side {size}", size, factor) for pair in (grid.height, grid.width) for size in pair] if grid else []
+    if frames and frames.first_latent > 1:
+        sides += [(f"frame chunk {size}", size, frames.ratio) for size in (frames.first, frames.step)]
+    for name, size, step in sides:
+        if size <= 0 or size % step:
+            return f"its {name} is not a positive multiple of its compression {step}"
+    return None
 
 
 def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace | None:
@@ -130,13 +142,21 @@ class DiffusersBackend:
         frames = None
         if spec.temporal is not None:
             ratio = spec.temporal(config)
-            step = spec.frame_step or ratio
+            first, step = spec.chunks(model) if spec.chunks else (1, spec.frame_step or ratio)
             # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
-            frames = Frames(1, step, ratio, 1 + step, spec.fps)
+            frames = Frames(first, step, ratio, first + step, spec.fps, max(1, first // ratio))
+        grid = None
+        if spec.grid:  # tiles are its only way (diffusers raises NotImplementedError without them)
+            grid = Grid(*spec.grid(model))
+            model.use_tiling = True
+            self.max_rows = 1  # its tile loops hold one video at a time
+        unaligned = grid_misfit(grid, frames, self.factor)
+        if unaligned:
+            raise DiffusersError(f"this {self.kind} is not served: {unaligned}")
         side = self.sample_size
         sample_rate = int(config[spec.sample_rate]) if spec.sample_rate else None
         height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
-        self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
+        self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate, grid)
         gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
         # LTX-Video's options come with its timestep-conditioned configs (0.9.1+) only.
@@ -202,6 +222,8 @@ class DiffusersBackend:
             encoded = self.model.encode(x)
         if self.spec.encoder == "mode":
             return encoded.latent_dist.mode()
+        if self.spec.encoder == "first":
+            return encoded[0]
         if self.spec.encoder != "posterior":
             return getattr(encoded, self.spec.encoder)
         q = encoded.latent_dist
@@ -225,9 +247,12 @@ class DiffusersBackend:
             elif self.spec.frames_as_images:  # all frames at once, as its pipeline's default decode_chunk_size
                 images = as_video(self.model.decode(as_images(z), num_frames=z.shape[2]).sample, len(z))
             else:
-                images = self.model.decode(z).sample
+                decoded = self.model.decode(z)
+                images = getattr(decoded, self.spec.output) if self.spec.output else decoded
         if self.spec.frames:
             images = images[:, :, 0]
+        if self.spec.frames_first:  # [B, T, C, H, W] -> [B, C, T, H, W]
+            images = images.transpose(1, 2)
         return (images * 0.5 + 0.5).float()
 
     def _decode_row(self, z: torch.Tensor, options: torch.Tensor | None) -> torch.Tensor:

@@ -20,9 +20,10 @@ import numpy as np
 
 Config = Mapping[str, Any]
 # What `encode()` returns: a diagonal Gaussian posterior (`.latent_dist`), or deterministic
-# latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's):
+# latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's;
+# "first": the first of the tuple it returns, VidTok's FSQ-quantised latents):
 # VQModel's are its unquantised latents (its decode quantises).
-Encoder = Literal["posterior", "latents", "latent", "mode"]
+Encoder = Literal["posterior", "latents", "latent", "mode", "first"]
 # How the class's pipelines normalise latents before the transformer sees them:
 # "scale": (z - shift_factor) * scaling_factor (SD, SDXL, Flux.1, Sana, ...);
 # "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
@@ -179,6 +180,14 @@ class ClassSpec:
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
+    # A video class whose first frames are not encoded alone: (first, step) of the frame counts it
+    # takes, from the loaded model (its chunk or tile sizes are attributes there, not config).
+    chunks: Callable[[Any], tuple[int, int]] | None = None
+    # A class that encodes and decodes only in tiles of a fixed grid: ((first, step) of its height,
+    # (first, step) of its width) in pixels, from the loaded model.
+    grid: Callable[[Any], tuple[tuple[int, int], tuple[int, int]]] | None = None
+    frames_first: bool = False  # its decode gives [B, T, C, H, W] (Allegro's)
+    output: str | None = "sample"  # the attribute of its decode's output that holds the pixels; None: the output
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
     options_if: str | None = None  # the config flag that gives its decode the options (else always)
@@ -327,6 +336,22 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         temporal=value("temporal_compression_ratio"),
         fps=30,
     ),
+    # Allegro's: it encodes and decodes only in tiles (use_tiling; else NotImplementedError), on a
+    # fixed grid: tiles of 24 frames and sample_size x sample_size pixels, stepping by 16 frames,
+    # sample_size - 120 rows and sample_size - 80 columns. What the grid misses stays zeros, so
+    # only videos on the grid are taken. Its decode gives frames first. 15 fps as its pipeline's
+    # example exports; float32 as its pipeline's example loads it (and force_upcast).
+    "AutoencoderKLAllegro": ClassSpec(
+        "posterior",
+        blocks("block_out_channels"),
+        tiling=False,
+        gpu_dtype="float32",
+        temporal=value("temporal_compression_ratio"),
+        chunks=lambda model: (model.kernel[0], model.stride[0]),
+        grid=lambda model: ((model.kernel[1], model.stride[1]), (model.kernel[2], model.stride[2])),
+        frames_first=True,
+        fps=15,
+    ),
     # Kandinsky's KVAE 3D: its encoder keeps the posterior's mean and pairs it with zeros as the
     # log-variance (a unit variance that is not its encoder's), so its latents are served as
     # deterministic (the mode), without a KL. No pipeline of diffusers 0.42 uses it: no pipeline latents.
@@ -380,8 +405,6 @@ NOT_SERVED: dict[str, str] = {
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
     # Video and audio classes without a row yet (docs/api.md says what each needs).
-    "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
-    "not yet a row",
     "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
     "needs the accelerate package, not installed here",
     "AutoencoderVidTok": "not yet a row",

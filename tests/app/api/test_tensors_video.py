@@ -21,7 +21,7 @@ from app.engine.backends.diffusers import as_images, as_video
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
 from app.engine.backends.diffusers_classes import VIDEO_CLASSES
-from tests.diffusers_video_models import TINY_VIDEO, WAN_MEAN, WAN_STD, in_process_decode, save_video_classes
+from tests.diffusers_video_models import ANY_SIZE, WAN_MEAN, WAN_STD, in_process_decode, save_video_classes
 
 diffusers = pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
@@ -37,7 +37,10 @@ MOST_FRAMES = 17
 @pytest.fixture(scope="module")
 def models(tmp_path_factory: pytest.TempPathFactory) -> dict[str, torch.nn.Module]:
     """Each tiny model, as diffusers itself loads its folder."""
-    folders = save_video_classes(tmp_path_factory.mktemp("video-served"))
+    return load(save_video_classes(tmp_path_factory.mktemp("video-served"), ANY_SIZE))
+
+
+def load(folders: dict[str, Path]) -> dict[str, torch.nn.Module]:
     loaded = {}
     for name, folder in folders.items():
         kind = json.loads((folder / "config.json").read_text())["_class_name"]
@@ -89,7 +92,7 @@ def pixels(video: torch.Tensor) -> np.ndarray:
     return (video[0].permute(1, 2, 3, 0).clamp(-1, 1) * 127.5 + 127.5).round().to(torch.uint8).numpy()
 
 
-@pytest.mark.parametrize("name", list(TINY_VIDEO))
+@pytest.mark.parametrize("name", ANY_SIZE)
 def test_pt_with_a_video_processor_equals_diffusers(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
     model = models[name]
     z = latents(model)
@@ -102,7 +105,7 @@ def test_pt_with_a_video_processor_equals_diffusers(models: dict[str, torch.nn.M
     assert len(frames) == frames_of(model) and frames[0].size == (WIDTH, HEIGHT)
 
 
-@pytest.mark.parametrize("name", list(TINY_VIDEO))
+@pytest.mark.parametrize("name", ANY_SIZE)
 def test_partial_postprocess_gives_uint8_frames(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
     model = models[name]
     z = latents(model)
@@ -115,7 +118,7 @@ def test_partial_postprocess_gives_uint8_frames(models: dict[str, torch.nn.Modul
     assert len(images) == frames_of(model) and images[0].size == (WIDTH, HEIGHT)
 
 
-@pytest.mark.parametrize("name", list(TINY_VIDEO))
+@pytest.mark.parametrize("name", ANY_SIZE)
 def test_pil_with_a_processor_gives_the_frames(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
     model = models[name]
     z = latents(model)
@@ -126,7 +129,7 @@ def test_pil_with_a_processor_gives_the_frames(models: dict[str, torch.nn.Module
     assert np.abs(np.asarray(images[4]).astype(int) - expected[4].astype(int)).max() <= 1
 
 
-@pytest.mark.parametrize("name", list(TINY_VIDEO))
+@pytest.mark.parametrize("name", ANY_SIZE)
 def test_mp4_reads_back_with_its_frames_and_size(models: dict[str, torch.nn.Module], server: str, name: str) -> None:
     model = models[name]
     z = latents(model)
@@ -300,3 +303,52 @@ def test_an_uploaded_clip_encodes_as_its_frames_do(models: dict[str, torch.nn.Mo
 def test_hostile_or_unfit_clips_are_refused(server: str, data: bytes, status: int, message: str) -> None:
     answer = httpx.post(f"{server}/v1/models/tiny-wan/encode", content=data, timeout=60)
     assert answer.status_code == status and message in answer.json()["detail"], answer.text
+
+
+ALLEGRO_FRAMES, ALLEGRO_HEIGHT, ALLEGRO_WIDTH = 24, 128, 176  # one tile of frames, two side by side
+
+
+@pytest.fixture(scope="module")
+def allegro(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[torch.nn.Module, str]]:
+    """Allegro's tiny model, served alone: its smallest tile is 24 frames of 128 x 128."""
+    folders = save_video_classes(tmp_path_factory.mktemp("allegro"), ["tiny-allegro"])
+    model = load(folders)["tiny-allegro"]
+    model.use_tiling = True  # as AllegroPipeline's example enables it: without, diffusers raises
+    pixels = ALLEGRO_FRAMES * ALLEGRO_HEIGHT * ALLEGRO_WIDTH
+    with served(folders["tiny-allegro"].parent, tmp_path_factory.mktemp("allegro-logs"), max_pixels=pixels) as replica:
+        yield model, replica.url
+
+
+def test_allegro_decodes_on_its_grid_through_remote_decode(allegro: tuple[torch.nn.Module, str]) -> None:
+    model, url = allegro
+    video = torch.rand(1, 3, ALLEGRO_FRAMES, ALLEGRO_HEIGHT, ALLEGRO_WIDTH, generator=torch.Generator().manual_seed(1))
+    with torch.inference_mode():
+        z = model.encode(video * 2 - 1).latent_dist.mean.contiguous()
+        expected = model.decode(z).sample.transpose(1, 2)  # frames first in diffusers: [B, T, C, H, W]
+    endpoint = f"{url}/v1/models/tiny-allegro/decode"
+    decoded = remote_decode(endpoint, z, processor=VideoProcessor(), output_type="pt", return_type="pt", **RAW)
+    assert decoded.shape == (1, 3, ALLEGRO_FRAMES, ALLEGRO_HEIGHT, ALLEGRO_WIDTH)
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=FLOAT_TOLERANCE)
+    data = remote_decode(endpoint, z, output_type="mp4", return_type="mp4", **RAW)
+    frames = frames_read(data)
+    assert frames.shape == (ALLEGRO_FRAMES, ALLEGRO_HEIGHT, ALLEGRO_WIDTH, 3)
+    info = httpx.get(f"{url}/v1/models/tiny-allegro").json()["details"]
+    assert (info["frames"], info["fps"], info["latent_layout"]) == ("24 + 16k", 15, "[B, 4, t, h, w]")
+
+
+@pytest.mark.parametrize(
+    ("shape", "message"),
+    [
+        ([1, 4, 6, 2, 3], "latents: [1, 4, 6, 2, 3] decode to height 16 is not 128 + 8k pixels (its tile grid)"),
+        ([1, 4, 6, 16, 20], "decode to width 160 is not 128 + 48k pixels (its tile grid)"),
+        ([1, 4, 7, 16, 16], "7 latent frames decode to 28 frames; model 'tiny-allegro' takes 24 + 16k frames"),
+    ],
+)
+def test_allegro_latents_off_its_grid_are_refused(allegro: tuple[torch.nn.Module, str], shape: list[int], message: str) -> None:
+    """diffusers would decode them to zeros where no tile reaches."""
+    _, url = allegro
+    body = np.zeros(shape, np.float32).tobytes()
+    answer = httpx.post(
+        f"{url}/v1/models/tiny-allegro/decode", params={"shape": shape, "output_type": "pt"}, content=body, timeout=60
+    )
+    assert answer.status_code == 422 and message in answer.json()["detail"], answer.text

@@ -211,6 +211,24 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "sample_size": 128,
         },
     ),
+    # VidTok's, causal with a KL regularizer, and not causal with FSQ (512 codes: 3 channels of 8 levels).
+    "tiny-vidtok": (
+        "AutoencoderVidTok",
+        {"ch": 32, "ch_mult": [1, 2, 2, 2], "z_channels": 4, "num_res_blocks": 1, "is_causal": True},
+    ),
+    "tiny-vidtok-fsq": (
+        "AutoencoderVidTok",
+        {
+            "ch": 32,
+            "ch_mult": [1, 2, 2, 2],
+            "z_channels": 3,
+            "double_z": False,
+            "num_res_blocks": 1,
+            "is_causal": False,
+            "regularizer": "fsq",
+            "codebook_size": 512,
+        },
+    ),
     # Kandinsky's KVAE 3D (its GroupNorms take 32 groups: 32 channels at least).
     "tiny-kvae-video": (
         "AutoencoderKLKVAEVideo",
@@ -246,7 +264,8 @@ def in_process_decode(model: Any, z: torch.Tensor, seed: int = 0, timestep: floa
     generator=Generator().manual_seed(seed) after torch.manual_seed(seed) (its decoder's injected
     noise draws from the global generator)."""
     if not model.config.get("timestep_conditioning"):
-        return model.decode(z).sample
+        decoded = model.decode(z)
+        return getattr(decoded, "sample", decoded)  # VidTok's decode returns the tensor itself
     from diffusers.utils.torch_utils import randn_tensor
 
     generator = torch.Generator().manual_seed(seed)

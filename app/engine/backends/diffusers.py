@@ -33,7 +33,7 @@ from PIL.Image import Image
 
 from app.engine import progress
 from app.engine.backend import Feature, Frames, Grid, ImageSpec, LatentShape, Loaded
-from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
+from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec, Encoder
 from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
 from app.engine.errors import StartupError
@@ -157,7 +157,9 @@ class DiffusersBackend:
         sample_rate = int(config[spec.sample_rate]) if spec.sample_rate else None
         height, width = (1, sample_rate // self.factor * self.factor) if sample_rate else (side, side)  # audio: ~1 s
         self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate, grid)
-        gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
+        self.encoder: Encoder = spec.encoder(config) if callable(spec.encoder) else spec.encoder
+        self.lead_frames = spec.lead_frames(config)
+        gaussian: tuple[Feature, ...] = ("prior", "posterior") if self.encoder == "posterior" else ()
         self.features: frozenset[Feature] = frozenset({"encoder", "decoder", *gaussian})
         # LTX-Video's options come with its timestep-conditioned configs (0.9.1+) only.
         self.decode_options = spec.decode_options if spec.options_if is None or config.get(spec.options_if) else {}
@@ -215,17 +217,19 @@ class DiffusersBackend:
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
+        if self.lead_frames:  # copies of the first frame before the video (causal VidTok's forward)
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.lead_frames, -1, -1), x], dim=2)
         rows = len(x)
         if self.spec.frames_as_images:
             x = as_images(x)
         with tiles:
             encoded = self.model.encode(x)
-        if self.spec.encoder == "mode":
+        if self.encoder == "mode":
             return encoded.latent_dist.mode()
-        if self.spec.encoder == "first":
+        if self.encoder == "first":
             return encoded[0]
-        if self.spec.encoder != "posterior":
-            return getattr(encoded, self.spec.encoder)
+        if self.encoder != "posterior":
+            return getattr(encoded, self.encoder)
         q = encoded.latent_dist
         if self.spec.frames_as_images:
             return LatentGaussian(as_video(q.mean, rows), as_video(q.logvar, rows))
@@ -313,7 +317,7 @@ class DiffusersBackend:
             "image_channels": self.image.channels,
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
-            "stochastic_encoder": self.spec.encoder == "posterior",
+            "stochastic_encoder": self.encoder == "posterior",
             "pipeline_latents": self.pipeline.describe() if self.pipeline else None,
             "decode_options": {name: option.description for name, option in self.decode_options.items()},
             "force_upcast": self.force_upcast,

@@ -88,6 +88,12 @@ def ltx_attributes(config: Config) -> str | None:
     return None
 
 
+def vidtok(key: str, default: Callable[[int], Any]) -> Callable[[Config], int]:
+    """VidTok's compression: a factor of 2 per level in `key` (spatial_ds, tempo_ds), or per level
+    of its default for len(ch_mult) levels, as its encoder builds them."""
+    return lambda config: 2 ** len(config.get(key) or default(len(config.get("ch_mult", [1, 2, 4, 4]))))
+
+
 def product(key: str) -> Callable[[Config], int]:
     """The product of the entries (Mochi: one expansion factor per decoder block)."""
     return lambda config: math.prod(config[key])
@@ -163,7 +169,7 @@ def timestep_decode(model: Any, z: Any, values: Mapping[str, Any], generator: An
 
 @dataclass(frozen=True)
 class ClassSpec:
-    encoder: Encoder
+    encoder: Encoder | Callable[[Config], Encoder]  # what its encode returns (per config, where it varies)
     factor: Callable[[Config], int]  # the spatial downsampling factor
     latent_channels: str = "latent_channels"  # the config key
     image_channels: str | None = None  # the config key, where the class is not RGB-only
@@ -187,6 +193,8 @@ class ClassSpec:
     # (first, step) of its width) in pixels, from the loaded model.
     grid: Callable[[Any], tuple[tuple[int, int], tuple[int, int]]] | None = None
     frames_first: bool = False  # its decode gives [B, T, C, H, W] (Allegro's)
+    # Frames its encoder takes before a video: copies of the first (causal VidTok's forward pads them).
+    lead_frames: Callable[[Config], int] = lambda config: 0
     output: str | None = "sample"  # the attribute of its decode's output that holds the pixels; None: the output
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
@@ -352,6 +360,25 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         frames_first=True,
         fps=15,
     ),
+    # VidTok's: a KL (posterior) or FSQ (quantised latents, the first of what its encode returns)
+    # regularizer; its decode returns the pixels themselves. Causal: 1 + 4k frames, its forward
+    # first pads the video with copies of its first frame, temporal - 1 of them (so 1 + 4k frames
+    # make 1 + k latent frames, which decode to 1 + 4k). Not causal: it encodes and decodes 16
+    # frames (4 latent frames) at a time and drops what is left over: 16 + 16k frames.
+    "AutoencoderVidTok": ClassSpec(
+        lambda config: "posterior" if config.get("regularizer", "kl") == "kl" else "first",
+        vidtok("spatial_ds", lambda levels: range(levels - 1)),
+        "z_channels",
+        normalisation="none",
+        temporal=vidtok("tempo_ds", lambda levels: [levels - 2, levels - 3]),
+        chunks=lambda model: (1, model.temporal_compression_ratio)
+        if model.is_causal
+        else (model.num_sample_frames_batch_size,) * 2,
+        lead_frames=lambda config: vidtok("tempo_ds", lambda levels: [levels - 2, levels - 3])(config) - 1
+        if config.get("is_causal", True)
+        else 0,
+        output=None,
+    ),
     # Kandinsky's KVAE 3D: its encoder keeps the posterior's mean and pairs it with zeros as the
     # log-variance (a unit variance that is not its encoder's), so its latents are served as
     # deterministic (the mode), without a KL. No pipeline of diffusers 0.42 uses it: no pipeline latents.
@@ -407,7 +434,6 @@ NOT_SERVED: dict[str, str] = {
     # Video and audio classes without a row yet (docs/api.md says what each needs).
     "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
     "needs the accelerate package, not installed here",
-    "AutoencoderVidTok": "not yet a row",
     "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
     "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
     "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",

@@ -17,7 +17,7 @@ import pytest
 import torch
 from PIL import Image
 
-from app.engine.backends.diffusers import as_images, as_video
+from app.engine.backends.diffusers import DiffusersBackend, as_images, as_video
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
 from app.engine.backends.diffusers_classes import VIDEO_CLASSES
@@ -57,9 +57,12 @@ def server(models: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPath
 
 
 def frames_of(model: torch.nn.Module) -> int:
-    """Three latent frames (SVD's, without compression in time: 9 frames)."""
-    ratio = VIDEO_CLASSES[type(model).__name__].temporal(model.config)  # type: ignore[misc]
-    return 1 + 2 * ratio if ratio > 1 else FRAMES
+    """Three latent frames (SVD's, without compression in time: 9 frames; a class that encodes
+    chunks of frames, non-causal VidTok's: one chunk)."""
+    rule = DiffusersBackend(model).image.frames
+    assert rule is not None
+    frames = rule.decoded(rule.first_latent + 2) if rule.ratio > 1 else FRAMES
+    return frames if rule.accepts(frames) else rule.first
 
 
 def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
@@ -69,6 +72,9 @@ def latents(model: torch.nn.Module, seed: int = 0) -> torch.Tensor:
     with torch.inference_mode():
         if svd(model):
             return as_video(model.encode(as_images(video)).latent_dist.mean, 1).contiguous()
+        if type(model).__name__ == "AutoencoderVidTok":  # its forward pads the video as its encode needs
+            z = model(video, encoder_mode=True, sample_posterior=False)
+            return (z[0] if isinstance(z, tuple) else z).contiguous()
         if VIDEO_CLASSES[type(model).__name__].encoder == "mode":  # deterministic latents (Cosmos, KVAE 3D)
             return model.encode(video).latent_dist.mode().contiguous()
         # Contiguous: diffusers' client sends a tensor's storage as it lies (Mochi's mean is a strided view).

@@ -29,6 +29,9 @@ def loaded(tmp_path_factory: pytest.TempPathFactory) -> dict[str, tuple[Diffuser
     return models
 
 
+VIDTOK = ["tiny-vidtok", "tiny-vidtok-fsq"]
+
+
 def video(frames: int, seed: int = 0, height: int = 16, width: int = 24) -> torch.Tensor:
     generator = torch.Generator().manual_seed(seed)
     return (torch.randint(0, 256, (1, 3, frames, height, width), generator=generator) / 255.0).float()
@@ -38,7 +41,7 @@ def test_every_video_class_has_a_tiny_model() -> None:
     assert {kind for kind, _ in TINY_VIDEO.values()} == set(VIDEO_CLASSES)
 
 
-@pytest.mark.parametrize("name", ANY_SIZE)
+@pytest.mark.parametrize("name", [name for name in ANY_SIZE if name not in VIDTOK])
 @torch.inference_mode()
 def test_encode_and_decode_equal_diffusers(
     loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str
@@ -50,7 +53,7 @@ def test_encode_and_decode_equal_diffusers(
     assert rule.accepts(frames) and rule.latent(frames) == 3 and rule.decoded(3) == frames
     x = video(frames)
     q = backend.encode(x)
-    if backend.spec.encoder == "mode":  # deterministic latents (Cosmos, KVAE 3D)
+    if backend.encoder == "mode":  # deterministic latents (Cosmos, KVAE 3D)
         assert isinstance(q, torch.Tensor) and backend.features == {"encoder", "decoder"}
         assert torch.equal(q, model.encode(x * 2.0 - 1.0).latent_dist.mode())
         torch.testing.assert_close(backend.decode(q), model.decode(q).sample * 0.5 + 0.5, rtol=0, atol=1e-5)
@@ -79,6 +82,7 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
         "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-hunyuanvideo15": 8, "tiny-cogvideox": 8, "tiny-ltx": 4,
         "tiny-ltx091": 8, "tiny-ltx2": 8, "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4, "tiny-kvae-video": 8,
+        "tiny-vidtok": 8, "tiny-vidtok-fsq": 8,
     }  # fmt: skip
     assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
     assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count
@@ -193,3 +197,27 @@ def test_allegro_latents_off_its_grid_are_refused_before_a_pass(
     with pytest.raises(InvalidInput, match=r"images: 160x128: width 160 is not 128 \+ 48k pixels"):
         model.checked("encode", np.zeros((1, 3, 24, 128, 160), np.float32), None)
     model.checked("decode", np.zeros((1, 4, 6, 17, 22), np.float32), None)  # 136 x 176: on the grid
+
+
+@pytest.mark.parametrize(("name", "frames", "rule"), [("tiny-vidtok", 9, "1 + 4k"), ("tiny-vidtok-fsq", 16, "16 + 16k")])
+@torch.inference_mode()
+def test_vidtok_encodes_as_its_forward_and_decodes_as_diffusers(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]], name: str, frames: int, rule: str
+) -> None:
+    """Its forward(encoder_mode=True) is the class's own encode of a video: causal, the first frame
+    repeated 3 times before it; FSQ, the quantised latents (the first of what encode returns)."""
+    backend, model = loaded[name]
+    assert backend.image.frames is not None and backend.image.frames.rule() == rule
+    x = video(frames)
+    q = backend.encode(x)
+    expected = model(x * 2.0 - 1.0, encoder_mode=True, sample_posterior=False)
+    if backend.encoder == "first":
+        assert isinstance(q, torch.Tensor) and torch.equal(q, expected[0]) and backend.features == {"encoder", "decoder"}
+        z = q
+    else:
+        assert isinstance(q, LatentGaussian) and torch.equal(q.mean, expected) and "posterior" in backend.features
+        z = q.mean
+    assert z.shape[2] == backend.image.frames.latent(frames) and backend.image.frames.decoded(z.shape[2]) == frames
+    decoded = backend.decode(z)
+    assert decoded.shape == x.shape
+    torch.testing.assert_close(decoded, model.decode(z) * 0.5 + 0.5, rtol=0, atol=1e-5)

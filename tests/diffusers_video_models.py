@@ -229,6 +229,27 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
             "codebook_size": 512,
         },
     ),
+    # HunyuanImage 2.1's refiner VAE at 8x (16x released): no compression in time, whatever it reports.
+    "tiny-hunyuanimage-refiner": (
+        "AutoencoderKLHunyuanImageRefiner",
+        {
+            "latent_channels": 4,
+            "block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": 1,
+            "spatial_compression_ratio": 8,
+            "temporal_compression_ratio": 4,
+        },
+    ),
+    # Kandinsky 6's super-resolution VAE at 8x (16x released).
+    "tiny-kandinsky6-sr": (
+        "Kandinsky6SRVAE",
+        {
+            "latent_channels": 4,
+            "encoder_block_out_channels": [8, 8, 8, 8],
+            "decoder_block_out_channels": [8, 8, 8, 8],
+            "layers_per_block": 1,
+        },
+    ),
     # Kandinsky's KVAE 3D (its GroupNorms take 32 groups: 32 channels at least).
     "tiny-kvae-video": (
         "AutoencoderKLKVAEVideo",

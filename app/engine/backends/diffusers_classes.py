@@ -379,6 +379,28 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         else 0,
         output=None,
     ),
+    # HunyuanImage 2.1's refiner VAE, video-shaped ([B, C, T, H, W], causal 3D convolutions). Its
+    # temporal_compression_ratio (4) is not what its blocks do: its encoder's "temporal" downsamples
+    # pack space only (r1 = 1) and its decoder keeps the frame count, so one latent frame per frame.
+    # Its pipeline (images: one frame) repeats the first latent frame and folds frame pairs into
+    # channels (_reorder_image_tokens): those latents are not served.
+    "AutoencoderKLHunyuanImageRefiner": ClassSpec(
+        "posterior",
+        value("spatial_compression_ratio"),
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        temporal=lambda config: 1,
+    ),
+    # Kandinsky 6's video super-resolution VAE: 1 + 4k frames, encoded in segments with a cache.
+    # Its pipeline scales latents by scaling_factor; around encode and decode it also maps pixels
+    # by 128 rather than 127.5 (a 0.4% stretch, pixels' business, not the VAE's): not applied here.
+    "Kandinsky6SRVAE": ClassSpec(
+        "posterior",
+        blocks("encoder_block_out_channels"),
+        tiling=False,
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+    ),
     # Kandinsky's KVAE 3D: its encoder keeps the posterior's mean and pairs it with zeros as the
     # log-variance (a unit variance that is not its encoder's), so its latents are served as
     # deterministic (the mode), without a KL. No pipeline of diffusers 0.42 uses it: no pipeline latents.
@@ -426,9 +448,6 @@ CLASSES.update(AUDIO_CLASSES)
 
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {
-    "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
-    "pipeline reorders latent frames into channels (_restore_image_tokens_order): not yet a row",
-    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): not yet a row",
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
     # Video and audio classes without a row yet (docs/api.md says what each needs).

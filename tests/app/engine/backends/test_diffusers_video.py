@@ -82,8 +82,10 @@ def test_frame_counts_and_latent_layouts(loaded: dict[str, tuple[DiffusersBacken
     assert {name: fact["downsampling"] for name, fact in facts.items()} == {
         "tiny-wan": 8, "tiny-hunyuanvideo": 8, "tiny-hunyuanvideo15": 8, "tiny-cogvideox": 8, "tiny-ltx": 4,
         "tiny-ltx091": 8, "tiny-ltx2": 8, "tiny-mochi": 8, "tiny-magvit": 8, "tiny-svd": 2, "tiny-cosmos": 4, "tiny-kvae-video": 8,
-        "tiny-vidtok": 8, "tiny-vidtok-fsq": 8,
+        "tiny-vidtok": 8, "tiny-vidtok-fsq": 8, "tiny-hunyuanimage-refiner": 8, "tiny-kandinsky6-sr": 8,
     }  # fmt: skip
+    # The refiner's "temporal" downsamples pack space only: a latent frame per frame, whatever it reports.
+    assert facts["tiny-hunyuanimage-refiner"]["frames"] == "1 + 1k" and facts["tiny-kandinsky6-sr"]["frames"] == "1 + 4k"
     assert facts["tiny-mochi"]["frames"] == "1 + 6k" and facts["tiny-magvit"]["frames"] == "1 + 4k"
     assert facts["tiny-svd"]["frames"] == "1 + 1k"  # any count
     # LTX-2's blocks: 8x in space (spatial, spatiotemporal x2) and in time (temporal, spatiotemporal x2).

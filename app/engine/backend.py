@@ -87,6 +87,13 @@ class Grid:
     height: tuple[int, int]
     width: tuple[int, int]
 
+    def at_least(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest sides on the grid of at least height x width pixels."""
+        return tuple(  # type: ignore[return-value]
+            first + max(0, -(-(side - first) // step)) * step
+            for side, (first, step) in ((height, self.height), (width, self.width))
+        )
+
     def unfit(self, height: int, width: int) -> str | None:
         """Why height x width pixels is not on the grid; None where it is."""
         for name, side, (first, step) in (("height", height, self.height), ("width", width, self.width)):

@@ -287,6 +287,8 @@ def probe_jobs(passes: Passes, op: str, rows: int, side: int) -> list[Job]:
     backend = passes.backend
     image = backend.image
     height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
+    if image.grid:  # sizes off its grid would not be its passes
+        height, width = image.grid.at_least(height, width)
     generator = np.random.default_rng(0)
     labels = np.zeros(rows, np.int64) if backend.label_names else None
     if op == "decode":

@@ -143,8 +143,9 @@ class DiffusersBackend:
         if spec.temporal is not None:
             ratio = spec.temporal(config)
             first, step = spec.chunks(model) if spec.chunks else (1, spec.frame_step or ratio)
-            # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
-            frames = Frames(first, step, ratio, first + step, spec.fps, max(1, first // ratio))
+            # `sample` makes the shortest video with motion (a prior draw shows textures, not scenes):
+            # 1 + step frames, or the fewest a class takes where that is more than one (Allegro's tile).
+            frames = Frames(first, step, ratio, first + step if first == 1 else first, spec.fps, max(1, first // ratio))
         grid = None
         if spec.grid:  # tiles are its only way (diffusers raises NotImplementedError without them)
             grid = Grid(*spec.grid(model))

@@ -453,7 +453,12 @@ NOT_SERVED: dict[str, str] = {
     # Video and audio classes without a row yet (docs/api.md says what each needs).
     "AutoencoderKLMiniMaxH3": "its from_pretrained needs low_cpu_mem_usage (it keeps modules in float32), which "
     "needs the accelerate package, not installed here",
-    "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
+    "LTX2VideoDiffusionDecoderModel": "a decoder without an encoder whose decode(z, generator, num_inference_steps) "
+    "would fit the seed and steps options, but its neighborhood attention runs through FlexAttention, which "
+    "outside torch.compile materialises the whole T*H*W x T*H*W score matrix (at its smallest input, 17 frames "
+    "at 224x224, stage 5 attends over 53,312 patches: 11 GB per head in float32), and its other processor "
+    "(NATTEN) is fetched from the Hub at run time for GPUs only; latents under its stage kernels (7x7 at "
+    "LTX-2.5's) raise a ValueError: not served",
     "AutoencoderKLLTX2Audio": "decodes to a mel spectrogram that needs LTX-2's vocoder; not served",
     "MMAudioVAE": "decodes to a mel spectrogram that needs MMAudio's vocoder; not served",
     "AutoencoderKLKVAEAudio": "not yet a row",

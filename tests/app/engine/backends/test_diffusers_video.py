@@ -171,6 +171,8 @@ def test_allegro_on_its_tile_grid_equals_diffusers(loaded: dict[str, tuple[Diffu
     assert grid.unfit(136, 176) is None and grid.unfit(128, 128) is None
     assert grid.unfit(16, 24) == "height 16 is not 128 + 8k pixels (its tile grid)"
     assert grid.unfit(128, 160) == "width 160 is not 128 + 48k pixels (its tile grid)"
+    assert grid.at_least(32, 64) == (128, 128) and grid.at_least(130, 177) == (136, 224)  # probes: on its grid
+    assert rule.native == 24  # `sample` decodes one tile of frames
     x = video(24, height=128, width=176)  # two tiles side by side
     q = backend.encode(x)
     assert isinstance(q, LatentGaussian) and q.mean.shape == (1, 4, 6, 16, 22)

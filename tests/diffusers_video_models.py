@@ -279,7 +279,9 @@ def save_video_classes(folder: Path, names: list[str] | None = None) -> dict[str
     return save(folder, {name: TINY_VIDEO[name] for name in names or TINY_VIDEO})
 
 
-def in_process_decode(model: Any, z: torch.Tensor, seed: int = 0, timestep: float = 0.0, noise_scale: float | None = None) -> torch.Tensor:
+def in_process_decode(
+    model: Any, z: torch.Tensor, seed: int = 0, timestep: float = 0.0, noise_scale: float | None = None
+) -> torch.Tensor:
     """What diffusers gives for latents z (raw, [B, C, t, h, w]) in [-1, 1]: `decode(z)`, or for a
     timestep-conditioned LTX VAE LTXPipeline's decode step (its code, for one latent) with
     generator=Generator().manual_seed(seed) after torch.manual_seed(seed) (its decoder's injected

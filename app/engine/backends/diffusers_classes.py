@@ -50,7 +50,12 @@ def downsamples(key: str) -> Callable[[Config], int]:
 
 
 # LTX-Video's and LTX-2's down blocks' scaling: which axes each downsample_type halves.
-LTX_SCALES = {"conv": "spatial temporal", "spatiotemporal": "spatial temporal", "spatial": "spatial", "temporal": "temporal"}
+LTX_SCALES = {
+    "conv": "spatial temporal",
+    "spatiotemporal": "spatial temporal",
+    "spatial": "spatial",
+    "temporal": "temporal",
+}
 
 
 def ltx_blocks(axis: str) -> Callable[[Config], int]:

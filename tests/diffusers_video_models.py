@@ -3,6 +3,7 @@ of diffusers' own tests (tests/models/autoencoders/test_models_autoencoder_*.py)
 
 from __future__ import annotations
 
+import json
 from pathlib import Path
 from typing import Any
 
@@ -272,6 +273,28 @@ TINY_VIDEO: dict[str, tuple[str, dict[str, Any]]] = {
 # Classes on a fixed tile grid take no 16x24 video: their tests are their own.
 ON_A_GRID = {"tiny-allegro"}
 ANY_SIZE = [name for name in TINY_VIDEO if name not in ON_A_GRID]
+
+# Cosmos 1.0's statistics per channel and latent frame (4 channels, 3 frames), and its scheduler's sigma_data.
+COSMOS_MEAN = [0.05 * (i % 7) - 0.1 for i in range(12)]
+COSMOS_STD = [0.4 + 0.1 * (i % 5) for i in range(12)]
+COSMOS_SIGMA_DATA = 0.5
+
+
+def save_cosmos_pipeline(folder: Path) -> Path:
+    """A Cosmos 1.0 pipeline folder (model_index.json, vae/, scheduler/; no other component):
+    what its pipeline latents need beyond the VAE is its scheduler's sigma_data."""
+    kind, config = TINY_VIDEO["tiny-cosmos"]
+    save(folder, {"vae": (kind, {**config, "latents_mean": COSMOS_MEAN, "latents_std": COSMOS_STD})})
+    index = {
+        "_class_name": "CosmosTextToWorldPipeline",
+        "vae": ["diffusers", kind],
+        "scheduler": ["diffusers", "EDMEulerScheduler"],
+    }
+    (folder / "model_index.json").write_text(json.dumps(index))
+    (folder / "scheduler").mkdir()
+    scheduler = {"_class_name": "EDMEulerScheduler", "sigma_data": COSMOS_SIGMA_DATA}
+    (folder / "scheduler" / "scheduler_config.json").write_text(json.dumps(scheduler))
+    return folder
 
 
 def save_video_classes(folder: Path, names: list[str] | None = None) -> dict[str, Path]:

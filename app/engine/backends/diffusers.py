@@ -22,7 +22,7 @@ from __future__ import annotations
 
 import json
 import math
-from collections.abc import Hashable
+from collections.abc import Hashable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -34,7 +34,15 @@ from PIL.Image import Image
 from app.engine import progress
 from app.engine.backend import Feature, Frames, Grid, ImageSpec, LatentShape, Loaded
 from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec, Encoder
-from app.engine.backends.diffusers_folders import DiffusersError, Located, is_candidate, locate, model_name, sha256
+from app.engine.backends.diffusers_folders import (
+    DiffusersError,
+    Located,
+    is_candidate,
+    locate,
+    model_name,
+    read_json,
+    sha256,
+)
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
 from app.engine.errors import StartupError
 from model import DiagonalGaussian
@@ -93,12 +101,22 @@ def grid_misfit(grid: Grid | None, frames: Frames | None, factor: int) -> str | 
     return None
 
 
-def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace | None:
+def pipeline_space(
+    model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float, scheduler: Mapping[str, Any]
+) -> PipelineSpace | None:
     """The normalisation the class's pipelines apply to its latents (diffusers_latents.py); None
-    where it is not served."""
+    where it is not served, or where a fact it needs is not in the folder (`scheduler`: the config
+    of the pipeline's scheduler, where the VAE came from a pipeline folder)."""
     config = model.config
     if spec.normalisation == "none":
         return None
+    if spec.normalisation == "frames":  # CosmosTextToWorldPipeline: latents * latents_std / sigma_data + mean
+        if scheduler.get("sigma_data") is None:
+            return None
+        channels = int(config[spec.latent_channels])
+        mean = np.asarray(config.get("latents_mean") or [0.0] * channels, np.float32).reshape(channels, -1)
+        std = np.asarray(config.get("latents_std") or [1.0] * channels, np.float32).reshape(channels, -1)
+        return mean_std_space(mean, std / np.float32(scheduler["sigma_data"]), "frames")
     if spec.normalisation == "mean_std":
         return mean_std_space(config.latents_mean, config.latents_std)
     if spec.normalisation == "buffers":  # LTXPipeline._denormalize_latents: z * latents_std / scaling_factor + mean
@@ -118,7 +136,9 @@ class DiffusersBackend:
     family = "diffusers"
     label_names: tuple[str, ...] = ()
 
-    def __init__(self, model: torch.nn.Module, tile: int = DEFAULT_TILE) -> None:
+    def __init__(
+        self, model: torch.nn.Module, tile: int = DEFAULT_TILE, scheduler: Mapping[str, Any] | None = None
+    ) -> None:
         self.model = model.eval()  # reachable for hooks (e.g. counting decoder calls per tile)
         self.kind: str = type(model).__name__
         self.spec = spec = CLASSES[self.kind]
@@ -132,7 +152,7 @@ class DiffusersBackend:
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
         self.force_upcast = bool(getattr(config, "force_upcast", False))
-        self.pipeline = pipeline_space(model, spec, self.scaling_factor, self.shift_factor)
+        self.pipeline = pipeline_space(model, spec, self.scaling_factor, self.shift_factor, scheduler or {})
         self.tile = tile
         # The class's own tile stride, as a fraction of its tile (Wan-style and DC classes have one).
         default_tile = getattr(model, "tile_sample_min_height", None)
@@ -370,7 +390,15 @@ def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -
     kind = located.config.get("_class_name")
     gpu_dtype = CLASSES[kind].gpu_dtype if kind in CLASSES else "float32"  # else load_model says why not
     dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), gpu_dtype)
-    return DiffusersBackend(load_model(located, dtype).to(device), tile)
+    return DiffusersBackend(load_model(located, dtype).to(device), tile, scheduler_config(located))
+
+
+def scheduler_config(located: Located) -> dict[str, Any]:
+    """The config of the scheduler of the pipeline whose VAE `located` is, where it came from a
+    pipeline folder with one ({} else): Cosmos's pipeline latents take its sigma_data."""
+    root = located.folder.parent
+    path = root / "scheduler" / "scheduler_config.json"
+    return read_json(path) if (root / "model_index.json").is_file() and path.is_file() else {}
 
 
 class DiffusersFamily:

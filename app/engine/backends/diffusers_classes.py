@@ -30,9 +30,11 @@ Encoder = Literal["posterior", "latents", "latent", "mode", "first"]
 # "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents;
 # "buffers": (z - latents_mean) * scaling_factor / latents_std per channel, the statistics the VAE's
 # registered buffers (weights), not its config (LTXPipeline._normalize_latents, LTX-Video and LTX-2);
-# "none": the pipelines' normalisation is not served (Cosmos 1.0's is per channel and latent frame,
-# divided by the scheduler's sigma_data, which lives in the pipeline's scheduler folder, not the VAE's).
-Normalisation = Literal["scale", "mean_std", "batch_norm", "buffers", "none"]
+# "frames": (z - latents_mean) * sigma_data / latents_std per channel and latent frame, the config's
+# lists viewed [C, -1] and sigma_data the pipeline's scheduler's (Cosmos 1.0's pipelines): served
+# from a pipeline folder, whose scheduler/ has it, not from the VAE's folder alone;
+# "none": the pipelines' normalisation is not served.
+Normalisation = Literal["scale", "mean_std", "batch_norm", "buffers", "frames", "none"]
 # The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
 # bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
 # the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
@@ -344,7 +346,7 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
     "AutoencoderKLCosmos": ClassSpec(
         "mode",
         value("spatial_compression_ratio"),
-        normalisation="none",
+        normalisation="frames",
         gpu_dtype="bfloat16",
         temporal=value("temporal_compression_ratio"),
         fps=30,

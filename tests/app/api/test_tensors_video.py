@@ -21,7 +21,17 @@ from app.engine.backends.diffusers import DiffusersBackend, as_images, as_video
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
 from app.engine.backends.diffusers_classes import VIDEO_CLASSES
-from tests.diffusers_video_models import ANY_SIZE, WAN_MEAN, WAN_STD, in_process_decode, save_video_classes
+from tests.diffusers_video_models import (
+    ANY_SIZE,
+    COSMOS_MEAN,
+    COSMOS_SIGMA_DATA,
+    COSMOS_STD,
+    WAN_MEAN,
+    WAN_STD,
+    in_process_decode,
+    save_cosmos_pipeline,
+    save_video_classes,
+)
 
 diffusers = pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
@@ -52,6 +62,7 @@ def load(folders: dict[str, Path]) -> dict[str, torch.nn.Module]:
 @pytest.fixture(scope="module")
 def server(models: dict[str, torch.nn.Module], tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
     folder = Path(str(models["tiny-wan"].config["_name_or_path"])).parent
+    save_cosmos_pipeline(folder / "tiny-cosmos-pipeline")  # a pipeline folder: Cosmos's pipeline latents
     with served(folder, tmp_path_factory.mktemp("logs"), max_pixels=MOST_FRAMES * HEIGHT * WIDTH) as replica:
         yield replica.url
 
@@ -175,6 +186,24 @@ def test_ltx_pipeline_latents_are_denormalised_by_the_vae_buffers(
     decoded = remote_decode(endpoint, normalised, processor=VideoProcessor(), output_type="pt", return_type="pt")
     denormalised = normalised * std / model.config.scaling_factor + mean  # LTXPipeline._denormalize_latents
     torch.testing.assert_close(decoded, in_process(model, denormalised), rtol=0, atol=FLOAT_TOLERANCE)
+
+
+def test_cosmos_pipeline_latents_from_its_pipeline_folder(models: dict[str, torch.nn.Module], server: str) -> None:
+    """CosmosTextToWorldPipeline's decode step: per channel and latent frame, its scheduler's sigma_data."""
+    folder = Path(str(models["tiny-wan"].config["_name_or_path"])).parent / "tiny-cosmos-pipeline" / "vae"
+    model = diffusers.AutoencoderKLCosmos.from_pretrained(folder, local_files_only=True, low_cpu_mem_usage=False)
+    normalised = torch.randn(1, 4, 3, 2, 3, generator=torch.Generator().manual_seed(4))
+    mean = torch.tensor(COSMOS_MEAN).view(1, 4, -1, 1, 1)[:, :, :3]
+    std = torch.tensor(COSMOS_STD).view(1, 4, -1, 1, 1)[:, :, :3]
+    endpoint = f"{server}/v1/models/tiny-cosmos-pipeline/decode?latents=pipeline"
+    decoded = remote_decode(endpoint, normalised, processor=VideoProcessor(), output_type="pt", return_type="pt")
+    with torch.inference_mode():
+        expected = model.eval().decode(normalised * std / COSMOS_SIGMA_DATA + mean).sample
+    torch.testing.assert_close(decoded, expected, rtol=0, atol=FLOAT_TOLERANCE)
+    longer = np.zeros((1, 4, 4, 2, 3), np.float32)  # 13 frames: past the 3 latent frames of its statistics
+    query = {"shape": longer.shape, "output_type": "pt", "latents": "pipeline"}
+    answer = httpx.post(endpoint.split("?")[0], params=query, content=longer.tobytes(), timeout=60)
+    assert answer.status_code == 422 and "statistics cover 3 latent frames; got 4" in answer.json()["detail"]
 
 
 def test_ltx_091_takes_its_decode_timestep_and_seed_from_the_request(

@@ -3,6 +3,7 @@ class computes in diffusers for videos [B, C, T, H, W], with the frame counts it
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import numpy as np
@@ -230,3 +231,23 @@ def test_vidtok_encodes_as_its_forward_and_decodes_as_diffusers(
     decoded = backend.decode(z)
     assert decoded.shape == x.shape
     torch.testing.assert_close(decoded, model.decode(z) * 0.5 + 0.5, rtol=0, atol=1e-5)
+
+
+@torch.inference_mode()
+def test_cosmos_pipeline_latents_from_a_pipeline_folder(tmp_path: Path) -> None:
+    """Per channel and latent frame, with its scheduler's sigma_data: CosmosTextToWorldPipeline's
+    decode step and CosmosVideoToWorldPipeline's encode step; a VAE folder alone has no sigma_data."""
+    from tests.diffusers_video_models import COSMOS_MEAN, COSMOS_SIGMA_DATA, COSMOS_STD, save_cosmos_pipeline
+
+    backend = load_diffusers(save_cosmos_pipeline(tmp_path / "cosmos"), CPU)
+    space = backend.pipeline
+    assert space is not None and space.kind == "frames" and space.frames == 3
+    z = torch.randn(1, 4, 2, 2, 3, generator=torch.Generator().manual_seed(0))
+    mean = torch.tensor(COSMOS_MEAN).view(1, 4, -1, 1, 1)[:, :, :2]
+    std = torch.tensor(COSMOS_STD).view(1, 4, -1, 1, 1)[:, :, :2]
+    to_vae = z * std / COSMOS_SIGMA_DATA + mean  # the pipeline's, before vae.decode
+    np.testing.assert_allclose(space.to_vae(z.numpy()), to_vae.numpy(), rtol=0, atol=1e-6)
+    from_vae = (z - mean) * COSMOS_SIGMA_DATA / std  # the video2world pipeline's, after vae.encode
+    np.testing.assert_allclose(space.from_vae(z.numpy()), from_vae.numpy(), rtol=0, atol=1e-6)
+    alone = load_diffusers(shutil.copytree(tmp_path / "cosmos" / "vae", tmp_path / "alone"), CPU)
+    assert alone.pipeline is None and alone.describe()["pipeline_latents"] is None

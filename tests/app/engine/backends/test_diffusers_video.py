@@ -251,3 +251,21 @@ def test_cosmos_pipeline_latents_from_a_pipeline_folder(tmp_path: Path) -> None:
     np.testing.assert_allclose(space.from_vae(z.numpy()), from_vae.numpy(), rtol=0, atol=1e-6)
     alone = load_diffusers(shutil.copytree(tmp_path / "cosmos" / "vae", tmp_path / "alone"), CPU)
     assert alone.pipeline is None and alone.describe()["pipeline_latents"] is None
+
+
+@pytest.mark.parametrize(
+    "config",
+    [
+        # LTX-Video 0.9.0 and 0.9.1 (no ratios stated, "conv" blocks), 0.9.5+ and LTX-2 (stated), as
+        # diffusers' conversion scripts write them: 32x in space, 8x in time, all served.
+        {"spatio_temporal_scaling": [True, True, True, False], "patch_size": 4, "patch_size_t": 1,
+         "layers_per_block": [4, 3, 3, 3, 4]},
+        {"spatio_temporal_scaling": [True, True, True, True], "patch_size": 4, "patch_size_t": 1,
+         "layers_per_block": [4, 6, 6, 2, 2], "spatial_compression_ratio": 32, "temporal_compression_ratio": 8,
+         "downsample_type": ["spatial", "temporal", "spatiotemporal", "spatiotemporal"]},
+    ],
+)  # fmt: skip
+def test_released_ltx_configs_compress_as_they_state(config: dict[str, object]) -> None:
+    from app.engine.backends.diffusers_classes import ltx_attributes, ltx_blocks
+
+    assert (ltx_blocks("spatial")(config), ltx_blocks("temporal")(config), ltx_attributes(config)) == (32, 8, None)

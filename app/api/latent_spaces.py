@@ -37,10 +37,15 @@ class Packed:
     latents: list[int]  # the model's latent shape, as a client would give it
 
 
-def pipeline(model: LoadedModel) -> PipelineSpace:
+def pipeline(model: LoadedModel, z: np.ndarray | None = None) -> PipelineSpace:
+    """The model's pipeline space; with latents `z`, checked to cover their latent frames."""
     space = getattr(model.backend, "pipeline", None)
     if space is None:
         raise unprocessable(f"latents: model '{model.name}' has no pipeline latents; send its own (latents=vae)")
+    if z is not None and space.frames is not None and z.shape[2] > space.frames:
+        raise unprocessable(
+            f"latents: model '{model.name}''s pipeline statistics cover {space.frames} latent frames; got {z.shape[2]}"
+        )
     return space
 
 
@@ -89,7 +94,7 @@ def to_model(
         h, w = shape[-2:]
         z = unpack(z, h, w)
     if space == "pipeline":
-        z = pipeline(model).to_vae(flat(model, z))
+        z = pipeline(model, z).to_vae(flat(model, z))
     else:
         z = scale(z)
     return np.ascontiguousarray(z.reshape(shape), dtype=np.float32)
@@ -98,7 +103,7 @@ def to_model(
 def from_model(model: LoadedModel, z: np.ndarray, space: str, scale: Elementwise, packing: bool) -> np.ndarray:
     """The model's latents as the request asked for them."""
     if space == "pipeline":
-        z = pipeline(model).from_vae(flat(model, z))
+        z = pipeline(model, z).from_vae(flat(model, z))
     else:
         z = scale(z)
     if packing:

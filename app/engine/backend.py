@@ -54,27 +54,52 @@ Media = Literal["image", "video", "audio"]
 class Frames:
     """The frame counts a video model takes: `first + step * k` for k >= 0 (1 + 4k for the causal
     video VAEs, whose first frame is encoded alone and every `ratio` frames after it into one
-    latent frame; CogVideoX encodes 8 frames at a time: 1 + 8k), and its latent frame counts."""
+    latent frame; CogVideoX encodes 8 frames at a time: 1 + 8k; Allegro's tiles hold 24 frames
+    and step by 16: 24 + 16k), and its latent frame counts."""
 
     first: int
     step: int
     ratio: int  # the temporal compression: frames per latent frame after the first
     native: int  # what `sample` makes
     fps: float  # the frame rate its pipelines export videos at: an mp4's, unless the request says
+    first_latent: int = 1  # latent frames of the first `first` frames (first / ratio where not causal)
 
     def accepts(self, frames: int) -> bool:
         return frames >= self.first and (frames - self.first) % self.step == 0
 
     def latent(self, frames: int) -> int:
         """Latent frames of a video of `frames` frames (a count it accepts)."""
-        return 1 + (frames - self.first) // self.ratio
+        return self.first_latent + (frames - self.first) // self.ratio
 
     def decoded(self, latent: int) -> int:
         """Frames a decode of `latent` latent frames makes."""
-        return self.first + (latent - 1) * self.ratio
+        return self.first + (latent - self.first_latent) * self.ratio
 
     def rule(self) -> str:
         return f"{self.first} + {self.step}k"
+
+
+@dataclass(frozen=True)
+class Grid:
+    """Sides a model takes on a fixed tile grid: `first + step * k` pixels, (first, step) per side
+    (Allegro's tiles must cover a video exactly: what they miss decodes to zeros)."""
+
+    height: tuple[int, int]
+    width: tuple[int, int]
+
+    def at_least(self, height: int, width: int) -> tuple[int, int]:
+        """The smallest sides on the grid of at least height x width pixels."""
+        return tuple(  # type: ignore[return-value]
+            first + max(0, -(-(side - first) // step)) * step
+            for side, (first, step) in ((height, self.height), (width, self.width))
+        )
+
+    def unfit(self, height: int, width: int) -> str | None:
+        """Why height x width pixels is not on the grid; None where it is."""
+        for name, side, (first, step) in (("height", height, self.height), ("width", width, self.width)):
+            if side < first or (side - first) % step:
+                return f"{name} {side} is not {first} + {step}k pixels (its tile grid)"
+        return None
 
 
 @dataclass(frozen=True)
@@ -95,6 +120,7 @@ class ImageSpec:
     value_range: tuple[float, float] = (0.0, 1.0)
     frames: Frames | None = None  # a video model's frame counts; None: images
     sample_rate: int | None = None  # an audio model's, in Hz; None: images or videos
+    grid: Grid | None = None  # sides on a fixed tile grid (multiples of `multiple` too); None: any multiple
 
     @property
     def media(self) -> Media:
@@ -138,8 +164,9 @@ class Backend(Protocol):
     encodes and decodes in tiles (the memory estimate counts one tile's working memory,
     app/engine/memory.py); the passes of a variable-size model are calibrated on
     small images (app/engine/passes.py). A backend whose decoder takes inputs from the request (a
-    seeded decoder's seed) names them in `decode_options` (name -> an object with `default`);
-    `decode` then also takes `options`, [B, k] int64, row i's values in that order.
+    seeded decoder's seed) names them in `decode_options` (name -> an object with `default` and
+    `column(value)`, its value as an int64); `decode` then also takes `options`, [B, k] int64,
+    row i's columns in that order.
     """
 
     family: str

@@ -99,7 +99,7 @@ class ArrayJob:  # decode (x: latents), encode and reconstruct (x: images)
     labels: np.ndarray | None  # int64 class indices
     values: bool = False  # decode, reconstruct: float32 images [B, C, H, W] in [0, 1], not uint8 pixels
     seed: int | None = None  # encode: also draw a posterior sample from `seeded(seed)`
-    options: tuple[int, ...] = ()  # decode: values of the backend's `decode_options`, in their order
+    options: tuple[int, ...] = ()  # decode: the backend's `decode_options`' columns (option.column), in order
 
 
 @dataclass
@@ -270,8 +270,8 @@ Job = SampleJob | ArrayJob | ScoreJob
 
 
 def default_options(backend: Backend) -> tuple[int, ...]:
-    """The defaults of the backend's `decode_options`, in their order (none for most models)."""
-    return tuple(option.default for option in getattr(backend, "decode_options", {}).values())
+    """The defaults of the backend's `decode_options`, as columns in their order (none for most models)."""
+    return tuple(option.column(option.default) for option in getattr(backend, "decode_options", {}).values())
 
 
 def units(job: Job, latent_size: int) -> int:
@@ -315,6 +315,8 @@ def probe_jobs(passes: Passes, op: str, rows: int, side: int, longer: bool = Fal
     backend = passes.backend
     image = backend.image
     height, width = (image.height, image.width) if image.fixed_size else (side * image.multiple,) * 2
+    if image.grid:  # sizes off its grid would not be its passes
+        height, width = image.grid.at_least(height, width)
     generator = np.random.default_rng(0)
     labels = np.zeros(rows, np.int64) if backend.label_names else None
     video = image.frames
@@ -636,7 +638,7 @@ class Engine:
         options: tuple[int, ...] = (),
     ) -> np.ndarray:
         """uint8 pixels [B, H, W, C]; with `values`, the float32 images [B, C, H, W] in [0, 1].
-        `options`: values of the backend's `decode_options` (e.g. a seeded decoder's seed and steps)."""
+        `options`: the backend's `decode_options` as columns (e.g. a seeded decoder's seed and steps)."""
         options = options or default_options(model.backend)
         z, labels = model.checked("decode", z, labels)
         job = ArrayJob(z, labels, values, options=options)

@@ -155,6 +155,8 @@ class Passes:
         image, device, classes = backend.image, backend.device, len(backend.label_names)
         generator = torch.Generator().manual_seed(0)
         height, width = (image.height, image.width) if image.fixed_size else (PROBE_SIDE * image.multiple,) * 2
+        if image.grid:  # sizes off its grid would not be its passes
+            height, width = image.grid.at_least(height, width)
         x = torch.rand(rows, *image.item(height, width), generator=generator).to(device)
         latent = backend.latent_shape(height, width)  # a concrete shape, given the size
         z = torch.randn(rows, *latent, generator=generator).to(device, backend.dtype)  # type: ignore[misc]

@@ -100,6 +100,10 @@ class LoadedModel:
                 f"latents: {z.shape[2]} latent frames decode to {frames.decoded(z.shape[2])} frames; "
                 f"model '{self.name}' takes {frames.rule()} frames"
             )
+        grid, multiple = self.backend.image.grid, self.backend.image.multiple
+        unfit = grid and grid.unfit(z.shape[-2] * multiple, z.shape[-1] * multiple)
+        if unfit:
+            raise BadLatentShape(f"latents: {list(z.shape)} decode to {unfit} of model '{self.name}'")
         return np.ascontiguousarray(z, dtype=np.float32)
 
     def _image_rows(self, x: np.ndarray) -> np.ndarray:
@@ -123,6 +127,9 @@ class LoadedModel:
             raise InvalidInput(
                 f"images: {width}x{height}; model '{self.name}' needs sides that are multiples of {spec.multiple}"
             )
+        unfit = spec.grid and spec.grid.unfit(height, width)
+        if unfit:
+            raise InvalidInput(f"images: {width}x{height}: {unfit} of model '{self.name}'")
         return np.ascontiguousarray(x, dtype=np.float32)
 
     def _label_rows(self, labels: np.ndarray | None, count: int, what: str) -> np.ndarray | None:

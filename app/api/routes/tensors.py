@@ -210,20 +210,23 @@ def image_shape(model: LoadedModel, given: list[int], settings: Settings) -> tup
     return shape
 
 
-def decode_options(model: LoadedModel, given: dict[str, int | None]) -> tuple[int, ...]:
-    """The values of the model's decode options (a seeded decoder's seed and steps), defaults
-    where not given; an option the model does not take is a 422, never ignored."""
+def decode_options(model: LoadedModel, given: dict[str, float | None]) -> tuple[int, ...]:
+    """The model's decode options (a seeded decoder's seed and steps, LTX-Video's decode
+    timestep) as the engine's columns, defaults where not given; an option the model does not
+    take is a 422, never ignored."""
     declared = getattr(model.backend, "decode_options", {})
     for name, value in given.items():
         if value is not None and name not in declared:
-            raise unprocessable(f"{name}: model '{model.name}' has a deterministic decoder; leave {name} out")
-    values = []
+            raise unprocessable(f"{name}: model '{model.name}' does not take it in its decode; leave {name} out")
+    values: dict[str, float] = {}
     for name, option in declared.items():
-        value = option.default if given.get(name) is None else given[name]
+        value = given.get(name)
+        if value is None:
+            value = values[option.default_to] if option.default_to else option.default
         if not option.low <= value <= option.high:
             raise unprocessable(f"{name}: between {option.low} and {option.high} ({option.description}); got {value}")
-        values.append(value)
-    return tuple(values)
+        values[name] = value
+    return tuple(option.column(values[name]) for name, option in declared.items())
 
 
 def known_parameters(request: Request, route: Callable[..., object]) -> None:
@@ -316,8 +319,16 @@ async def decode_tensor(
         int | None, Query(ge=1, le=2**20, description="Packed latents [B, S, 4C]: the images' width in pixels")
     ] = None,
     latents: Space = "vae",
-    seed: Annotated[int | None, Query(ge=0, le=MAX_SEED, description="A seeded decoder's noise (consistency)")] = None,
+    seed: Annotated[
+        int | None, Query(ge=0, le=MAX_SEED, description="A seeded decoder's noise (consistency, LTX-Video 0.9.1+)")
+    ] = None,
     steps: Annotated[int | None, Query(description="A seeded decoder's steps (consistency decoder: 2)")] = None,
+    decode_timestep: Annotated[
+        float | None, Query(description="LTX-Video 0.9.1+ and LTX-2: the decoder's timestep (temb), as LTXPipeline's")
+    ] = None,
+    decode_noise_scale: Annotated[
+        float | None, Query(description="LTX-Video 0.9.1+ and LTX-2: noise mixed into the latents (LTXPipeline's)")
+    ] = None,
     labels: Labels = None,
 ) -> Response:
     known_parameters(request, decode_tensor)
@@ -347,7 +358,10 @@ async def decode_tensor(
         raise unprocessable(f"image_format: model '{model.name}' makes RGBA images, which JPEG cannot hold: use png")
     classes = model.label_array(labels, batch[0], "latent")
     check(model, latents, layout is not None, "send [B, S, 4C] with height and width")
-    options = decode_options(model, {"seed": seed, "steps": steps})
+    options = decode_options(
+        model,
+        {"seed": seed, "steps": steps, "decode_timestep": decode_timestep, "decode_noise_scale": decode_noise_scale},
+    )
     scale = scaling(model, scaling_factor, shift_factor, do_scaling, latents).to_model
     body = await body_tensor(request, layout.shape if layout else batch, dtype)
     z = to_model(model, body, batch, latents, scale, layout)

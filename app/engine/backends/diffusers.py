@@ -23,7 +23,7 @@ from __future__ import annotations
 import importlib
 import json
 import math
-from collections.abc import Callable, Hashable
+from collections.abc import Callable, Hashable, Mapping
 from contextlib import AbstractContextManager, nullcontext
 from pathlib import Path
 from typing import Any
@@ -33,8 +33,8 @@ import torch
 from PIL.Image import Image
 
 from app.engine import progress
-from app.engine.backend import Feature, Frames, ImageSpec, LatentShape, Loaded
-from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec
+from app.engine.backend import Feature, Frames, Grid, ImageSpec, LatentShape, Loaded
+from app.engine.backends.diffusers_classes import CLASSES, NOT_SERVED, ClassSpec, Encoder
 from app.engine.backends.diffusers_folders import (
     VOCODER,
     DiffusersError,
@@ -43,6 +43,7 @@ from app.engine.backends.diffusers_folders import (
     is_candidate,
     locate,
     model_name,
+    read_json,
     sha256,
 )
 from app.engine.backends.diffusers_latents import PipelineSpace, batch_norm_space, mean_std_space, scale_space
@@ -111,16 +112,41 @@ def joined(encoded: list[LatentGaussian] | list[torch.Tensor]) -> LatentGaussian
     return torch.cat(encoded)  # type: ignore[arg-type]
 
 
-def pipeline_space(model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float) -> PipelineSpace | None:
+def grid_misfit(grid: Grid | None, frames: Frames | None, factor: int) -> str | None:
+    """Why a class's tile grid (and chunks of frames) do not fall on whole latent steps, where
+    they do not: its latents' tiles would not be its pixels' tiles."""
+    sides = [(f"tile side {size}", size, factor) for pair in (grid.height, grid.width) for size in pair] if grid else []
+    if frames and frames.first_latent > 1:
+        sides += [(f"frame chunk {size}", size, frames.ratio) for size in (frames.first, frames.step)]
+    for name, size, step in sides:
+        if size <= 0 or size % step:
+            return f"its {name} is not a positive multiple of its compression {step}"
+    return None
+
+
+def pipeline_space(
+    model: torch.nn.Module, spec: ClassSpec, scaling: float, shift: float, scheduler: Mapping[str, Any]
+) -> PipelineSpace | None:
     """The normalisation the class's pipelines apply to its latents (diffusers_latents.py); None
-    where it is not served."""
+    where it is not served, or where a fact it needs is not in the folder (`scheduler`: the config
+    of the pipeline's scheduler, where the VAE came from a pipeline folder)."""
     config = model.config
     if spec.normalisation == "none":
         return None
+    if spec.normalisation == "frames":  # CosmosTextToWorldPipeline: latents * latents_std / sigma_data + mean
+        if scheduler.get("sigma_data") is None:
+            return None
+        channels = int(config[spec.latent_channels])
+        mean = np.asarray(config.get("latents_mean") or [0.0] * channels, np.float32).reshape(channels, -1)
+        std = np.asarray(config.get("latents_std") or [1.0] * channels, np.float32).reshape(channels, -1)
+        return mean_std_space(mean, std / np.float32(scheduler["sigma_data"]), "frames")
     if spec.normalisation == "mean_std":
         if config.get("latents_mean") is None:  # a config without statistics (MiniMax H3 audio's may lack them)
             return None
         return mean_std_space(config.latents_mean, config.latents_std)
+    if spec.normalisation == "buffers":  # LTXPipeline._denormalize_latents: z * latents_std / scaling_factor + mean
+        mean, std = (buffer.float().cpu().numpy() for buffer in (model.latents_mean, model.latents_std))
+        return mean_std_space(mean, std / np.float32(scaling), "buffers")
     if spec.normalisation == "batch_norm":
         bn = model.bn
         return batch_norm_space(
@@ -136,7 +162,11 @@ class DiffusersBackend:
     label_names: tuple[str, ...] = ()
 
     def __init__(
-        self, model: torch.nn.Module, tile: int = DEFAULT_TILE, vocoder: torch.nn.Module | None = None
+        self,
+        model: torch.nn.Module,
+        tile: int = DEFAULT_TILE,
+        vocoder: torch.nn.Module | None = None,
+        scheduler: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model.eval()  # reachable for hooks (e.g. counting decoder calls per tile)
         self.vocoder = vocoder if vocoder is None else vocoder.eval()  # mel -> waveform, where the class needs one
@@ -155,7 +185,7 @@ class DiffusersBackend:
         self.scaling_factor = float(getattr(config, "scaling_factor", None) or 1.0)
         self.shift_factor = float(getattr(config, "shift_factor", None) or 0.0)
         self.force_upcast = bool(getattr(config, "force_upcast", False))
-        self.pipeline = pipeline_space(model, spec, self.scaling_factor, self.shift_factor)
+        self.pipeline = pipeline_space(model, spec, self.scaling_factor, self.shift_factor, scheduler or {})
         self.tile = tile
         # The class's own tile stride, as a fraction of its tile (Wan-style and DC classes have one).
         default_tile = getattr(model, "tile_sample_min_height", None)
@@ -165,9 +195,18 @@ class DiffusersBackend:
         frames = None
         if spec.temporal is not None:
             ratio = spec.temporal(config)
-            step = spec.frame_step or ratio
-            # `sample` makes the shortest video with motion: a prior draw shows textures, not scenes.
-            frames = Frames(1, step, ratio, 1 + step, spec.fps)
+            first, step = spec.chunks(model) if spec.chunks else (1, spec.frame_step or ratio)
+            # `sample` makes the shortest video with motion (a prior draw shows textures, not scenes):
+            # 1 + step frames, or the fewest a class takes where that is more than one (Allegro's tile).
+            frames = Frames(first, step, ratio, first + step if first == 1 else first, spec.fps, max(1, first // ratio))
+        grid = None
+        if spec.grid:  # tiles are its only way (diffusers raises NotImplementedError without them)
+            grid = Grid(*spec.grid(model))
+            model.use_tiling = True
+            self.max_rows = 1  # its tile loops hold one video at a time
+        unaligned = grid_misfit(grid, frames, self.factor)
+        if unaligned:
+            raise DiffusersError(f"this {self.kind} is not served: {unaligned}")
         side = self.sample_size
         sample_rate = number(facts, spec.sample_rate)
         height, width = (side, side)
@@ -178,15 +217,18 @@ class DiffusersBackend:
                 frames = Frames(first, ratio, ratio, first + (hops - first) // ratio * ratio, 0)
                 hops = frames.native
             height, width = 1, hops * self.factor
-        self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate)
-        gaussian: tuple[Feature, ...] = ("prior", "posterior") if spec.encoder == "posterior" else ()
+        self.image = ImageSpec(channels, height, width, False, self.factor, (-1.0, 1.0), frames, sample_rate, grid)
+        self.encoder: Encoder = spec.encoder(config) if callable(spec.encoder) else spec.encoder
+        self.lead_frames = spec.lead_frames(config)
+        gaussian: tuple[Feature, ...] = ("prior", "posterior") if self.encoder == "posterior" else ()
         features: set[Feature] = {"encoder", "decoder", *gaussian}
         # Decoder-only weights (Cosmos3's sound tokenizer drops its encoder), or an encoder that takes
         # what diffusers cannot make from a waveform (LTX-2's mel).
         if getattr(model, "encoder", True) is None or not spec.waveform_encoder:
             features -= {"encoder", "posterior"}
         self.features = frozenset(features)
-        self.decode_options = spec.decode_options
+        # LTX-Video's options come with its timestep-conditioned configs (0.9.1+) only.
+        self.decode_options = spec.decode_options if spec.options_if is None or config.get(spec.options_if) else {}
 
     @property
     def device(self) -> torch.device:
@@ -250,6 +292,8 @@ class DiffusersBackend:
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
+        if self.lead_frames:  # copies of the first frame before the video (causal VidTok's forward)
+            x = torch.cat([x[:, :, :1].expand(-1, -1, self.lead_frames, -1, -1), x], dim=2)
         rows = len(x)
         if self.spec.frames_as_images:
             x = as_images(x)
@@ -264,10 +308,12 @@ class DiffusersBackend:
         """What the class's encode gives for x, as the row says to read it."""
         spec = self.spec
         encoded = self.model.encode(x, **spec.encode_options)
-        if spec.encoder == "mode":
+        if self.encoder == "mode":
             return encoded.latent_dist.mode()
-        if spec.encoder != "posterior":
-            return getattr(encoded, spec.encoder)
+        if self.encoder == "first":
+            return encoded[0]
+        if self.encoder != "posterior":
+            return getattr(encoded, self.encoder)
         q = encoded.latent_dist
         log_variance = q.logvar if spec.posterior_log == "logvar" else 2.0 * q.logs
         if spec.frames_as_images:
@@ -295,18 +341,22 @@ class DiffusersBackend:
             images = sample(self.vocoder(images.to(self.vocoder.dtype)))
         if self.spec.frames:
             images = images[:, :, 0]
+        if self.spec.frames_first:  # [B, T, C, H, W] -> [B, C, T, H, W]
+            images = images.transpose(1, 2)
         return (images * 0.5 + 0.5).float()
 
     def _decode_row(self, z: torch.Tensor, options: torch.Tensor | None) -> torch.Tensor:
-        """One row with its own generator: what `decode(z, generator=Generator().manual_seed(seed),
-        num_inference_steps=steps)` gives for that latent alone (ConsistencyDecoderVAE)."""
-        values = {name: option.default for name, option in self.decode_options.items()}
+        """One row with its own generator: what the class's decode gives for that latent alone with
+        `generator=Generator().manual_seed(seed)` and the other options' values (the row's
+        `seeded_decode`: ConsistencyDecoderVAE's steps, LTX-Video's decode timestep)."""
+        declared = self.decode_options
+        values = {name: option.default for name, option in declared.items()}
         if options is not None:
-            values = {name: int(v) for name, v in zip(values, options.tolist(), strict=True)}
+            values = {name: declared[name].value(v) for name, v in zip(values, options.tolist(), strict=True)}
         # A CPU generator, as in diffusers' examples: the same noise (randn_tensor draws on the
         # generator's device, then moves it) whatever device decodes.
-        generator = seeded(values.pop("seed"))
-        return self.model.decode(z, generator=generator, num_inference_steps=values.pop("steps")).sample
+        assert self.spec.seeded_decode is not None
+        return self.spec.seeded_decode(self.model, z, values, seeded(int(values["seed"])))
 
     def prior(self, n: int, generator: torch.Generator) -> torch.Tensor:
         """n draws of the N(0, I) prior of the KL term, at the native size. Valid, but these
@@ -355,7 +405,7 @@ class DiffusersBackend:
             "image_channels": self.image.channels,
             "scaling_factor": self.scaling_factor,
             "shift_factor": self.shift_factor,
-            "stochastic_encoder": self.spec.encoder == "posterior",
+            "stochastic_encoder": self.encoder == "posterior",
             "pipeline_latents": self.pipeline.describe() if self.pipeline else None,
             "decode_options": {name: option.description for name, option in self.decode_options.items()},
             "force_upcast": self.force_upcast,
@@ -453,7 +503,15 @@ def load_located(located: Located, device: torch.device, tile: int = DEFAULT_TIL
     dtype = compute_dtype(device, bool(located.config.get("force_upcast", False)), gpu_dtype)
     model = load_model(located, dtype).to(device)
     vocoder = load_vocoder(located, CLASSES[kind], dtype)
-    return DiffusersBackend(model, tile, vocoder if vocoder is None else vocoder.to(device))
+    return DiffusersBackend(model, tile, vocoder if vocoder is None else vocoder.to(device), scheduler_config(located))
+
+
+def scheduler_config(located: Located) -> dict[str, Any]:
+    """The config of the scheduler of the pipeline whose VAE `located` is, where it came from a
+    pipeline folder with one ({} else): Cosmos's pipeline latents take its sigma_data."""
+    root = located.folder.parent
+    path = root / "scheduler" / "scheduler_config.json"
+    return read_json(path) if (root / "model_index.json").is_file() and path.is_file() else {}
 
 
 def load_diffusers(path: Path, device: torch.device, tile: int = DEFAULT_TILE) -> DiffusersBackend:

@@ -16,18 +16,25 @@ from collections.abc import Callable, Mapping
 from dataclasses import dataclass, field
 from typing import Any, Literal
 
+import numpy as np
+
 Config = Mapping[str, Any]
 # What `encode()` returns: a diagonal Gaussian posterior (`.latent_dist`), or deterministic
-# latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's):
+# latents (`.latents`, `.latent`; "mode": `.latent_dist.mode()` of an IdentityDistribution, Cosmos's;
+# "first": the first of the tuple it returns, VidTok's FSQ-quantised latents):
 # VQModel's are its unquantised latents (its decode quantises).
-Encoder = Literal["posterior", "latents", "latent", "mode"]
+Encoder = Literal["posterior", "latents", "latent", "mode", "first"]
 # How the class's pipelines normalise latents before the transformer sees them:
 # "scale": (z - shift_factor) * scaling_factor (SD, SDXL, Flux.1, Sana, ...);
 # "mean_std": (z - latents_mean) / latents_std per channel (Qwen-Image, Wan-style VAEs);
 # "batch_norm": Flux.2's batch-norm running statistics over 2x2-patchified latents;
-# "none": the pipelines' normalisation is not served (LTX-Video's statistics are weight buffers;
-# Cosmos's are per channel and latent frame, scaled by the pipeline's sigma_data).
-Normalisation = Literal["scale", "mean_std", "batch_norm", "none"]
+# "buffers": (z - latents_mean) * scaling_factor / latents_std per channel, the statistics the VAE's
+# registered buffers (weights), not its config (LTXPipeline._normalize_latents, LTX-Video and LTX-2);
+# "frames": (z - latents_mean) * sigma_data / latents_std per channel and latent frame, the config's
+# lists viewed [C, -1] and sigma_data the pipeline's scheduler's (Cosmos 1.0's pipelines): served
+# from a pipeline folder, whose scheduler/ has it, not from the VAE's folder alone;
+# "none": the pipelines' normalisation is not served.
+Normalisation = Literal["scale", "mean_std", "batch_norm", "buffers", "frames", "none"]
 # The dtype a class computes in on a GPU, as its pipelines run it: float16 for SD-era VAEs,
 # bfloat16 where the pipelines run in bfloat16 (float16's range overflows there), float32 where
 # the pipeline keeps the VAE in float32 (Sana's DC-AE) or none says.
@@ -44,15 +51,54 @@ def downsamples(key: str) -> Callable[[Config], int]:
     return lambda config: 2 ** len(config[key])
 
 
-def ltx(axis: str, patch: str) -> Callable[[Config], int]:
-    """LTX-Video's compression along `axis` (spatial, temporal): the config's, else a factor of 2
-    per scaling block times the patch size, as AutoencoderKLLTXVideo computes it."""
+# LTX-Video's and LTX-2's down blocks' scaling: which axes each downsample_type halves.
+LTX_SCALES = {
+    "conv": "spatial temporal",
+    "spatiotemporal": "spatial temporal",
+    "spatial": "spatial",
+    "temporal": "temporal",
+}
+
+
+def ltx_blocks(axis: str) -> Callable[[Config], int]:
+    """LTX-Video's and LTX-2's compression along `axis` (spatial, temporal) as their blocks do it:
+    the patch size, times 2 per scaling block whose downsample_type halves that axis (LTX-Video
+    0.9.0's "conv" blocks halve both)."""
 
     def ratio(config: Config) -> int:
-        given = config.get(f"{axis}_compression_ratio")
-        return int(given) if given else int(config[patch]) * 2 ** sum(config["spatio_temporal_scaling"])
+        patch = config["patch_size" if axis == "spatial" else "patch_size_t"]
+        scaling = config["spatio_temporal_scaling"]
+        if isinstance(scaling, bool):  # LTX-2 takes one flag for every block after the first
+            scaling = [scaling] * (len(config["layers_per_block"]) - 1)
+        types = config.get("downsample_type") or ["conv"] * len(scaling)
+        return int(patch) * 2 ** sum(1 for on, kind in zip(scaling, types) if on and axis in LTX_SCALES[kind])
 
     return ratio
+
+
+def ltx_attributes(config: Config) -> str | None:
+    """Why a config is not served where the class's compression attributes (the config's, else
+    the patch size times 2 per scaling block, whatever its downsample_type) are not what its blocks
+    do: the class tiles, and its pipelines size latents, by those attributes."""
+    scaling = config["spatio_temporal_scaling"]
+    fallback = 2 ** (sum(scaling) if not isinstance(scaling, bool) else scaling * (len(config["layers_per_block"]) - 1))
+    for axis, patch in (("spatial", "patch_size"), ("temporal", "patch_size_t")):
+        stated = config.get(f"{axis}_compression_ratio") or int(config[patch]) * fallback
+        computed = ltx_blocks(axis)(config)
+        if int(stated) != computed:
+            return (
+                f"its {axis}_compression_ratio is {stated} but its blocks compress {computed}x "
+                f"(downsample_type {list(config.get('downsample_type') or [])}); the class tiles and its pipelines "
+                f"size latents by the attribute: state {axis}_compression_ratio: {computed} in config.json, as the "
+                "released configs do"
+            )
+    return None
+
+
+def vidtok(key: str, default: Callable[[int], Any]) -> Callable[[Config], int]:
+    """VidTok's compression: a factor of 2 per level in `key` (spatial_ds, tempo_ds), or per level
+    of its default for len(ch_mult) levels, as its encoder builds them."""
+    return lambda config: 2 ** len(config.get(key) or default(len(config.get("ch_mult", [1, 2, 4, 4]))))
 
 
 def product(key: str) -> Callable[[Config], int]:
@@ -87,17 +133,71 @@ def longcat_hop(config: Config) -> int:
 
 @dataclass(frozen=True)
 class DecodeOption:
-    """An input a class's decode takes from the request (query parameter of the same name)."""
+    """An input a class's decode takes from the request (query parameter of the same name): an
+    integer, or a float where its default is one. `default_to`: where not given, it takes that
+    option's value (LTXPipeline's decode_noise_scale, None there, is its decode_timestep)."""
 
-    default: int
-    low: int
-    high: int
+    default: int | float
+    low: int | float
+    high: int | float
     description: str
+    default_to: str | None = None
+
+    def column(self, value: int | float) -> int:
+        """The value in an int64 options column: an integer as it is, a float as its IEEE-754
+        bits, so that a float and a 63-bit seed travel in one column, both exactly."""
+        return int(np.float64(value).view(np.int64)) if isinstance(self.default, float) else int(value)
+
+    def value(self, column: int) -> int | float:
+        """The inverse of `column`."""
+        return float(np.int64(column).view(np.float64)) if isinstance(self.default, float) else int(column)
+
+
+# A class's decode of one row with its decode options' values and a generator seeded from `seed`.
+SeededDecode = Callable[[Any, Any, Mapping[str, Any], Any], Any]
+
+
+def consistency_decode(model: Any, z: Any, values: Mapping[str, Any], generator: Any) -> Any:
+    """ConsistencyDecoderVAE's: its 2-step diffusion draws its noise from the generator."""
+    return model.decode(z, generator=generator, num_inference_steps=values["steps"]).sample
+
+
+def timestep_decode(model: Any, z: Any, values: Mapping[str, Any], generator: Any) -> Any:
+    """LTXPipeline's (and LTX2Pipeline's) decode step of a timestep-conditioned VAE, for one row:
+    noise from the generator mixed in by decode_noise_scale, then decode with the decode
+    timestep as `temb`. diffusers' decoder does not hand a generator to the resnets that inject
+    noise (LTX-Video 0.9.1's decoder_inject_noise): they draw from torch's global generator, so
+    here they get their own, seeded with the same seed on the decoding device: what the
+    pipeline gives after torch.manual_seed(seed)."""
+    import torch
+    from diffusers.utils.torch_utils import randn_tensor
+
+    noise = randn_tensor(z.shape, generator=generator, device=z.device, dtype=z.dtype)
+    timestep = torch.tensor([values["decode_timestep"]], device=z.device, dtype=z.dtype)
+    scale = torch.tensor([values["decode_noise_scale"]], device=z.device, dtype=z.dtype)[:, None, None, None, None]
+    z = (1 - scale) * z + scale * noise
+    injected = torch.Generator(z.device).manual_seed(int(values["seed"]))
+
+    def hand_generator(module: Any, args: tuple[Any, ...], kwargs: dict[str, Any]) -> tuple[Any, dict[str, Any]]:
+        if len(args) > 2:  # forward(inputs, temb, generator)
+            return (*args[:2], injected, *args[3:]), kwargs
+        return args, {**kwargs, "generator": injected}
+
+    hooks = [
+        module.register_forward_pre_hook(hand_generator, with_kwargs=True)
+        for module in model.decoder.modules()
+        if getattr(module, "per_channel_scale1", None) is not None
+    ]
+    try:
+        return model.decode(z, timestep).sample
+    finally:
+        for hook in hooks:
+            hook.remove()
 
 
 @dataclass(frozen=True)
 class ClassSpec:
-    encoder: Encoder
+    encoder: Encoder | Callable[[Config], Encoder]  # what its encode returns (per config, where it varies)
     factor: Callable[[Config], int]  # the spatial downsampling factor
     latent_channels: str = "latent_channels"  # the config key
     # The config key (or the count, or how to read it), where the class is not RGB-only.
@@ -134,14 +234,26 @@ class ClassSpec:
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
+    # A video class whose first frames are not encoded alone: (first, step) of the frame counts it
+    # takes, from the loaded model (its chunk or tile sizes are attributes there, not config).
+    chunks: Callable[[Any], tuple[int, int]] | None = None
+    # A class that encodes and decodes only in tiles of a fixed grid: ((first, step) of its height,
+    # (first, step) of its width) in pixels, from the loaded model.
+    grid: Callable[[Any], tuple[tuple[int, int], tuple[int, int]]] | None = None
+    frames_first: bool = False  # its decode gives [B, T, C, H, W] (Allegro's)
+    # Frames its encoder takes before a video: copies of the first (causal VidTok's forward pads them).
+    lead_frames: Callable[[Config], int] = lambda config: 0
     normalisation: Normalisation = "scale"
     decode_options: Mapping[str, DecodeOption] = field(default_factory=dict)
+    options_if: str | None = None  # the config flag that gives its decode the options (else always)
+    seeded_decode: SeededDecode | None = None  # how its decode takes them (with decode_options)
     gpu_dtype: GpuDtype = "float16"  # a config's force_upcast makes it float32
 
 
 # The consistency decoder is a 2-step diffusion model: its noise comes from the request's seed.
+SEED = DecodeOption(0, 0, 2**63 - 1, "Seeds the decoder's noise: same seed, same bytes")
 CONSISTENCY_OPTIONS = {
-    "seed": DecodeOption(0, 0, 2**63 - 1, "Seeds the consistency decoder's noise: same seed, same bytes"),
+    "seed": SEED,
     # ConsistencyDecoderScheduler.set_timesteps refuses any other count in diffusers 0.42.
     "steps": DecodeOption(2, 2, 2, "The consistency decoder's steps (num_inference_steps; diffusers supports 2)"),
 }
@@ -153,7 +265,10 @@ CLASSES: dict[str, ClassSpec] = {
     "AutoencoderDC": ClassSpec("latent", blocks("encoder_block_out_channels"), gpu_dtype="float32"),
     "VQModel": ClassSpec("latents", blocks("block_out_channels"), tiling=False),
     "ConsistencyDecoderVAE": ClassSpec(
-        "posterior", blocks("encoder_block_out_channels"), decode_options=CONSISTENCY_OPTIONS
+        "posterior",
+        blocks("encoder_block_out_channels"),
+        decode_options=CONSISTENCY_OPTIONS,
+        seeded_decode=consistency_decode,
     ),
     "AutoencoderKLFlux2": ClassSpec(
         "posterior", blocks("block_out_channels"), normalisation="batch_norm", gpu_dtype="bfloat16"
@@ -179,10 +294,20 @@ CLASSES: dict[str, ClassSpec] = {
     ),
 }
 
-LTX_TIMESTEP = (
-    "LTX-Video 0.9.1+ (timestep_conditioning) decodes at a timestep with noise injected from a generator, "
-    "inputs from the request that are not served yet; LTX-Video 0.9.0 is"
-)
+# LTX-Video 0.9.1+ and LTX-2 (timestep_conditioning): LTXPipeline's decode inputs, its defaults.
+TIMESTEP_OPTIONS = {
+    "decode_timestep": DecodeOption(
+        0.0, 0.0, 1.0, "The decoder's timestep (temb; LTXPipeline's decode_timestep, model cards use 0.03 to 0.05)"
+    ),
+    "decode_noise_scale": DecodeOption(
+        0.0,
+        0.0,
+        1.0,
+        "The share of noise mixed into the latents before decoding (default: decode_timestep)",
+        default_to="decode_timestep",
+    ),
+    "seed": SEED,
+}
 
 # The video autoencoders: mostly causal 3D convolutions, the first frame alone, then `temporal`
 # frames per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
@@ -210,11 +335,26 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
     ),
     "AutoencoderKLLTXVideo": ClassSpec(
         "posterior",
-        ltx("spatial", "patch_size"),
-        normalisation="none",
+        ltx_blocks("spatial"),
+        normalisation="buffers",
         gpu_dtype="bfloat16",
-        temporal=ltx("temporal", "patch_size_t"),
-        refuse=lambda config: LTX_TIMESTEP if config.get("timestep_conditioning") else None,
+        temporal=ltx_blocks("temporal"),
+        refuse=ltx_attributes,
+        decode_options=TIMESTEP_OPTIONS,
+        options_if="timestep_conditioning",
+        seeded_decode=timestep_decode,
+    ),
+    # LTX-2's: the same contract as LTX-Video's (decoder causal or not, as its config says).
+    "AutoencoderKLLTX2Video": ClassSpec(
+        "posterior",
+        ltx_blocks("spatial"),
+        normalisation="buffers",
+        gpu_dtype="bfloat16",
+        temporal=ltx_blocks("temporal"),
+        refuse=ltx_attributes,
+        decode_options=TIMESTEP_OPTIONS,
+        options_if="timestep_conditioning",
+        seeded_decode=timestep_decode,
     ),
     "AutoencoderKLHunyuanVideo15": ClassSpec(
         "posterior",
@@ -246,10 +386,77 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
     "AutoencoderKLCosmos": ClassSpec(
         "mode",
         value("spatial_compression_ratio"),
-        normalisation="none",
+        normalisation="frames",
         gpu_dtype="bfloat16",
         temporal=value("temporal_compression_ratio"),
         fps=30,
+    ),
+    # Allegro's: it encodes and decodes only in tiles (use_tiling; else NotImplementedError), on a
+    # fixed grid: tiles of 24 frames and sample_size x sample_size pixels, stepping by 16 frames,
+    # sample_size - 120 rows and sample_size - 80 columns. What the grid misses stays zeros, so
+    # only videos on the grid are taken. Its decode gives frames first. 15 fps as its pipeline's
+    # example exports; float32 as its pipeline's example loads it (and force_upcast).
+    "AutoencoderKLAllegro": ClassSpec(
+        "posterior",
+        blocks("block_out_channels"),
+        tiling=False,
+        gpu_dtype="float32",
+        temporal=value("temporal_compression_ratio"),
+        chunks=lambda model: (model.kernel[0], model.stride[0]),
+        grid=lambda model: ((model.kernel[1], model.stride[1]), (model.kernel[2], model.stride[2])),
+        frames_first=True,
+        fps=15,
+    ),
+    # VidTok's: a KL (posterior) or FSQ (quantised latents, the first of what its encode returns)
+    # regularizer; its decode returns the pixels themselves. Causal: 1 + 4k frames, its forward
+    # first pads the video with copies of its first frame, temporal - 1 of them (so 1 + 4k frames
+    # make 1 + k latent frames, which decode to 1 + 4k). Not causal: it encodes and decodes 16
+    # frames (4 latent frames) at a time and drops what is left over: 16 + 16k frames.
+    "AutoencoderVidTok": ClassSpec(
+        lambda config: "posterior" if config.get("regularizer", "kl") == "kl" else "first",
+        vidtok("spatial_ds", lambda levels: range(levels - 1)),
+        "z_channels",
+        normalisation="none",
+        temporal=vidtok("tempo_ds", lambda levels: [levels - 2, levels - 3]),
+        chunks=lambda model: (1, model.temporal_compression_ratio)
+        if model.is_causal
+        else (model.num_sample_frames_batch_size,) * 2,
+        lead_frames=lambda config: vidtok("tempo_ds", lambda levels: [levels - 2, levels - 3])(config) - 1
+        if config.get("is_causal", True)
+        else 0,
+    ),
+    # HunyuanImage 2.1's refiner VAE, video-shaped ([B, C, T, H, W], causal 3D convolutions). Its
+    # temporal_compression_ratio (4) is not what its blocks do: its encoder's "temporal" downsamples
+    # pack space only (r1 = 1) and its decoder keeps the frame count, so one latent frame per frame.
+    # Its pipeline (images: one frame) repeats the first latent frame and folds frame pairs into
+    # channels (_reorder_image_tokens): those latents are not served.
+    "AutoencoderKLHunyuanImageRefiner": ClassSpec(
+        "posterior",
+        value("spatial_compression_ratio"),
+        normalisation="none",
+        gpu_dtype="bfloat16",
+        temporal=lambda config: 1,
+    ),
+    # Kandinsky 6's video super-resolution VAE: 1 + 4k frames, encoded in segments with a cache.
+    # Its pipeline scales latents by scaling_factor; around encode and decode it also maps pixels
+    # by 128 rather than 127.5 (a 0.4% stretch, pixels' business, not the VAE's): not applied here.
+    "Kandinsky6SRVAE": ClassSpec(
+        "posterior",
+        blocks("encoder_block_out_channels"),
+        tiling=False,
+        gpu_dtype="bfloat16",
+        temporal=value("temporal_compression_ratio"),
+    ),
+    # Kandinsky's KVAE 3D: its encoder keeps the posterior's mean and pairs it with zeros as the
+    # log-variance (a unit variance that is not its encoder's), so its latents are served as
+    # deterministic (the mode), without a KL. No pipeline of diffusers 0.42 uses it: no pipeline latents.
+    "AutoencoderKLKVAEVideo": ClassSpec(
+        "mode",
+        blocks("ch_mult"),
+        "z_channels",
+        tiling=False,
+        normalisation="none",
+        temporal=value("temporal_compress_times"),
     ),
     # Stable Video Diffusion's: an image encoder, a decoder with temporal layers; no compression in
     # time, so any frame count (25 in its pipeline), 7 fps as its pipeline's examples export.
@@ -375,19 +582,16 @@ CLASSES.update(AUDIO_CLASSES)
 
 # The image autoencoders of diffusers 0.42 that are not served, and why (docs/api.md).
 NOT_SERVED: dict[str, str] = {
-    "AutoencoderKLHunyuanImageRefiner": "a video-shaped refiner VAE ([B, C, T, H, W], temporal compression) whose "
-    "pipeline reorders latent frames into channels (_restore_image_tokens_order): not yet a row",
-    "Kandinsky6SRVAE": "a video super-resolution VAE (3D causal convolutions): not yet a row",
     "AutoencoderRAE": "its encoder (DINOv2, SigLIP2 or MAE) is built by the transformers package, which this "
     "service does not install",
     # Video and audio classes without a row yet (docs/api.md says what each needs).
-    "AutoencoderKLLTX2Video": "its compression attributes disagree with what small configs compute; not yet a row",
-    "AutoencoderKLAllegro": "mandatory tiling whose tile grid must fit the video, frames first [B, T, C, H, W]; "
-    "not yet a row",
-    "AutoencoderKLKVAEVideo": "not yet a row",
     # It loads (diffusers.py's with_float32_modules); its contract is another one.
     "AutoencoderKLMiniMaxH3": "its pixels are ImageNet-normalised (not [-1, 1]), 17n + 5 frames make 5n + 2 latent "
     "frames (not first + step * k), and it was released tiled (untiled decodes differ): not yet a row",
-    "AutoencoderVidTok": "not yet a row",
-    "LTX2VideoDiffusionDecoderModel": "a diffusion decoder (noise from a generator, steps); not yet a row",
+    "LTX2VideoDiffusionDecoderModel": "a decoder without an encoder whose decode(z, generator, num_inference_steps) "
+    "would fit the seed and steps options, but its neighborhood attention runs through FlexAttention, which "
+    "outside torch.compile materialises the whole T*H*W x T*H*W score matrix (at its smallest input, 17 frames "
+    "at 224x224, stage 5 attends over 53,312 patches: 11 GB per head in float32), and its other processor "
+    "(NATTEN) is fetched from the Hub at run time for GPUs only; latents under its stage kernels (7x7 at "
+    "LTX-2.5's) raise a ValueError: not served",
 }

@@ -13,6 +13,7 @@ Arrays here are float32 NumPy in the VAE's layout without a frame axis, [B, C, h
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from dataclasses import dataclass
 
 import numpy as np
@@ -63,8 +64,17 @@ class PipelineSpace:
     patched: bool = False
     packed_only: bool = False  # its pipelines hand over packed latents only (Flux.2)
 
+    @property
+    def frames(self) -> int | None:
+        """The latent frames its statistics cover, where they are per latent frame too (Cosmos's)."""
+        return self.mean.shape[1] if self.mean.ndim == 2 else None
+
     def _stats(self, z: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
-        """Per channel (dim 1) of latents of any rank: [B, C, h, w], or a video's [B, C, t, h, w]."""
+        """Per channel (dim 1) of latents of any rank: [B, C, h, w], or a video's [B, C, t, h, w];
+        per channel and latent frame [C, T] for the first t of its T frames."""
+        if self.frames is not None:
+            t = z.shape[2]
+            return self.mean[None, :, :t, None, None], self.std[None, :, :t, None, None]
         shape = (1, z.shape[1], *(1,) * (z.ndim - 2)) if self.mean.size > 1 else ()
         return self.mean.reshape(shape), self.std.reshape(shape)
 
@@ -86,6 +96,9 @@ class PipelineSpace:
         return {
             "scale": "(z - shift_factor) * scaling_factor",
             "mean_std": "(z - latents_mean) / latents_std, per channel",
+            "buffers": "(z - latents_mean) * scaling_factor / latents_std, per channel, the VAE's buffers",
+            "frames": "(z - latents_mean) * sigma_data / latents_std, per channel and latent frame (latents_mean "
+            "viewed [C, -1]), sigma_data the pipeline's scheduler's",
             "batch_norm": "2x2 patches, then (z - bn.running_mean) / sqrt(bn.running_var + batch_norm_eps); "
             "packed only: give height and width",
         }[self.kind]
@@ -95,8 +108,10 @@ def scale_space(scaling_factor: float, shift_factor: float) -> PipelineSpace:
     return PipelineSpace("scale", np.float32(shift_factor), np.float32(1.0 / scaling_factor))
 
 
-def mean_std_space(mean: list[float], std: list[float]) -> PipelineSpace:
-    return PipelineSpace("mean_std", np.asarray(mean, np.float32), np.asarray(std, np.float32))
+def mean_std_space(mean: Sequence[float], std: Sequence[float], kind: str = "mean_std") -> PipelineSpace:
+    """Per channel, from the config ("mean_std") or the VAE's registered buffers ("buffers"); per
+    channel and latent frame ([C, T] statistics: "frames")."""
+    return PipelineSpace(kind, np.asarray(mean, np.float32), np.asarray(std, np.float32))
 
 
 def batch_norm_space(running_mean: np.ndarray, running_var: np.ndarray, eps: float) -> PipelineSpace:

@@ -258,7 +258,7 @@ ZEROS = np.zeros((1, 24, 16), "<f4").tobytes()
         ("tiny-kl", ZEROS, {"shape": [1, 24, 16], "height": 16}, "height, width: packed latents need both"),
         ("tiny-kl", ZEROS, {"shape": [1, 24, 16], "height": 16, "width": 16}, "are [B, 16, 16]; got [1, 24, 16]"),
         ("tiny-kl", ZEROS, {"shape": [1, 24, 16], "height": 2, "width": 2}, "under one 2x2 latent patch"),
-        ("tiny-kl", ZEROS, {"shape": [1, 4, 8, 12], "seed": 3}, "seed: model 'tiny-kl' has a deterministic decoder"),
+        ("tiny-kl", ZEROS, {"shape": [1, 4, 8, 12], "seed": 3}, "seed: model 'tiny-kl' does not take it in its decode"),
         ("tiny-consistency", ZEROS, {"shape": [1, 4, 8, 12], "steps": 3}, "steps: between 2 and 2"),
         ("tiny-qwenimage21", ZEROS, {"shape": [1, 4, 1, 8, 12]}, "RGBA images, which JPEG cannot hold"),
         ("tiny-qwenimage", ZEROS, {"shape": [1, 4, 8, 12]}, "does not fit model 'tiny-qwenimage'"),

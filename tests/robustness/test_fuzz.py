@@ -62,7 +62,8 @@ def steer(case: Case) -> Case:
         query = case.query if isinstance(case.query, dict) else {}
         # What only some models take: labels (tiny-vae is unconditional), packed and pipeline
         # latents, a seeded decoder's inputs, video and audio answers.
-        for name in ("shape", "dtype", "height", "width", "labels", "latents", "pack", "steps", "fps"):
+        for name in ("shape", "dtype", "height", "width", "labels", "latents", "pack", "steps", "fps",
+                     "decode_timestep", "decode_noise_scale"):
             query.pop(name, None)
         if case.operation.path.endswith("/decode"):
             query.pop("seed", None)
@@ -77,6 +78,8 @@ def steer(case: Case) -> Case:
             continue
         for name in ("model", "label", "labels"):
             fields.pop(name, None)
+        if fields.get("format") in ("mp4", "wav", "flac"):  # video and audio models' answers
+            fields.pop("format")
         if isinstance(fields.get("latents"), list):
             rows = [row for row in fields["latents"] if isinstance(row, list)]
             fields["latents"] = [(row + [0.0] * 4)[:4] for row in rows]  # tiny-vae's latent_dim

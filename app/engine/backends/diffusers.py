@@ -56,6 +56,11 @@ __all__ = ["DiffusersBackend", "DiffusersError", "LatentGaussian", "load_diffuse
 # Sides (pixels) above which images are encoded and decoded in overlapping tiles, as diffusers'
 # enable_tiling does for SD at 512: a tile of SD's VAE takes ~1 GiB in float32 (docs/benchmarks.md).
 DEFAULT_TILE = 512
+# Frames above which a class with temporal tiling its pipelines leave off (LTX-Video's) decodes
+# and encodes in overlapping chunks of this many frames: its own default, 16, would blend nearly
+# every video its pipelines make; from 64 only long ones, whose untiled decode holds every frame's
+# full-resolution activations at once.
+DEFAULT_TILE_FRAMES = 64
 # Rows per forward pass on a GPU: with tiles, a pass's memory is at most this many tiles' worth.
 # On a CPU a pass of B rows of these convolutions costs about B single rows (docs/benchmarks.md):
 # batching gains little there, so every row runs alone and a lone request decodes one row, not
@@ -167,6 +172,7 @@ class DiffusersBackend:
         tile: int = DEFAULT_TILE,
         vocoder: torch.nn.Module | None = None,
         scheduler: Mapping[str, Any] | None = None,
+        tile_frames: int = DEFAULT_TILE_FRAMES,
     ) -> None:
         self.model = model.eval()  # reachable for hooks (e.g. counting decoder calls per tile)
         self.vocoder = vocoder if vocoder is None else vocoder.eval()  # mel -> waveform, where the class needs one
@@ -191,6 +197,10 @@ class DiffusersBackend:
         default_tile = getattr(model, "tile_sample_min_height", None)
         stride = getattr(model, "tile_sample_stride_height", None)
         self.stride_ratio = stride / default_tile if stride and default_tile else None
+        self.tile_frames = tile_frames
+        # The class's stride in time as a fraction of its chunk (LTX-Video's: 8 of 16 frames).
+        chunk, step = (getattr(model, f"tile_sample_{k}_num_frames", None) for k in ("min", "stride"))
+        self.frame_stride_ratio = step / chunk if chunk and step else None
         self.architecture: Hashable = (self.kind, json.dumps(dict(facts), sort_keys=True, default=str))
         frames = None
         if spec.temporal is not None:
@@ -263,14 +273,15 @@ class DiffusersBackend:
         return self.tile if self.spec.tiling else None
 
     def _tiling(self, shape: torch.Size, latent: bool) -> AbstractContextManager[None]:
-        """Tile when a side of `shape` (h, w) is over `tile` pixels: diffusers' enable_tiling with
-        our tile size (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at
-        `sample_size`). Classes name their tile sizes differently; each sets those it has. The
-        context counts the tiles as progress: one call of the decoder (encoder) per tile."""
+        """Tile when a side of `shape`'s (h, w) is over `tile` pixels: diffusers' enable_tiling
+        with our tile size (AutoencoderTiny would otherwise tile every image, and AutoencoderKL at
+        `sample_size`); and in time, for a class with `frame_tiles`, when a video has over
+        `tile_frames` frames. Classes name their tile sizes differently; each sets those it has.
+        The context counts the tiles as progress: one call of the decoder (encoder) per tile."""
         if not self.spec.tiling:
             return nullcontext()
-        model, tile = self.model, self.tile
-        model.use_tiling = max(shape) * (self.factor if latent else 1) > tile
+        model, tile, sides = self.model, self.tile, shape[-2:]
+        model.use_tiling = max(sides) * (self.factor if latent else 1) > tile
         sizes = {"tile_sample_min": tile, "tile_latent_min": tile // self.factor}
         if self.stride_ratio:
             sizes["tile_sample_stride"] = int(tile * self.stride_ratio)
@@ -278,17 +289,27 @@ class DiffusersBackend:
             for suffix in ("_size", "_height", "_width"):
                 if hasattr(model, prefix + suffix):
                     setattr(model, prefix + suffix, size)
+        chunks = 1
+        if self.spec.frame_tiles and self.frame_stride_ratio:
+            per_step = self.image.frames.ratio if latent and self.image.frames else 1  # frames per latent frame
+            frame_step = int(self.tile_frames * self.frame_stride_ratio)
+            model.tile_sample_min_num_frames, model.tile_sample_stride_num_frames = self.tile_frames, frame_step
+            # diffusers' LTX classes test use_framewise_decoding in encode too.
+            model.use_framewise_decoding = model.use_framewise_encoding = shape[2] * per_step > self.tile_frames
+            if model.use_framewise_decoding:  # the chunks its loops step through
+                chunks = -(-shape[2] // max(1, frame_step // per_step))
         part = getattr(model, "decoder" if latent else "encoder", None)
-        if not model.use_tiling or part is None:
+        if not (model.use_tiling or chunks > 1) or part is None:
             return nullcontext()
         # The tiles' stride, as the class's loops step (AutoencoderKL: the tile less its overlap).
         ratio = self.stride_ratio or 1 - getattr(model, "tile_overlap_factor", 0.25)
         stride = max(1, int(tile * ratio) // (self.factor if latent else 1))
-        return progress.calls(part, math.prod(-(-side // stride) for side in shape), "tiles")
+        tiles = math.prod(-(-side // stride) for side in sides) if model.use_tiling else 1
+        return progress.calls(part, tiles * chunks, "tiles")
 
     def encode(self, x: torch.Tensor, labels: torch.Tensor | None = None) -> LatentGaussian | torch.Tensor:
         """x: [B, C, H, W] (videos [B, C, T, H, W]) in [0, 1] -> q(z|x), or a deterministic encoder's latents."""
-        tiles = self._tiling(x.shape[-2:], latent=False)
+        tiles = self._tiling(x.shape, latent=False)
         x = 2.0 * x.to(self.dtype) - 1.0  # VaeImageProcessor.normalize
         if self.spec.frames:
             x = x[:, :, None]
@@ -326,7 +347,7 @@ class DiffusersBackend:
         """z: unscaled latents -> [B, C, H, W] images in [0, 1] (not clamped: VaeImageProcessor.
         denormalize's clamp comes with the conversion to pixels). `options`: [B, k] values of the
         class's decode options per row (the consistency decoder's seed and steps), else their defaults."""
-        tiles = self._tiling(z.shape[-2:], latent=True)
+        tiles = self._tiling(z.shape, latent=True)
         z = z.to(self.dtype)
         with tiles:
             if self.decode_options:

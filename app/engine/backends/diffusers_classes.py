@@ -234,6 +234,9 @@ class ClassSpec:
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
+    # Has diffusers' temporal tiling (use_framewise_decoding: overlapping chunks of frames blended
+    # in time) that its pipelines leave off: on above the backend's `tile_frames` frames.
+    frame_tiles: bool = False
     # A video class whose first frames are not encoded alone: (first, step) of the frame counts it
     # takes, from the loaded model (its chunk or tile sizes are attributes there, not config).
     chunks: Callable[[Any], tuple[int, int]] | None = None
@@ -343,6 +346,7 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         decode_options=TIMESTEP_OPTIONS,
         options_if="timestep_conditioning",
         seeded_decode=timestep_decode,
+        frame_tiles=True,
     ),
     # LTX-2's: the same contract as LTX-Video's (decoder causal or not, as its config says).
     "AutoencoderKLLTX2Video": ClassSpec(
@@ -355,6 +359,7 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         decode_options=TIMESTEP_OPTIONS,
         options_if="timestep_conditioning",
         seeded_decode=timestep_decode,
+        frame_tiles=True,
     ),
     "AutoencoderKLHunyuanVideo15": ClassSpec(
         "posterior",

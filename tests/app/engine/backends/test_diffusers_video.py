@@ -269,3 +269,35 @@ def test_released_ltx_configs_compress_as_they_state(config: dict[str, object]) 
     from app.engine.backends.diffusers_classes import ltx_attributes, ltx_blocks
 
     assert (ltx_blocks("spatial")(config), ltx_blocks("temporal")(config), ltx_attributes(config)) == (32, 8, None)
+
+
+@torch.inference_mode()
+def test_ltx_tiles_long_videos_in_time_as_diffusers_does(
+    loaded: dict[str, tuple[DiffusersBackend, torch.nn.Module]],
+) -> None:
+    """Above `tile_frames` frames LTX-Video decodes and encodes in overlapping chunks of frames
+    (diffusers' use_framewise_decoding, which its pipelines leave off), at or below as a whole."""
+    served, model = loaded["tiny-ltx"]
+    chunked = DiffusersBackend(served.model, tile_frames=8)  # chunks of 8 frames, 2 latent frames, stride 4
+    z = torch.randn(1, 8, 5, 4, 6, generator=torch.Generator().manual_seed(5))  # 17 frames: tiled in time
+    short = z[:, :, :2]  # 5 frames: whole
+    x = video(17, seed=6)
+
+    def diffusers_run(framewise: bool, run: object) -> torch.Tensor:
+        model.use_framewise_decoding = framewise
+        model.tile_sample_min_num_frames, model.tile_sample_stride_num_frames = (8, 4) if framewise else (16, 8)
+        try:
+            return run()  # type: ignore[operator]
+        finally:
+            model.use_framewise_decoding = False
+            model.tile_sample_min_num_frames, model.tile_sample_stride_num_frames = 16, 8
+
+    tiled = diffusers_run(True, lambda: model.decode(z).sample)
+    whole = diffusers_run(False, lambda: model.decode(z).sample)
+    assert tiled.shape == whole.shape == (1, 3, 17, 16, 24) and (tiled - whole).abs().max() > 1e-3  # blended in time
+    torch.testing.assert_close(chunked.decode(z), tiled * 0.5 + 0.5, rtol=0, atol=1e-5)
+    torch.testing.assert_close(chunked.decode(short), model.decode(short).sample * 0.5 + 0.5, rtol=0, atol=1e-5)
+    encoded = diffusers_run(True, lambda: model.encode(2 * x - 1).latent_dist.mean)
+    torch.testing.assert_close(chunked.encode(x).mean, encoded, rtol=0, atol=1e-5)
+    served.decode(z)  # the same model at the default tile_frames (64): 17 frames whole
+    assert served.tile_frames == 64 and not served.model.use_framewise_decoding

@@ -296,7 +296,21 @@ OpenPage = Callable[..., tuple[Page, Recorder]]
 
 
 @pytest.fixture
-def open_page(browser: Browser, server: str) -> Iterator[OpenPage]:
+def page_timeout_ms() -> int:
+    """Playwright's default timeout for the pages open_page opens (a module may override it)."""
+    return TIMEOUT_MS
+
+
+@pytest.fixture
+def page_ready() -> Callable[[Page, Recorder], None]:
+    """What open_page waits for once the page is open (a module may override it)."""
+    return wait_loaded
+
+
+@pytest.fixture
+def open_page(
+    browser: Browser, server: str, page_timeout_ms: int, page_ready: Callable[[Page, Recorder], None]
+) -> Iterator[OpenPage]:
     """open_page(url=server + "/", **context options) -> the loaded page and its Recorder."""
     contexts = []
 
@@ -304,10 +318,10 @@ def open_page(browser: Browser, server: str) -> Iterator[OpenPage]:
         context = browser.new_context(**({"viewport": {"width": 1280, "height": 900}} | options))
         contexts.append(context)
         page = context.new_page()
-        page.set_default_timeout(TIMEOUT_MS)
+        page.set_default_timeout(page_timeout_ms)
         record = attach(page)
         page.goto(url or server + "/")
-        wait_loaded(page, record)
+        page_ready(page, record)
         return page, record
 
     yield opener

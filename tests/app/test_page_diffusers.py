@@ -10,12 +10,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.test_page import (  # noqa: F401  (browser and driver are fixtures)
+from tests.app.test_page import (  # noqa: F401  (browser, driver, open_page and page_ready are fixtures)
     CHECKPOINTS,
     OpenPage,
-    attach,
     browser,
     driver,
+    open_page,
+    page_ready,
     png_file,
     pytestmark,
     src,
@@ -48,22 +49,8 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def open_page(browser, server: str) -> Iterator[OpenPage]:  # noqa: F811
-    contexts = []
-
-    def opener() -> tuple[object, object]:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(60_000)  # 256x256 encodes on a busy CPU
-        record = attach(page)
-        page.goto(server + "/")
-        wait_loaded(page, record)
-        return page, record
-
-    yield opener
-    for context in contexts:
-        context.close()
+def page_timeout_ms() -> int:
+    return 60_000  # 256x256 encodes on a busy CPU
 
 
 def visible(page: object, selector: str) -> bool:

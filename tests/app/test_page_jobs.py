@@ -9,11 +9,13 @@ from pathlib import Path
 
 import pytest
 
-from tests.app.test_page import (  # noqa: F401  (browser, driver and open_page are fixtures)
+from tests.app.test_page import (  # noqa: F401  (browser, driver, open_page and its settings are fixtures)
     OpenPage,
     browser,
     driver,
     open_page,
+    page_ready,
+    page_timeout_ms,
     pytestmark,
 )
 from tests.deploy.support import Replica

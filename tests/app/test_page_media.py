@@ -5,23 +5,24 @@ and frame size), with no console errors."""
 
 from __future__ import annotations
 
-from collections.abc import Iterator
+from collections.abc import Callable, Iterator
 from pathlib import Path
 
 import numpy as np
 import pytest
 
-from tests.app.test_page import (  # noqa: F401  (browser and driver are fixtures)
+from tests.app.test_page import (  # noqa: F401  (browser, driver and open_page are fixtures)
     OpenPage,
-    attach,
     browser,
     driver,
+    open_page,
     pytestmark,
 )
 from tests.deploy.support import Replica
 from tests.diffusers_audio_models import SAMPLE_RATE, TINY_AUDIO
 from tests.diffusers_models import save
 from tests.diffusers_video_models import TINY_VIDEO
+from tests.media_files import clip
 
 pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
@@ -49,22 +50,15 @@ def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[str]:
 
 
 @pytest.fixture
-def open_page(browser, server: str) -> Iterator[OpenPage]:  # noqa: F811
-    contexts = []
+def page_timeout_ms() -> int:
+    return 60_000
 
-    def opener() -> tuple[object, object]:
-        context = browser.new_context(viewport={"width": 1280, "height": 900})
-        contexts.append(context)
-        page = context.new_page()
-        page.set_default_timeout(60_000)
-        record = attach(page)
-        page.goto(server + "/")
-        page.wait_for_function("() => !document.getElementById('model').disabled")
-        return page, record
 
-    yield opener
-    for context in contexts:
-        context.close()
+@pytest.fixture
+def page_ready() -> Callable[[object, object], None]:
+    """The model list loaded (a video or audio model shows no sample grid to wait for)."""
+    enabled = "() => !document.getElementById('model').disabled"
+    return lambda page, record: page.wait_for_function(enabled)  # type: ignore[attr-defined]
 
 
 def loaded(page: object, selector: str) -> list[float]:
@@ -73,18 +67,9 @@ def loaded(page: object, selector: str) -> list[float]:
     return page.eval_on_selector(selector, FACTS)  # type: ignore[attr-defined]
 
 
-def clip_file(path: Path, frames: int = 9, height: int = 16, width: int = 24) -> Path:
-    """An mp4 (H.264) or, named .gif, a GIF of smooth random frames at 8 fps, written with PyAV."""
-    generator = np.random.default_rng(0)
-    base = generator.integers(64, 192, (1, height, width, 3))
-    pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
-    codec, pix_fmt = ("gif", "rgb8") if path.suffix == ".gif" else ("libx264", "yuv420p")
-    with av.open(str(path), mode="w") as container:
-        stream = container.add_stream(codec, rate=8)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        for frame in pixels:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
+def clip_file(path: Path, frames: int = 9) -> Path:
+    """An mp4 (H.264) or, named .gif, a GIF of 24x16 frames."""
+    path.write_bytes(clip(frames, kind=path.suffix.removeprefix("."), seed=0))
     return path
 
 

@@ -312,6 +312,20 @@ TIMESTEP_OPTIONS = {
     "seed": SEED,
 }
 
+# LTX-Video's (0.9.0, and 0.9.1+ with its decode timestep from the request) and LTX-2's.
+LTX = ClassSpec(
+    "posterior",
+    ltx_blocks("spatial"),
+    normalisation="buffers",
+    gpu_dtype="bfloat16",
+    temporal=ltx_blocks("temporal"),
+    refuse=ltx_attributes,
+    decode_options=TIMESTEP_OPTIONS,
+    options_if="timestep_conditioning",
+    seeded_decode=timestep_decode,
+    frame_tiles=True,
+)
+
 # The video autoencoders: mostly causal 3D convolutions, the first frame alone, then `temporal`
 # frames per latent frame. The GPU dtypes are those the classes' pipelines and model cards load them in.
 VIDEO_CLASSES: dict[str, ClassSpec] = {
@@ -336,31 +350,9 @@ VIDEO_CLASSES: dict[str, ClassSpec] = {
         frame_step=8,
         fps=8,
     ),
-    "AutoencoderKLLTXVideo": ClassSpec(
-        "posterior",
-        ltx_blocks("spatial"),
-        normalisation="buffers",
-        gpu_dtype="bfloat16",
-        temporal=ltx_blocks("temporal"),
-        refuse=ltx_attributes,
-        decode_options=TIMESTEP_OPTIONS,
-        options_if="timestep_conditioning",
-        seeded_decode=timestep_decode,
-        frame_tiles=True,
-    ),
+    "AutoencoderKLLTXVideo": LTX,
     # LTX-2's: the same contract as LTX-Video's (decoder causal or not, as its config says).
-    "AutoencoderKLLTX2Video": ClassSpec(
-        "posterior",
-        ltx_blocks("spatial"),
-        normalisation="buffers",
-        gpu_dtype="bfloat16",
-        temporal=ltx_blocks("temporal"),
-        refuse=ltx_attributes,
-        decode_options=TIMESTEP_OPTIONS,
-        options_if="timestep_conditioning",
-        seeded_decode=timestep_decode,
-        frame_tiles=True,
-    ),
+    "AutoencoderKLLTX2Video": LTX,
     "AutoencoderKLHunyuanVideo15": ClassSpec(
         "posterior",
         value("spatial_compression_ratio"),

@@ -7,7 +7,6 @@ from __future__ import annotations
 
 import base64
 import io
-import json
 from collections.abc import Iterator
 
 import httpx
@@ -19,6 +18,7 @@ from PIL import Image
 from tests.diffusers_audio_models import SAMPLE_RATE, TINY_AUDIO
 from tests.diffusers_models import save, served
 from tests.diffusers_video_models import TINY_VIDEO
+from tests.media_files import clip, frames_read
 
 diffusers = pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
@@ -39,31 +39,6 @@ def models(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict
     }
     with served(folder, tmp_path_factory.mktemp("logs"), max_pixels=13 * HEIGHT * WIDTH) as replica:
         yield replica.url, {name: model.eval() for name, model in loaded.items()}
-
-
-def clip(frames: int, height: int = HEIGHT, width: int = WIDTH, kind: str = "mp4") -> bytes:
-    """A clip of smooth random frames, written with PyAV."""
-    generator = np.random.default_rng(frames)
-    base = generator.integers(64, 192, (1, height, width, 3))
-    pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
-    codec, container_format, pix_fmt = {
-        "mp4": ("libx264", "mp4", "yuv420p"),
-        "webm": ("libvpx-vp9", "webm", "yuv420p"),
-        "gif": ("gif", "gif", "rgb8"),
-    }[kind]
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=8)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        for frame in pixels:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
-
-
-def frames_read(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 def gif_screen(width: int, height: int) -> bytes:

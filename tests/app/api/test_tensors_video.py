@@ -18,9 +18,9 @@ import torch
 from PIL import Image
 
 from app.engine.backends.diffusers import DiffusersBackend, as_images, as_video
+from app.engine.backends.diffusers_classes import VIDEO_CLASSES
 from app.tensors import tensor_bytes
 from tests.diffusers_models import served
-from app.engine.backends.diffusers_classes import VIDEO_CLASSES
 from tests.diffusers_video_models import (
     ANY_SIZE,
     COSMOS_MEAN,
@@ -32,6 +32,7 @@ from tests.diffusers_video_models import (
     save_cosmos_pipeline,
     save_video_classes,
 )
+from tests.media_files import clip, frames_read
 
 diffusers = pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
@@ -285,31 +286,6 @@ def test_the_other_endpoints_take_a_still_as_a_one_frame_video(server: str) -> N
     assert scores.status_code == 200 and scores.json()["scores"][0]["mse"] > 0
     v2 = httpx.get(f"{server}/v2/models/tiny-wan.decode").json()
     assert v2["inputs"][0]["shape"] == [-1, 16, -1, -1, -1] and v2["outputs"][0]["shape"] == [-1, -1, -1, -1, 3]
-
-
-def clip(frames: int, height: int = HEIGHT, width: int = WIDTH, kind: str = "mp4") -> bytes:
-    """A clip of smooth random frames (codecs keep them close), written with PyAV."""
-    generator = np.random.default_rng(frames)
-    base = generator.integers(64, 192, (1, height, width, 3))
-    pixels = np.clip(base + generator.integers(-8, 8, (frames, height, width, 3)), 0, 255).astype(np.uint8)
-    codec, container_format, pix_fmt = {
-        "mp4": ("libx264", "mp4", "yuv420p"),
-        "webm": ("libvpx-vp9", "webm", "yuv420p"),
-        "gif": ("gif", "gif", "rgb8"),
-    }[kind]
-    buffer = io.BytesIO()
-    with av.open(buffer, mode="w", format=container_format) as container:
-        stream = container.add_stream(codec, rate=8)
-        stream.width, stream.height, stream.pix_fmt = width, height, pix_fmt
-        for frame in pixels:
-            container.mux(stream.encode(av.VideoFrame.from_ndarray(frame, format="rgb24")))
-        container.mux(stream.encode())
-    return buffer.getvalue()
-
-
-def frames_read(data: bytes) -> np.ndarray:
-    with av.open(io.BytesIO(data)) as container:
-        return np.stack([frame.to_ndarray(format="rgb24") for frame in container.decode(video=0)])
 
 
 @pytest.mark.parametrize("kind", ["mp4", "webm", "gif"])

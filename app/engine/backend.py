@@ -162,7 +162,8 @@ class Backend(Protocol):
     A backend may set `max_rows`, the most rows one pass may hold (large images: memory; 1 where
     batching gains little on its device), and `tiled_above`, the pixels a side above which it
     encodes and decodes in tiles (the memory estimate counts one tile's working memory,
-    app/engine/memory.py); the passes of a variable-size model are calibrated on
+    app/engine/memory.py), and `missing`, why a feature it lacks is missing (a feature -> a
+    phrase, which `NotSupported` adds); the passes of a variable-size model are calibrated on
     small images (app/engine/passes.py). A backend whose decoder takes inputs from the request (a
     seeded decoder's seed) names them in `decode_options` (name -> an object with `default` and
     `column(value)`, its value as an int64); `decode` then also takes `options`, [B, k] int64,

@@ -49,9 +49,11 @@ class LoadedModel:
 
     def require(self, operation: Operation, *features: Feature) -> None:
         """NotSupported unless the model has what `operation` needs (and `features`)."""
+        missing = getattr(self.backend, "missing", {})
         for feature in (*NEEDS[operation], *features):
             if feature not in self.backend.features:
-                raise NotSupported(self.name, operation, f"it has no {FEATURES[feature]}")
+                why = f" ({missing[feature]})" if feature in missing else ""
+                raise NotSupported(self.name, operation, f"it has no {FEATURES[feature]}{why}")
 
     def checked(
         self, operation: Operation, rows: np.ndarray, labels: np.ndarray | None, *features: Feature

@@ -349,7 +349,8 @@ async def decode_tensor(
         raise unprocessable(f"shape: output_type={output_type} returns one file; got {batch[0]} latents: use pt")
     answers = {"image": ("pil", "pt"), "video": ("mp4", "pt"), "audio": ("wav", "flac", "pt")}[media]
     if output_type not in answers and not (processor and media == "video"):
-        raise unprocessable(f"output_type: model '{model.name}' makes {media}s: use {' or '.join(answers)}")
+        made = "audio" if media == "audio" else f"{media}s"
+        raise unprocessable(f"output_type: model '{model.name}' makes {made}: use {' or '.join(answers)}")
     if partial_postprocess and media == "audio":
         raise unprocessable("partial_postprocess: waveforms have no 8-bit form; leave it out for float32 samples")
     if fps is not None and output_type != "mp4":

@@ -234,8 +234,18 @@ class DiffusersBackend:
         features: set[Feature] = {"encoder", "decoder", *gaussian}
         # Decoder-only weights (Cosmos3's sound tokenizer drops its encoder), or an encoder that takes
         # what diffusers cannot make from a waveform (LTX-2's mel).
-        if getattr(model, "encoder", True) is None or not spec.waveform_encoder:
-            features -= {"encoder", "posterior"}
+        self.missing: dict[Feature, str] = {}
+        if getattr(model, "encoder", True) is None:
+            self.missing["encoder"] = "its weights hold none"
+        elif not spec.waveform_encoder:
+            self.missing["encoder"] = "its encoder takes a mel spectrogram, which diffusers makes from no waveform"
+        if spec.vocoders and vocoder is None:
+            self.missing["decoder"] = (
+                f"its mel spectrogram needs the {' or '.join(spec.vocoders)} to become a waveform, and its folder "
+                "has none: serve its pipeline folder (with its vocoder component), or put the vocoder's "
+                f"save_pretrained folder in {VOCODER}/ inside the VAE's"
+            )
+        features -= {*self.missing, *(("posterior",) if "encoder" in self.missing else ())}
         self.features = frozenset(features)
         # LTX-Video's options come with its timestep-conditioned configs (0.9.1+) only.
         self.decode_options = spec.decode_options if spec.options_if is None or config.get(spec.options_if) else {}
@@ -500,15 +510,18 @@ def with_float32_modules(cls: Any, located: Located, dtype: torch.dtype) -> torc
 
 
 def load_vocoder(located: Located, spec: ClassSpec, dtype: torch.dtype) -> torch.nn.Module | None:
-    """The vocoder a mel class needs (one of its row's), from the folder's `vocoder`; None for another class."""
+    """The vocoder a mel class needs (one of its row's), from the folder's `vocoder`; None for another
+    class, or where the folder has none and the model can be served without it."""
     if not spec.vocoders:
         return None
     kind = located.config.get("_class_name")
     wanted = " or ".join(spec.vocoders)
+    if located.vocoder is None and not spec.vocoder_defines:
+        return None  # served without a decoder (DiffusersBackend.missing says why)
     if located.vocoder is None:
         raise DiffusersError(
             f"{located.folder}: this {kind} decodes to a mel spectrogram and the vocoder that makes its waveform "
-            f"is missing: serve its pipeline folder (with its vocoder component), or put the {wanted}'s "
+            f"(whose rate and channels are the model's) is missing: serve its pipeline folder (with its vocoder component), or put the {wanted}'s "
             f"save_pretrained folder in {located.folder / VOCODER}"
         )
     vocoder = component(located.vocoder)

@@ -231,6 +231,10 @@ class ClassSpec:
     # diffusers_folders.py). Its config is the row's `config["vocoder"]`.
     vocoders: tuple[str, ...] = ()
     vocoder_module: str = "diffusers"
+    # Its waveform's rate and channels are its vocoder's (LTX-2's): without the vocoder nothing is
+    # defined, so its folder is refused; else the model is served without a decoder (a 422 that
+    # says why) and encodes.
+    vocoder_defines: bool = False
     # Configs of the class that are not served: a config -> why not (None: served).
     refuse: Callable[[Config], str | None] = lambda config: None
     tiling: bool = True  # has diffusers' spatial tiling (use_tiling and its tile sizes)
@@ -572,6 +576,7 @@ AUDIO_CLASSES: dict[str, ClassSpec] = {
         causal_steps=(1, 4),
         latent_tail=lambda config: (int(config["mel_bins"]) // 4,),
         vocoders=("LTX2Vocoder", "LTX2VocoderWithBWE"),
+        vocoder_defines=True,
         vocoder_module="diffusers.pipelines.ltx2.vocoder",  # without transformers, not in diffusers.pipelines.ltx2
     ),
 }

@@ -7,6 +7,7 @@ from __future__ import annotations
 
 import io
 import json
+import shutil
 from collections.abc import Iterator
 from pathlib import Path
 
@@ -35,8 +36,10 @@ LATENT_STEPS = 100  # of 8 samples: 800 samples, stereo
 
 @pytest.fixture(scope="module")
 def server(tmp_path_factory: pytest.TempPathFactory) -> Iterator[tuple[str, dict[str, Path]]]:
-    """A real server of every tiny audio model, and their folders."""
+    """A real server of every tiny audio model, and their folders; and MMAudio's without its vocoder."""
     folders = save_audio_classes(tmp_path_factory.mktemp("audio"))
+    alone = folders["tiny-mmaudio"].parent / "mmaudio-alone"
+    shutil.copytree(folders["tiny-mmaudio"], alone, ignore=shutil.ignore_patterns("vocoder"))
     with served(folders["tiny-oobleck"].parent, tmp_path_factory.mktemp("logs")) as replica:
         yield replica.url, folders
 
@@ -107,6 +110,29 @@ def test_every_class_decodes_to_a_wav_and_encodes_a_waveform(server: tuple[str, 
         mean, _ = ENCODE[TINY_AUDIO[name][0]](reference, torch.from_numpy(wave))
     assert latents.shape == (1, latent_channels, 20)
     np.testing.assert_allclose(latents, mean.numpy(), rtol=0, atol=1e-5)
+
+
+def test_a_mel_class_without_its_vocoder_encodes_and_says_why_it_cannot_decode(
+    server: tuple[str, dict[str, Path]],
+) -> None:
+    url, _ = server
+    listed = httpx.get(f"{url}/v1/models/mmaudio-alone").json()
+    assert listed["capabilities"] == ["encode"]
+    z = np.zeros((1, 4, 10), np.float32)
+    for output_type in ("wav", "pt"):
+        query = {"shape": [1, 4, 10], "output_type": output_type}
+        answer = httpx.post(f"{url}/v1/models/mmaudio-alone/decode", params=query, content=z.tobytes())
+        assert answer.status_code == 422 and answer.json()["detail"].startswith(
+            "model 'mmaudio-alone' cannot decode: it has no decoder (its mel spectrogram needs the MMAudioVocoder "
+            "to become a waveform, and its folder has none: serve its pipeline folder (with its vocoder component), "
+            "or put the vocoder's save_pretrained folder in vocoder/ inside the VAE's)"
+        )
+    assert httpx.post(f"{url}/v1/sample", json={"model": "mmaudio-alone"}).status_code == 422
+    wave = np.random.default_rng(6).uniform(-1, 1, (1, 1, 20 * 32)).astype(np.float32)
+    answer = httpx.post(f"{url}/v1/models/mmaudio-alone/encode", params={"shape": [1, 1, 640]}, content=wave.tobytes())
+    assert answer.status_code == 200 and json.loads(answer.headers["shape"]) == [1, 4, 20]
+    same = httpx.post(f"{url}/v1/models/tiny-mmaudio/encode", params={"shape": [1, 1, 640]}, content=wave.tobytes())
+    assert answer.content == same.content  # the encoder needs no vocoder
 
 
 def latents(seed: int = 0) -> np.ndarray:
@@ -211,8 +237,8 @@ def test_minimax_pipeline_latents_are_normalised_per_channel(server: tuple[str, 
 @pytest.mark.parametrize(
     ("shape", "query", "message"),
     [
-        ([1, 6, 100], {"output_type": "pil"}, "makes audios: use wav or flac or pt"),
-        ([1, 6, 100], {"output_type": "mp4"}, "makes audios"),
+        ([1, 6, 100], {"output_type": "pil"}, "makes audio: use wav or flac or pt"),
+        ([1, 6, 100], {"output_type": "mp4"}, "makes audio: use"),
         ([1, 6, 100], {"output_type": "pt", "partial_postprocess": True}, "waveforms have no 8-bit form"),
         ([2, 6, 100], {"output_type": "wav"}, "output_type=wav returns one file"),
         ([1, 5, 100], {"output_type": "wav"}, "does not fit model 'tiny-oobleck'"),

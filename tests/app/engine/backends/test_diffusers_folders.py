@@ -182,14 +182,22 @@ def test_a_mel_class_is_served_from_a_pipeline_folder_with_its_vocoder(tmp_path:
     assert family.load(pipeline, CPU).sha256 != loaded.sha256
 
 
-def test_a_mel_class_without_its_vocoder_stops_start_up_with_one_line(tmp_path: Path) -> None:
-    saved = save_audio_classes(tmp_path / "saved")["tiny-mmaudio"]
+def test_a_mel_class_without_its_vocoder_loads_without_a_decoder_or_stops_start_up(tmp_path: Path) -> None:
+    """MMAudio's VAE alone still encodes (a decode says why not: tests/app/api/test_tensors_audio.py);
+    LTX-2's, whose waveform's rate and channels are its vocoder's, stops start-up with one line, as
+    does a folder with another class as its vocoder."""
+    saved = save_audio_classes(tmp_path / "saved")
     alone = tmp_path / "mmaudio-alone"
-    shutil.copytree(saved, alone, ignore=shutil.ignore_patterns("vocoder"))
-    assert one_line(alone).endswith(
-        "this MMAudioVAE decodes to a mel spectrogram and the vocoder that makes its waveform is missing: serve "
-        "its pipeline folder (with its vocoder component), or put the MMAudioVocoder's save_pretrained folder in "
-        f"{alone}/vocoder"
+    shutil.copytree(saved["tiny-mmaudio"], alone, ignore=shutil.ignore_patterns("vocoder"))
+    backend = family.load(alone, CPU).backend
+    assert isinstance(backend, DiffusersBackend) and backend.vocoder is None
+    assert backend.features == {"prior", "encoder", "posterior"} and set(backend.missing) == {"decoder"}
+    ltx2 = tmp_path / "ltx2-audio-alone"
+    shutil.copytree(saved["tiny-ltx2-audio"], ltx2, ignore=shutil.ignore_patterns("vocoder"))
+    assert one_line(ltx2).endswith(
+        "this AutoencoderKLLTX2Audio decodes to a mel spectrogram and the vocoder that makes its waveform (whose "
+        "rate and channels are the model's) is missing: serve its pipeline folder (with its vocoder component), or "
+        f"put the LTX2Vocoder or LTX2VocoderWithBWE's save_pretrained folder in {ltx2}/vocoder"
     )
     wrong = tmp_path / "wrong-vocoder"
     shutil.copytree(alone, wrong)

@@ -29,6 +29,7 @@ import numpy as np
 import torch
 from diffusers_vae import NAME, SD_VAE, paired, peak_rss_mib  # bench/ is the script's folder
 from load import service
+from video_vae import WAN_21
 from PIL import Image
 
 from app.engine.backends.diffusers import GPU_ROWS, DiffusersBackend
@@ -63,11 +64,7 @@ TINY_VAE = {
 }
 
 
-# Wan 2.1's VAE (vae/config.json of Wan-AI/Wan2.1-T2V-1.3B-Diffusers), random weights; the dry
-# run's at an eighth of its width.
-WAN_VAE = {"base_dim": 96, "z_dim": 16, "dim_mult": [1, 2, 4, 4], "num_res_blocks": 2,
-           "temperal_downsample": [False, True, True]}  # fmt: skip
-VIDEO_NAME = "wan"
+VIDEO_NAME = "wan"  # Wan 2.1's VAE with random weights; the dry run's at an eighth of its width
 # Served frames against in-process ones, float32 in [0, 1] on the same device: the same code,
 # so only a convolution algorithm picked for another batch size may round differently.
 VIDEO_TOLERANCE = 1e-4
@@ -91,11 +88,11 @@ class Plan:
 
 # Sized for a run well inside 8 minutes on an H100, by estimate until one runs (docs/benchmarks.md, "GPU").
 # The video: 6 latent frames of 60x104, 21 frames of 480x832 (Wan's 480p).
-REAL = Plan("cuda", (512, 1024), rounds=5, waves=2, config=SD_VAE, video=(6, 60, 104), video_config=WAN_VAE)
+REAL = Plan("cuda", (512, 1024), rounds=5, waves=2, config=SD_VAE, video=(6, 60, 104), video_config=WAN_21)
 # The dry run's first size is the calibration's probe size (PROBE_SIDE latents a side), so that its
 # invariance check rests on the calibration, whatever CPU runs the test suite.
 DRY = Plan("cpu", (PROBE_SIDE * 2, PROBE_SIDE * 4), rounds=1, waves=1, config=TINY_VAE,
-           video=(2, 4, 6), video_config={**WAN_VAE, "base_dim": 12})  # fmt: skip
+           video=(2, 4, 6), video_config={**WAN_21, "base_dim": 12})  # fmt: skip
 
 
 def row(part: str, case: str, result: str, expected: str = "", verdict: str = "measured", **values: Any) -> Row:

@@ -20,7 +20,7 @@ from tests.app.test_page import (  # noqa: F401  (browser, driver and open_page 
 )
 from tests.deploy.support import Replica
 from tests.diffusers_audio_models import SAMPLE_RATE, TINY_AUDIO
-from tests.diffusers_models import save
+from tests.diffusers_models import START_TIMEOUT, save
 from tests.diffusers_video_models import TINY_VIDEO
 from tests.media_files import clip
 
@@ -28,7 +28,6 @@ pytest.importorskip("diffusers")
 av = pytest.importorskip("av")  # the media extra
 soundfile = pytest.importorskip("soundfile")
 
-START_TIMEOUT = 300.0
 FPS = 16  # tiny-wan's (Wan's default)
 # What a loaded element says of itself: HAVE_CURRENT_DATA (2) or more, its duration, its size.
 LOADED = """node => node && node.readyState >= 2 && !node.error"""

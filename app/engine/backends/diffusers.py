@@ -245,7 +245,9 @@ class DiffusersBackend:
                 "has none: serve its pipeline folder (with its vocoder component), or put the vocoder's "
                 f"save_pretrained folder in {VOCODER}/ inside the VAE's"
             )
-        features -= {*self.missing, *(("posterior",) if "encoder" in self.missing else ())}
+        features -= set(self.missing)
+        if "encoder" in self.missing:
+            features.discard("posterior")
         self.features = frozenset(features)
         # LTX-Video's options come with its timestep-conditioned configs (0.9.1+) only.
         self.decode_options = spec.decode_options if spec.options_if is None or config.get(spec.options_if) else {}

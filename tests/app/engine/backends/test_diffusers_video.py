@@ -4,6 +4,7 @@ class computes in diffusers for videos [B, C, T, H, W], with the frame counts it
 from __future__ import annotations
 
 import shutil
+from collections.abc import Callable
 from pathlib import Path
 
 import numpy as np
@@ -283,11 +284,11 @@ def test_ltx_tiles_long_videos_in_time_as_diffusers_does(
     short = z[:, :, :2]  # 5 frames: whole
     x = video(17, seed=6)
 
-    def diffusers_run(framewise: bool, run: object) -> torch.Tensor:
+    def diffusers_run(framewise: bool, run: Callable[[], torch.Tensor]) -> torch.Tensor:
         model.use_framewise_decoding = framewise
         model.tile_sample_min_num_frames, model.tile_sample_stride_num_frames = (8, 4) if framewise else (16, 8)
         try:
-            return run()  # type: ignore[operator]
+            return run()
         finally:
             model.use_framewise_decoding = False
             model.tile_sample_min_num_frames, model.tile_sample_stride_num_frames = 16, 8
